@@ -1,0 +1,1 @@
+"""Electronic certificate store (电子证照库): identifiers, metadata and files."""

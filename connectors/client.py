@@ -1,0 +1,270 @@
+"""HubClient: the synchronous SDK department integrators call from plain Python.
+
+Every request is signed with the member's key; every response is verified
+against the hub's key before it is parsed, and must answer this very request.
+Every call has a deadline. Only idempotent calls are retried, and only on
+UNAVAILABLE / DEADLINE_EXCEEDED, with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from cryptography import x509
+from google.protobuf.message import Message
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from xhub.v1 import envelope_pb2, registry_pb2, registry_pb2_grpc
+
+from hub.bundle import MemberBundle
+from hub.ca import CertificateError, load_certificate, verify_member_certificate
+from hub.envelope import (
+    check_shape,
+    new_header,
+    parse_verified,
+    payload_type_of,
+    seal,
+    verify_signature_by,
+)
+from hub.errors import (
+    AuthenticationError,
+    BadResponseError,
+    MalformedError,
+    XhubError,
+    from_rpc_error,
+)
+
+M = TypeVar("M", bound=Message)
+
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class TransportError(Exception):
+    """The call did not reach a decision at the hub (network, deadline, shutdown)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    jitter: float = 0.2
+
+
+def _retryable(exc: BaseException) -> bool:
+    code = getattr(exc, "code", None)
+    return isinstance(exc, TransportError | XhubError) and code in RETRYABLE_CODES
+
+
+def secure_channel(bundle: MemberBundle, *, address: str | None = None) -> grpc.Channel:
+    root, key, chain = bundle.tls_credentials()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=chain
+    )
+    return grpc.secure_channel(
+        address or bundle.hub_address,
+        credentials,
+        options=[
+            ("grpc.ssl_target_name_override", bundle.server_name),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        ],
+    )
+
+
+class HubClient:
+    def __init__(
+        self,
+        bundle: MemberBundle,
+        *,
+        channel: grpc.Channel | None = None,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        clock_skew: timedelta = timedelta(minutes=5),
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.member_id = bundle.member_id
+        self.hub_id = bundle.hub_id
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.clock_skew = clock_skew
+        self._sleep = sleep
+        self.channel = channel or secure_channel(bundle)
+        self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
+
+    @classmethod
+    def from_bundle(
+        cls, path: Path | str, *, hub_address: str | None = None, **kwargs: Any
+    ) -> HubClient:
+        return cls(MemberBundle.load(Path(path), hub_address=hub_address), **kwargs)
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- registry -------------------------------------------------------------
+
+    def get_member(self, member_id: str) -> registry_pb2.Member:
+        """Look up one member (查询接入单位); the answer is signed by the hub."""
+        result = self.call(
+            self.registry.GetMember,
+            registry_pb2.GetMemberRequest,
+            registry_pb2.MemberLookup(member_id=member_id),
+            registry_pb2.MemberLookupResult,
+            idempotent=True,
+        )
+        return result.member
+
+    def list_members(
+        self,
+        *,
+        level: registry_pb2.Level.ValueType = registry_pb2.LEVEL_UNSPECIFIED,
+        role: registry_pb2.Role.ValueType = registry_pb2.ROLE_UNSPECIFIED,
+        division_prefix: str = "",
+        include_revoked: bool = False,
+        page_size: int = 100,
+    ) -> Iterator[registry_pb2.Member]:
+        """All matching members, fetching page after page."""
+        token = ""
+        while True:
+            page = self.call(
+                self.registry.ListMembers,
+                registry_pb2.ListMembersRequest,
+                registry_pb2.MemberListQuery(
+                    level=level,
+                    role=role,
+                    division_prefix=division_prefix,
+                    include_revoked=include_revoked,
+                    page_size=page_size,
+                    page_token=token,
+                ),
+                registry_pb2.MemberListResult,
+                idempotent=True,
+            )
+            yield from page.members
+            token = page.next_page_token
+            if not token:
+                return
+
+    def verified_certificate(self, member: registry_pb2.Member) -> x509.Certificate:
+        """Check offline that a looked-up member's certificate chains to our hub CA."""
+        try:
+            cert = load_certificate(member.certificate_der)
+            named = verify_member_certificate(cert, self.bundle.ca_cert)
+        except (CertificateError, ValueError) as exc:
+            raise BadResponseError(
+                f"certificate of {member.member_id} is not valid: {exc}"
+            ) from exc
+        if named != member.member_id:
+            raise BadResponseError(f"certificate names {named}, not {member.member_id}")
+        return cert
+
+    # -- signed calls ---------------------------------------------------------
+
+    def seal(self, payload: M, *, case_id: str = "", purpose: str = "") -> envelope_pb2.Envelope:
+        """Stamp a fresh header on ``payload`` and sign it with this member's key."""
+        getattr(payload, "header").CopyFrom(  # noqa: B009
+            new_header(self.member_id, self.hub_id, case_id=case_id, purpose=purpose)
+        )
+        return seal(payload, self.bundle.signer)
+
+    def call(
+        self,
+        rpc: Callable[..., Any],
+        request_type: Callable[..., Any],
+        payload: Message,
+        response_type: type[M],
+        *,
+        idempotent: bool,
+        case_id: str = "",
+        purpose: str = "",
+    ) -> M:
+        """Sign, send with a deadline, verify the answer; retry idempotent calls only."""
+
+        def attempt() -> M:
+            # A retry is a new message: fresh id and nonce, so the hub's replay check holds.
+            envelope = self.seal(payload, case_id=case_id, purpose=purpose)
+            request_id = getattr(payload, "header").message_id  # noqa: B009
+            try:
+                response = rpc(request_type(envelope=envelope), timeout=self.timeout)
+            except grpc.RpcError as exc:
+                raise _typed(exc) from exc
+            return self.open_response(response.envelope, response_type, request_id)
+
+        if not idempotent:
+            return attempt()
+        retrying = Retrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(self.retry.attempts),
+            wait=wait_exponential_jitter(
+                initial=self.retry.initial_backoff,
+                max=self.retry.max_backoff,
+                jitter=self.retry.jitter,
+            ),
+            reraise=True,
+            sleep=self._sleep or time.sleep,
+        )
+        return retrying(attempt)
+
+    def open_response(
+        self, envelope: envelope_pb2.Envelope, response_type: type[M], request_id: str
+    ) -> M:
+        """Verify the hub's signature over the exact bytes, then parse and match the header."""
+        try:
+            # 1. shape and payload type
+            check_shape(envelope, payload_type_of(response_type))
+            # 2. the hub's signature over the exact received bytes
+            verify_signature_by(envelope, self.bundle.hub_verifier)
+            # 3. only now parse
+            message = parse_verified(envelope, response_type)
+        except (MalformedError, AuthenticationError) as exc:
+            raise BadResponseError(f"response refused: {exc.message}") from exc
+        header: envelope_pb2.Header = getattr(message, "header")  # noqa: B009
+        # 4. it must come from the hub, be for us and answer this request
+        if header.sender != self.hub_id or header.recipient != self.member_id:
+            raise BadResponseError(
+                f"response from {header.sender!r} to {header.recipient!r} is not for us"
+            )
+        if header.in_reply_to != request_id:
+            raise BadResponseError("response answers another request")
+        issued = header.issued_at.ToDatetime(tzinfo=UTC)
+        if abs(datetime.now(UTC) - issued) > self.clock_skew:
+            raise BadResponseError(f"response issued at {issued.isoformat()} is outside the window")
+        return message
+
+
+def _typed(exc: grpc.RpcError) -> Exception:
+    typed = from_rpc_error(exc)
+    if typed is not None:
+        return typed
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+    return TransportError(code, details)

@@ -1,0 +1,152 @@
+"""Hub configuration: a TOML file in the data directory, overridden by XHUB_* variables.
+
+Every setting has a sensible default so ``xhub init`` + ``xhub serve`` just work
+on SQLite; setting ``XHUB_DATABASE_URL=postgresql+psycopg://…`` moves the same
+hub to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "xhub.toml"
+ENV_PREFIX = "XHUB_"
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid."""
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Where the hub keeps its CA, keys, database and issued bundles."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca" / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "ca" / "ca.key"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.root / "hub" / "tls.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.root / "hub" / "tls.key"
+
+    @property
+    def signing_cert(self) -> Path:
+        return self.root / "hub" / "signing.pem"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "hub" / "signing.key"
+
+    @property
+    def log_key(self) -> Path:
+        return self.root / "hub" / "log.key"
+
+    @property
+    def bundles(self) -> Path:
+        return self.root / "bundles"
+
+    def sqlite_url(self) -> str:
+        return f"sqlite:///{(self.root / 'xhub.db').resolve()}"
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    data_dir: Path
+    hub_id: str = "CN.440000.XHUB"
+    hub_name: str = "xhub 政务数据共享交换平台"
+    listen: str = "127.0.0.1:7443"
+    advertise: str = ""
+    server_name: str = "xhub-hub"
+    database_url: str = ""
+    clock_skew_seconds: int = 300
+    max_concurrent_rpcs: int = 512
+    workers: int = 8
+    shutdown_grace_seconds: float = 10.0
+    keepalive_time_ms: int = 30_000
+    keepalive_timeout_ms: int = 10_000
+    replay_prune_interval_seconds: int = 60
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> DataDir:
+        return DataDir(self.data_dir)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or self.paths.sqlite_url()
+
+    @property
+    def advertised_address(self) -> str:
+        return self.advertise or self.listen
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(HubConfig) if f.name not in ("data_dir", "extra")}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = type(_FIELDS[name].default)
+    try:
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: {value!r} is not a valid {kind.__name__}") from exc
+
+
+def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> HubConfig:
+    """Read ``xhub.toml`` from ``data_dir`` (if present) and apply XHUB_* overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = DataDir(data_dir).config_file
+    if config_file.exists():
+        try:
+            document = tomllib.loads(config_file.read_text("utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file}: {exc}") from exc
+        section = document.get("hub", {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{config_file}: [hub] must be a table")
+        for key, value in section.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{config_file}: unknown setting {key!r} in [hub]")
+            values[key] = _coerce(key, value)
+    for key in _FIELDS:
+        env_value = env.get(ENV_PREFIX + key.upper())
+        if env_value is not None:
+            values[key] = _coerce(key, env_value)
+    return HubConfig(data_dir=data_dir, **values)
+
+
+def render_config(config: HubConfig) -> str:
+    """The TOML written by ``xhub init``; every setting spelled out."""
+    lines = ["# xhub hub configuration; XHUB_<SETTING> environment variables override.", "[hub]"]
+    for name in _FIELDS:
+        value = getattr(config, name)
+        if isinstance(value, str):
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{name} = "{escaped}"')
+        else:
+            lines.append(f"{name} = {value}")
+    return "\n".join(lines) + "\n"

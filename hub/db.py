@@ -1,0 +1,176 @@
+"""Database schema and engine (SQLite by default, PostgreSQL unchanged).
+
+The schema is created and changed only by Alembic migrations in
+``hub/migrations``; the models here mirror them for queries.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    inspect,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stores UTC; always returns timezone-aware UTC datetimes on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MemberRow(Base):
+    """A participant (接入单位)."""
+
+    __tablename__ = "members"
+
+    member_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    uscc: Mapped[str] = mapped_column(String(18), index=True)
+    division_code: Mapped[str] = mapped_column(String(6), index=True)
+    level: Mapped[int] = mapped_column(Integer)
+    subsystem: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[int] = mapped_column(Integer)
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    certificate_serial: Mapped[str] = mapped_column(String(64))
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime())
+    legacy_uscc: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revoke_reason: Mapped[str] = mapped_column(Text, default="")
+
+    roles: Mapped[list[MemberRoleRow]] = relationship(
+        back_populates="member", cascade="all, delete-orphan", lazy="selectin"
+    )
+    keys: Mapped[list[MemberKeyRow]] = relationship(
+        back_populates="member", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class MemberRoleRow(Base):
+    __tablename__ = "member_roles"
+
+    member_id: Mapped[str] = mapped_column(
+        ForeignKey("members.member_id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[int] = mapped_column(Integer, primary_key=True)
+    member: Mapped[MemberRow] = relationship(back_populates="roles")
+
+
+class MemberKeyRow(Base):
+    """A message-signing key bound to a member (签名密钥)."""
+
+    __tablename__ = "member_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    member_id: Mapped[str] = mapped_column(
+        ForeignKey("members.member_id", ondelete="CASCADE"), index=True
+    )
+    algorithm: Mapped[int] = mapped_column(Integer)
+    public_key_der: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    member: Mapped[MemberRow] = relationship(back_populates="keys")
+
+
+class SeenMessageRow(Base):
+    """Message ids seen inside the clock-skew window (防重放)."""
+
+    __tablename__ = "seen_messages"
+
+    sender: Mapped[str] = mapped_column(String(128), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (Index("ix_seen_messages_issued_at", "issued_at"),)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine with the pragmas and pool the hub relies on."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Any]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["engine"] = engine
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` with Alembic (never create_all)."""
+    command.upgrade(alembic_config(engine), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())

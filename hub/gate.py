@@ -1,0 +1,234 @@
+"""Admission of a signed request (验签准入), written as numbered steps.
+
+``Gate.admit`` is synchronous (it runs on a worker thread) and is the only
+place a request is authenticated. It reads member state from the database on
+every call, so a revocation takes effect on the next call, on every hub
+process sharing the database.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
+
+from cryptography import x509
+from google.protobuf.message import Message
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from xhub.v1 import envelope_pb2, registry_pb2
+
+from hub.ca import CertificateError, member_id_of
+from hub.db import MemberKeyRow, MemberRow, SeenMessageRow
+from hub.envelope import Opened, open_envelope
+from hub.errors import AuthenticationError, MalformedError, ReplayError
+from hub.signing import KeyVerifier
+
+M = TypeVar("M", bound=Message)
+
+R = envelope_pb2  # reason constants
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated member behind a request."""
+
+    member_id: str
+    name: str
+    roles: frozenset[int]
+
+    def has(self, role: registry_pb2.Role.ValueType) -> bool:
+        return int(role) in self.roles
+
+
+@dataclass(frozen=True)
+class Admitted(Generic[M]):
+    """A request that passed every admission step."""
+
+    opened: Opened[M]
+    caller: Caller
+
+    @property
+    def message(self) -> M:
+        return self.opened.message
+
+    @property
+    def header(self) -> envelope_pb2.Header:
+        return self.opened.header
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    member_id: str
+    serial: str
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_identity(pem: bytes) -> PeerIdentity:
+    """Member id and serial of a TLS client certificate (parsed once per certificate)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    return PeerIdentity(member_id=member_id_of(cert), serial=format(cert.serial_number, "x"))
+
+
+@dataclass(frozen=True)
+class BoundKey:
+    member_id: str
+    verifier: KeyVerifier
+
+
+class Gate:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        hub_id: str,
+        *,
+        clock_skew: timedelta = timedelta(minutes=5),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._sessions = sessions
+        self.hub_id = hub_id
+        self.clock_skew = clock_skew
+        self._clock = clock
+        # Key ids are hashes of the key, so a binding never changes: safe to cache.
+        self._keys: dict[str, BoundKey] = {}
+
+    def admit(
+        self, envelope: envelope_pb2.Envelope | None, message_type: type[M], peer_pem: bytes | None
+    ) -> Admitted[M]:
+        now = self._clock()
+        # 1. The TLS peer must present a hub-issued certificate naming a member.
+        peer = self._peer(peer_pem)
+        with self._sessions() as session:
+            # 2. The peer must be a registered, active, unexpired member using its current cert.
+            member = self._active_member(session, peer, now)
+
+            # 3–6. Shape, payload type, key, signature over the exact bytes; then parse.
+            def resolve(key_id: str) -> KeyVerifier:
+                bound = self._key(session, key_id)
+                if bound.member_id != peer.member_id:
+                    raise AuthenticationError(
+                        "message is signed by another member's key",
+                        reason=R.ERROR_REASON_SENDER_NOT_PEER,
+                        metadata={"peer": peer.member_id, "key_owner": bound.member_id},
+                    )
+                return bound.verifier
+
+            opened = open_envelope(envelope, message_type, resolve)
+            caller = Caller(
+                member_id=member.member_id,
+                name=member.name,
+                roles=frozenset(r.role for r in member.roles),
+            )
+        header = opened.header
+        # 7. The header's sender must be the TLS peer.
+        if header.sender != peer.member_id:
+            raise AuthenticationError(
+                f"header sender {header.sender!r} is not the TLS peer {peer.member_id!r}",
+                reason=R.ERROR_REASON_SENDER_NOT_PEER,
+                metadata={"peer": peer.member_id, "sender": header.sender[:128]},
+            )
+        # 8. The message must be addressed to this hub.
+        if header.recipient != self.hub_id:
+            raise MalformedError(
+                f"recipient {header.recipient!r} is not this hub ({self.hub_id})",
+                reason=R.ERROR_REASON_WRONG_RECIPIENT,
+                metadata={"expected": self.hub_id, "recipient": header.recipient[:128]},
+            )
+        # 9. issued_at must be inside the clock-skew window.
+        issued_at = header.issued_at.ToDatetime(tzinfo=UTC)
+        if abs(now - issued_at) > self.clock_skew:
+            raise AuthenticationError(
+                f"issued_at {issued_at.isoformat()} is outside ±{self.clock_skew} of hub time "
+                f"{now.isoformat()}",
+                reason=R.ERROR_REASON_CLOCK_SKEW,
+                metadata={"hub_time": now.isoformat(), "issued_at": issued_at.isoformat()},
+            )
+        # 10. The message id must be new inside the window (stored, so it survives restarts).
+        self._remember(peer.member_id, header.message_id, issued_at, now)
+        return Admitted(opened=opened, caller=caller)
+
+    def _peer(self, peer_pem: bytes | None) -> PeerIdentity:
+        if not peer_pem:
+            raise AuthenticationError(
+                "no client certificate on the connection", reason=R.ERROR_REASON_SENDER_NOT_PEER
+            )
+        try:
+            return peer_identity(peer_pem)
+        except (CertificateError, ValueError) as exc:
+            raise AuthenticationError(
+                f"client certificate names no member: {exc}",
+                reason=R.ERROR_REASON_SENDER_NOT_PEER,
+            ) from exc
+
+    def _active_member(self, session: Session, peer: PeerIdentity, now: datetime) -> MemberRow:
+        member = session.get(MemberRow, peer.member_id)
+        if member is None:
+            raise AuthenticationError(
+                f"{peer.member_id} is not a registered member",
+                reason=R.ERROR_REASON_UNKNOWN_KEY,
+                metadata={"member_id": peer.member_id},
+            )
+        if member.status != registry_pb2.MEMBER_STATUS_ACTIVE:
+            raise AuthenticationError(
+                f"member {member.member_id} was revoked: {member.revoke_reason}",
+                reason=R.ERROR_REASON_MEMBER_REVOKED,
+                metadata={"member_id": member.member_id},
+            )
+        if member.certificate_serial != peer.serial:
+            raise AuthenticationError(
+                f"certificate {peer.serial} of {member.member_id} has been superseded",
+                reason=R.ERROR_REASON_MEMBER_REVOKED,
+                metadata={"member_id": member.member_id, "serial": peer.serial},
+            )
+        if member.not_after <= now:
+            raise AuthenticationError(
+                f"certificate of {member.member_id} expired at {member.not_after.isoformat()}",
+                reason=R.ERROR_REASON_MEMBER_EXPIRED,
+                metadata={"member_id": member.member_id},
+            )
+        return member
+
+    def _key(self, session: Session, key_id: str) -> BoundKey:
+        bound = self._keys.get(key_id)
+        if bound is None:
+            row = session.get(MemberKeyRow, key_id)
+            if row is None:
+                raise AuthenticationError(
+                    f"unknown key {key_id[:64]!r}",
+                    reason=R.ERROR_REASON_UNKNOWN_KEY,
+                    metadata={"key_id": key_id[:64]},
+                )
+            bound = BoundKey(row.member_id, KeyVerifier.from_der(row.public_key_der))
+            self._keys[key_id] = bound
+        return bound
+
+    def _remember(self, sender: str, message_id: str, issued_at: datetime, now: datetime) -> None:
+        if len(message_id) > 64:
+            raise MalformedError(
+                "message_id is longer than 64 characters",
+                reason=R.ERROR_REASON_MALFORMED_PAYLOAD,
+            )
+        try:
+            with self._sessions.begin() as session:
+                session.add(
+                    SeenMessageRow(
+                        sender=sender, message_id=message_id, seen_at=now, issued_at=issued_at
+                    )
+                )
+        except IntegrityError as exc:
+            raise ReplayError(
+                f"message {message_id} from {sender} was already received",
+                metadata={"message_id": message_id},
+            ) from exc
+
+    def prune_seen(self) -> int:
+        """Forget message ids older than the window; a replay of one fails the skew check."""
+        cutoff = self._clock() - 2 * self.clock_skew
+        with self._sessions.begin() as session:
+            result = session.execute(
+                delete(SeenMessageRow).where(SeenMessageRow.issued_at < cutoff)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,133 @@
+"""What every signed RPC shares: admission off the event loop, a signed reply, errors.
+
+A servicer method states its payload type and hands a synchronous handler to
+``HubRuntime.unary``; the handler sees only an admitted request and returns the
+response payload. The runtime stamps the response header, signs it with the
+hub key and turns every ``XhubError`` into a gRPC status with ErrorInfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import grpc
+from cryptography import x509
+from google.protobuf.message import Message
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from xhub.v1 import envelope_pb2, registry_pb2
+
+from hub.ca import load_certificate
+from hub.config import HubConfig
+from hub.db import make_engine, session_factory
+from hub.envelope import new_header, seal
+from hub.errors import PermissionDeniedError, XhubError
+from hub.gate import Admitted, Gate
+from hub.signing import KeySigner, load_signer
+
+log = logging.getLogger("xhub.runtime")
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HubIdentity:
+    """The hub's own keys and certificates, loaded from the data directory."""
+
+    hub_id: str
+    signer: KeySigner
+    ca_cert: x509.Certificate
+    signing_cert: x509.Certificate
+
+    @classmethod
+    def load(cls, config: HubConfig) -> HubIdentity:
+        paths = config.paths
+        return cls(
+            hub_id=config.hub_id,
+            signer=load_signer(paths.signing_key),
+            ca_cert=load_certificate(paths.ca_cert.read_bytes()),
+            signing_cert=load_certificate(paths.signing_cert.read_bytes()),
+        )
+
+
+def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    certs = list(context.auth_context().get("x509_pem_cert", []))
+    return certs[0] if certs else None
+
+
+class HubRuntime:
+    def __init__(self, config: HubConfig, *, engine: Engine | None = None) -> None:
+        self.config = config
+        self.identity = HubIdentity.load(config)
+        self.engine = engine or make_engine(config.effective_database_url, pool_size=config.workers)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.gate = Gate(
+            self.sessions,
+            config.hub_id,
+            clock_skew=timedelta(seconds=config.clock_skew_seconds),
+        )
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.workers, thread_name_prefix="xhub-worker"
+        )
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def unary(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        envelope: envelope_pb2.Envelope | None,
+        message_type: type[M],
+        handler: Callable[[Admitted[M], Session], Message],
+        *,
+        require_role: registry_pb2.Role.ValueType | None = None,
+    ) -> envelope_pb2.Envelope:
+        """Admit, handle and sign one request; abort the RPC with a status on refusal."""
+        peer_pem = peer_certificate(context)
+
+        def work() -> envelope_pb2.Envelope:
+            admitted = self.gate.admit(envelope, message_type, peer_pem)
+            if require_role is not None and not admitted.caller.has(require_role):
+                raise PermissionDeniedError(
+                    f"{admitted.caller.member_id} lacks the "
+                    f"{registry_pb2.Role.Name(require_role)} role",
+                    metadata={"required_role": registry_pb2.Role.Name(require_role)},
+                )
+            with self.sessions() as session:
+                response = handler(admitted, session)
+                session.commit()
+            return self.sign_response(response, admitted.header)
+
+        try:
+            return await self.run_blocking(work)
+        except XhubError as exc:
+            log.info("refused %s: %s", message_type.__name__, exc)
+            await context.abort_with_status(exc.to_status())
+            raise AssertionError("unreachable") from exc  # abort_with_status always raises
+
+    def sign_response(
+        self, response: Message, request: envelope_pb2.Header
+    ) -> envelope_pb2.Envelope:
+        header = new_header(
+            self.identity.hub_id,
+            request.sender,
+            case_id=request.case_id,
+            purpose=request.purpose,
+            in_reply_to=request.message_id,
+        )
+        getattr(response, "header").CopyFrom(header)  # noqa: B009
+        return seal(response, self.identity.signer)
+
+    def prune(self) -> int:
+        return self.gate.prune_seen()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.engine.dispose()

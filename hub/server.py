@@ -1,0 +1,144 @@
+"""The hub server (`xhub serve`): grpc.aio behind mutual TLS.
+
+Only clients with certificates issued by the hub CA complete a handshake.
+Health and reflection are served; SIGTERM first flips health to NOT_SERVING so
+load balancers stop sending, then drains in-flight calls within the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from xhub.v1 import registry_pb2, registry_pb2_grpc
+
+from hub.config import HubConfig
+from hub.db import current_revision
+from hub.runtime import HubRuntime
+from hub.services.registry_service import RegistryService
+
+log = logging.getLogger("xhub.server")
+
+SERVICE_NAMES = (registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,)
+
+
+class StartupError(RuntimeError):
+    """The hub refuses to serve; the message says what to fix."""
+
+
+def server_options(config: HubConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", config.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        ("grpc.max_send_message_length", 8 * 1024 * 1024),
+    ]
+
+
+def server_credentials(config: HubConfig) -> grpc.ServerCredentials:
+    paths = config.paths
+    return grpc.ssl_server_credentials(
+        [(paths.tls_key.read_bytes(), paths.tls_cert.read_bytes())],
+        root_certificates=paths.ca_cert.read_bytes(),
+        require_client_auth=True,
+    )
+
+
+@dataclass
+class RunningHub:
+    server: grpc.aio.Server
+    runtime: HubRuntime
+    health: health.aio.HealthServicer
+    port: int
+    _janitor: asyncio.Task[None] | None = None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING first, then drain in-flight calls."""
+        grace = self.runtime.config.shutdown_grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+        await self.server.stop(grace)
+        self.runtime.close()
+
+
+def check_database(runtime: HubRuntime) -> None:
+    revision = current_revision(runtime.engine)
+    if revision is None:
+        raise StartupError(
+            f"database {runtime.engine.url.render_as_string(hide_password=True)} has no schema; "
+            "run `xhub init` (or `xhub db upgrade`) first"
+        )
+
+
+async def start_hub(config: HubConfig, *, port_override: int | None = None) -> RunningHub:
+    """Start serving; returns once the port is bound and health says SERVING."""
+    runtime = HubRuntime(config)
+    try:
+        check_database(runtime)
+    except Exception:
+        runtime.close()
+        raise
+    server = grpc.aio.server(
+        options=server_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs
+    )
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(runtime), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = config.listen if port_override is None else f"127.0.0.1:{port_override}"
+    port = server.add_secure_port(address, server_credentials(config))
+    if port == 0:
+        runtime.close()
+        raise StartupError(f"cannot listen on {address}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningHub(server, runtime, health_servicer, port)
+    running._janitor = asyncio.create_task(_prune_loop(runtime))
+    log.info("xhub %s serving on %s (port %d)", config.hub_id, address, port)
+    return running
+
+
+async def _prune_loop(runtime: HubRuntime) -> None:
+    interval = runtime.config.replay_prune_interval_seconds
+    while True:
+        try:
+            pruned = await runtime.run_blocking(runtime.prune)
+            if pruned:
+                log.debug("pruned %d expired message ids", pruned)
+        except Exception:  # keep serving; the next round retries
+            log.exception("pruning the replay store failed")
+        await asyncio.sleep(interval)
+
+
+async def serve_forever(
+    config: HubConfig, *, on_ready: Callable[[RunningHub], Awaitable[None]] | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_hub(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        await on_ready(running)
+    await stop.wait()
+    log.info("shutting down: health NOT_SERVING, draining for %.1fs", config.shutdown_grace_seconds)
+    await running.stop()
+    log.info("stopped")

@@ -1,0 +1,81 @@
+"""RegistryService (接入单位目录): members look up members and their keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from sqlalchemy.orm import Session
+from xhub.v1 import registry_pb2, registry_pb2_grpc
+
+from hub import registry
+from hub.errors import MalformedError
+from hub.gate import Admitted
+from hub.runtime import HubRuntime
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, runtime: HubRuntime) -> None:
+        self.runtime = runtime
+
+    async def GetMember(
+        self, request: registry_pb2.GetMemberRequest, context: Context
+    ) -> registry_pb2.GetMemberResponse:
+        envelope = await self.runtime.unary(
+            context, request.envelope, registry_pb2.MemberLookup, _get_member
+        )
+        return registry_pb2.GetMemberResponse(envelope=envelope)
+
+    async def ListMembers(
+        self, request: registry_pb2.ListMembersRequest, context: Context
+    ) -> registry_pb2.ListMembersResponse:
+        envelope = await self.runtime.unary(
+            context, request.envelope, registry_pb2.MemberListQuery, _list_members
+        )
+        return registry_pb2.ListMembersResponse(envelope=envelope)
+
+
+def _get_member(
+    admitted: Admitted[registry_pb2.MemberLookup], session: Session
+) -> registry_pb2.MemberLookupResult:
+    member_id = admitted.message.member_id
+    if not registry.MEMBER_ID_RE.match(member_id):
+        raise MalformedError(
+            f"{member_id[:128]!r} is not a member id (CN.<division>.<USCC>[.<subsystem>])",
+            metadata={"field": "member_id"},
+        )
+    row = registry.get_member(session, member_id)
+    return registry_pb2.MemberLookupResult(member=registry.member_to_proto(row))
+
+
+def _list_members(
+    admitted: Admitted[registry_pb2.MemberListQuery], session: Session
+) -> registry_pb2.MemberListResult:
+    query = admitted.message
+    if query.page_size < 0:
+        raise MalformedError("page_size must not be negative", metadata={"field": "page_size"})
+    limit = min(query.page_size or DEFAULT_PAGE, MAX_PAGE)
+    if query.division_prefix and not query.division_prefix.isdigit():
+        raise MalformedError(
+            "division_prefix must be digits", metadata={"field": "division_prefix"}
+        )
+    rows = registry.list_members(
+        session,
+        level=query.level,
+        role=query.role,
+        division_prefix=query.division_prefix,
+        include_revoked=query.include_revoked,
+        after=query.page_token,
+        limit=limit + 1,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return registry_pb2.MemberListResult(
+        members=[registry.member_to_proto(r) for r in rows],
+        next_page_token=rows[-1].member_id if more else "",
+    )
