@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import grpc
 from cryptography import x509
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -129,6 +130,27 @@ class HubClient:
 
     def close(self) -> None:
         self.channel.close()
+
+    # -- health ---------------------------------------------------------------
+
+    def health(self, service: str = "") -> str:
+        """SERVING / NOT_SERVING / … from the standard health service."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_serving(self, timeout: float = 30.0) -> None:
+        """Block until the hub reports SERVING (e.g. right after starting it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health() == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TransportError(grpc.StatusCode.UNAVAILABLE, f"hub not serving after {timeout}s")
+            time.sleep(0.1)
 
     # -- registry -------------------------------------------------------------
 

@@ -195,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     sub = getattr(args, f"{args.command}_command", None)
     handler = HANDLERS[(args.command, sub)]
     try:

@@ -1,0 +1,50 @@
+"""Bare grpcio echo server: the baseline. Same mTLS credentials as the hub, no signing,
+no database, no admission — just bytes in, bytes out, on grpc.aio like the hub."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from hub.config import load_config
+from hub.server import server_credentials, server_options
+
+ECHO_METHOD = "/bench.Echo/Unary"
+
+
+async def serve(data_dir: str, port: int, response_size: int) -> None:
+    config = load_config(Path(data_dir))
+    server = grpc.aio.server(options=server_options(config))
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        return request[:response_size].ljust(response_size, b"\0")
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    server.add_secure_port(f"127.0.0.1:{port}", server_credentials(config))
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--response-size", type=int, default=1024)
+    args = parser.parse_args()
+    asyncio.run(serve(args.data_dir, args.port, args.response_size))
+
+
+if __name__ == "__main__":
+    main()

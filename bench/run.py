@@ -1,0 +1,141 @@
+"""`make bench`: the signed, verified registry lookup against a bare mTLS echo.
+
+Both servers run as separate processes on 127.0.0.1 with the same TLS
+credentials; the client runs here. The echo request and response carry as
+many bytes as the signed lookup's request and response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.echo_server import ECHO_METHOD
+from bench.harness import Row, measure, print_table, ratio_row, write_results
+from connectors import HubClient
+from connectors.client import secure_channel
+from hub.demo import free_port
+from hub.demo_region import DEMO_MEMBERS, HUB_ID
+from hub.registry import validate_member
+from hub.setup import add_member_with_bundle, init_data_dir
+from xhub.v1 import registry_pb2
+
+
+@contextmanager
+def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def setup(root: Path, port: int) -> dict[str, Path]:
+    config = init_data_dir(root, hub_id=HUB_ID, listen=f"127.0.0.1:{port}")
+    bundles: dict[str, Path] = {}
+    for member in DEMO_MEMBERS:
+        spec = validate_member(
+            name=member.name, uscc=member.uscc, division=member.division, roles=[member.roles],
+            subsystem=member.subsystem,
+        )
+        bundles[member.key] = add_member_with_bundle(config, spec).bundle_dir
+    return bundles
+
+
+def wait_echo(call: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            call(b"x", timeout=2)  # type: ignore[operator]
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
+    hub_port, echo_port = free_port(), free_port()
+    bundles = setup(root, hub_port)
+    rows: list[Row] = []
+    with (
+        process(["-m", "hub.cli", "serve", "--data-dir", str(root)], root / "hub.log"),
+        HubClient.from_bundle(bundles["lw_center"]) as client,
+    ):
+        client.wait_until_serving()
+        target = HubClient.from_bundle(bundles["gz_market"]).member_id
+        lookup = registry_pb2.MemberLookup(member_id=target)
+        request_size = len(registry_pb2.GetMemberRequest(envelope=client.seal(lookup)).SerializeToString())
+        response_size = len(
+            registry_pb2.GetMemberResponse(
+                envelope=client.registry.GetMember(
+                    registry_pb2.GetMemberRequest(envelope=client.seal(lookup)), timeout=5
+                ).envelope
+            ).SerializeToString()
+        )
+        with process(
+            ["-m", "bench.echo_server", "--data-dir", str(root), "--port", str(echo_port),
+             "--response-size", str(response_size)],
+            root / "echo.log",
+        ):
+            channel = secure_channel(client.bundle, address=f"127.0.0.1:{echo_port}")
+            echo = channel.unary_unary(ECHO_METHOD)
+            wait_echo(echo)
+            payload = b"\x01" * request_size
+
+            def bare() -> object:
+                return echo(payload, timeout=10)
+
+            def signed() -> object:
+                return client.get_member(target)
+
+            for label, threads in (("sequential", 1), ("4 threads", 4)):
+                measure(bare, calls=200, threads=threads)  # warm-up
+                measure(signed, calls=200, threads=threads)
+                base = measure(bare, calls=calls, threads=threads)
+                hub = measure(signed, calls=calls, threads=threads)
+                suffix = "" if threads == 1 else "_4threads"
+                rows += [
+                    Row(f"bare_echo_unary{suffix}", round(base.calls_per_second, 1), "calls/s"),
+                    ratio_row(
+                        f"signed_registry_lookup{suffix}", hub.calls_per_second, "calls/s",
+                        base.calls_per_second,
+                    ),
+                    ratio_row(f"signed_registry_lookup_p50{suffix}", hub.p50_ms, "ms", base.p50_ms),
+                    ratio_row(f"signed_registry_lookup_p99{suffix}", hub.p99_ms, "ms", base.p99_ms),
+                ]
+                print(f"  {label}: bare {base.calls_per_second:.0f}/s, "
+                      f"signed {hub.calls_per_second:.0f}/s", flush=True)
+            channel.close()
+        rows.append(Row("signed_request_bytes", request_size, "bytes"))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="xhub-bench-") as tmp:
+        print("signed registry lookup vs bare mTLS echo", flush=True)
+        rows += bench_signed_lookup(Path(tmp) / "lookup", args.calls)
+    print()
+    print_table(rows)
+    write_results(rows)
+    print("\nwritten bench/results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
