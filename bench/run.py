@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from xhub.v1 import registry_pb2
+
 from bench.echo_server import ECHO_METHOD
 from bench.harness import Row, measure, print_table, ratio_row, write_results
 from connectors import HubClient
@@ -24,7 +26,6 @@ from hub.demo import free_port
 from hub.demo_region import DEMO_MEMBERS, HUB_ID
 from hub.registry import validate_member
 from hub.setup import add_member_with_bundle, init_data_dir
-from xhub.v1 import registry_pb2
 
 
 @contextmanager
@@ -46,7 +47,10 @@ def setup(root: Path, port: int) -> dict[str, Path]:
     bundles: dict[str, Path] = {}
     for member in DEMO_MEMBERS:
         spec = validate_member(
-            name=member.name, uscc=member.uscc, division=member.division, roles=[member.roles],
+            name=member.name,
+            uscc=member.uscc,
+            division=member.division,
+            roles=[member.roles],
             subsystem=member.subsystem,
         )
         bundles[member.key] = add_member_with_bundle(config, spec).bundle_dir
@@ -76,7 +80,9 @@ def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
         client.wait_until_serving()
         target = HubClient.from_bundle(bundles["gz_market"]).member_id
         lookup = registry_pb2.MemberLookup(member_id=target)
-        request_size = len(registry_pb2.GetMemberRequest(envelope=client.seal(lookup)).SerializeToString())
+        request_size = len(
+            registry_pb2.GetMemberRequest(envelope=client.seal(lookup)).SerializeToString()
+        )
         response_size = len(
             registry_pb2.GetMemberResponse(
                 envelope=client.registry.GetMember(
@@ -85,8 +91,16 @@ def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
             ).SerializeToString()
         )
         with process(
-            ["-m", "bench.echo_server", "--data-dir", str(root), "--port", str(echo_port),
-             "--response-size", str(response_size)],
+            [
+                "-m",
+                "bench.echo_server",
+                "--data-dir",
+                str(root),
+                "--port",
+                str(echo_port),
+                "--response-size",
+                str(response_size),
+            ],
             root / "echo.log",
         ):
             channel = secure_channel(client.bundle, address=f"127.0.0.1:{echo_port}")
@@ -109,14 +123,19 @@ def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
                 rows += [
                     Row(f"bare_echo_unary{suffix}", round(base.calls_per_second, 1), "calls/s"),
                     ratio_row(
-                        f"signed_registry_lookup{suffix}", hub.calls_per_second, "calls/s",
+                        f"signed_registry_lookup{suffix}",
+                        hub.calls_per_second,
+                        "calls/s",
                         base.calls_per_second,
                     ),
                     ratio_row(f"signed_registry_lookup_p50{suffix}", hub.p50_ms, "ms", base.p50_ms),
                     ratio_row(f"signed_registry_lookup_p99{suffix}", hub.p99_ms, "ms", base.p99_ms),
                 ]
-                print(f"  {label}: bare {base.calls_per_second:.0f}/s, "
-                      f"signed {hub.calls_per_second:.0f}/s", flush=True)
+                print(
+                    f"  {label}: bare {base.calls_per_second:.0f}/s, "
+                    f"signed {hub.calls_per_second:.0f}/s",
+                    flush=True,
+                )
             channel.close()
         rows.append(Row("signed_request_bytes", request_size, "bytes"))
     return rows

@@ -137,7 +137,7 @@ class HubClient:
         """SERVING / NOT_SERVING / … from the standard health service."""
         stub = health_pb2_grpc.HealthStub(self.channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def wait_until_serving(self, timeout: float = 30.0) -> None:
         """Block until the hub reports SERVING (e.g. right after starting it)."""
@@ -149,7 +149,9 @@ class HubClient:
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
-                raise TransportError(grpc.StatusCode.UNAVAILABLE, f"hub not serving after {timeout}s")
+                raise TransportError(
+                    grpc.StatusCode.UNAVAILABLE, f"hub not serving after {timeout}s"
+                )
             time.sleep(0.1)
 
     # -- registry -------------------------------------------------------------

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+from xhub.v1 import registry_pb2
 
 from connectors import HubClient, XhubError
 from hub.codes import division_level
@@ -29,7 +30,6 @@ from hub.errors import from_rpc_error
 from hub.registry import validate_member
 from hub.setup import add_member_with_bundle, init_data_dir, open_config
 from hub.signing import ECDSA_P256, ED25519
-from xhub.v1 import registry_pb2
 
 LEVELS = {1: "省", 2: "市", 3: "区"}
 
@@ -48,8 +48,16 @@ def free_port() -> int:
 def running_hub(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     log = open(data_dir / "hub.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "hub.cli", "serve", "--data-dir", str(data_dir),
-         "--listen", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -88,9 +96,7 @@ def run(data_dir: Path) -> int:
             subsystem=member.subsystem,
         )
         algorithm = ED25519 if member.signing_alg == "ed25519" else ECDSA_P256
-        added = add_member_with_bundle(
-            open_config(data_dir), spec, signing_algorithm=algorithm
-        )
+        added = add_member_with_bundle(open_config(data_dir), spec, signing_algorithm=algorithm)
         bundles[member.key] = added.bundle_dir
         say(
             f"  member {LEVELS[int(spec.level)]} {member.name:<14} {added.member_id}"
@@ -102,8 +108,10 @@ def run(data_dir: Path) -> int:
         try:
             clients["lw_center"].wait_until_serving(timeout=30)
             say(f"\nhub serving on 127.0.0.1:{port} over mutual TLS (pid {process.pid})")
-            say("\n-- signed round trips between levels (request signed by the member, "
-                "response signed by the hub, both verified)")
+            say(
+                "\n-- signed round trips between levels (request signed by the member, "
+                "response signed by the hub, both verified)"
+            )
             pairs = [
                 ("lw_center", "gz_market"),  # district → municipal
                 ("gz_market", "gd_police"),  # municipal → province
@@ -113,17 +121,19 @@ def run(data_dir: Path) -> int:
             for asker, target in pairs:
                 client = clients[asker]
                 target_id = clients[target].member_id
-                member = client.get_member(target_id)
-                client.verified_certificate(member)
+                found = client.get_member(target_id)
+                client.verified_certificate(found)
                 say(
-                    f"  {_label(asker)} → hub → {_label(target)}: {member.name} "
-                    f"(level {LEVELS[member.level]}, {len(member.signing_keys)} key(s), "
+                    f"  {_label(asker)} → hub → {_label(target)}: {found.name} "
+                    f"(level {LEVELS[found.level]}, {len(found.signing_keys)} key(s), "
                     "certificate chains to hub CA ✓)"
                 )
             district = list(clients["gd_police"].list_members(division_prefix="440103"))
             issuers = list(clients["lw_center"].list_members(role=registry_pb2.ROLE_ISSUER))
-            say(f"  province lists Liwan district members: {len(district)}; "
-                f"platform lists issuers: {len(issuers)}")
+            say(
+                f"  province lists Liwan district members: {len(district)}; "
+                f"platform lists issuers: {len(issuers)}"
+            )
 
             say("\n-- refusals")
             platform = clients["lw_center"]
@@ -137,8 +147,10 @@ def run(data_dir: Path) -> int:
                 say("  tampered message: ACCEPTED (this is a bug)")
                 return 1
             except grpc.RpcError as exc:
-                say(f"  tampered message (one payload byte changed after signing): "
-                    f"refused {refusal(exc)}")
+                say(
+                    f"  tampered message (one payload byte changed after signing): "
+                    f"refused {refusal(exc)}"
+                )
             original = platform.seal(lookup)
             platform.registry.GetMember(registry_pb2.GetMemberRequest(envelope=original), timeout=5)
             try:
@@ -148,8 +160,10 @@ def run(data_dir: Path) -> int:
                 say("  replayed message: ACCEPTED (this is a bug)")
                 return 1
             except grpc.RpcError as exc:
-                say(f"  replayed message (same envelope sent twice): first accepted, "
-                    f"second refused {refusal(exc)}")
+                say(
+                    f"  replayed message (same envelope sent twice): first accepted, "
+                    f"second refused {refusal(exc)}"
+                )
         finally:
             for client in clients.values():
                 client.close()
@@ -167,7 +181,9 @@ def _label(key: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-dir", type=Path, help="keep the demo hub here (default: a temp dir)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="keep the demo hub here (default: a temp dir)"
+    )
     args = parser.parse_args()
     if args.data_dir:
         if args.data_dir.exists():

@@ -16,13 +16,13 @@ from typing import Generic, TypeVar
 
 from cryptography import x509
 from google.protobuf.message import Message
-from sqlalchemy import delete
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from xhub.v1 import envelope_pb2, registry_pb2
 
 from hub.ca import CertificateError, member_id_of
-from hub.db import MemberKeyRow, MemberRow, SeenMessageRow
+from hub.db import MemberKeyRow, MemberRoleRow, MemberRow, SeenMessageRow
 from hub.envelope import Opened, open_envelope
 from hub.errors import AuthenticationError, MalformedError, ReplayError
 from hub.signing import KeyVerifier
@@ -101,9 +101,9 @@ class Gate:
         now = self._clock()
         # 1. The TLS peer must present a hub-issued certificate naming a member.
         peer = self._peer(peer_pem)
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             # 2. The peer must be a registered, active, unexpired member using its current cert.
-            member = self._active_member(session, peer, now)
+            caller = self._active_member(session, peer, now)
 
             # 3–6. Shape, payload type, key, signature over the exact bytes; then parse.
             def resolve(key_id: str) -> KeyVerifier:
@@ -117,12 +117,18 @@ class Gate:
                 return bound.verifier
 
             opened = open_envelope(envelope, message_type, resolve)
-            caller = Caller(
-                member_id=member.member_id,
-                name=member.name,
-                roles=frozenset(r.role for r in member.roles),
+            self._check_header(opened.header, peer, now)
+            # 10. The message id must be new inside the window (stored, so it survives restarts).
+            self._remember(
+                peer.member_id,
+                opened.header.message_id,
+                opened.header.issued_at.ToDatetime(tzinfo=UTC),
+                now,
+                session=session,
             )
-        header = opened.header
+        return Admitted(opened=opened, caller=caller)
+
+    def _check_header(self, header: envelope_pb2.Header, peer: PeerIdentity, now: datetime) -> None:
         # 7. The header's sender must be the TLS peer.
         if header.sender != peer.member_id:
             raise AuthenticationError(
@@ -146,9 +152,6 @@ class Gate:
                 reason=R.ERROR_REASON_CLOCK_SKEW,
                 metadata={"hub_time": now.isoformat(), "issued_at": issued_at.isoformat()},
             )
-        # 10. The message id must be new inside the window (stored, so it survives restarts).
-        self._remember(peer.member_id, header.message_id, issued_at, now)
-        return Admitted(opened=opened, caller=caller)
 
     def _peer(self, peer_pem: bytes | None) -> PeerIdentity:
         if not peer_pem:
@@ -163,38 +166,64 @@ class Gate:
                 reason=R.ERROR_REASON_SENDER_NOT_PEER,
             ) from exc
 
-    def _active_member(self, session: Session, peer: PeerIdentity, now: datetime) -> MemberRow:
-        member = session.get(MemberRow, peer.member_id)
-        if member is None:
+    def _active_member(self, session: Session, peer: PeerIdentity, now: datetime) -> Caller:
+        # One Core round trip: this runs on every call, so no ORM loading here.
+        rows = (
+            session.connection()
+            .execute(
+                select(
+                    MemberRow.name,
+                    MemberRow.status,
+                    MemberRow.certificate_serial,
+                    MemberRow.not_after,
+                    MemberRow.revoke_reason,
+                    MemberRoleRow.role,
+                )
+                .outerjoin(MemberRoleRow, MemberRoleRow.member_id == MemberRow.member_id)
+                .where(MemberRow.member_id == peer.member_id)
+            )
+            .all()
+        )
+        if not rows:
             raise AuthenticationError(
                 f"{peer.member_id} is not a registered member",
                 reason=R.ERROR_REASON_UNKNOWN_KEY,
                 metadata={"member_id": peer.member_id},
             )
-        if member.status != registry_pb2.MEMBER_STATUS_ACTIVE:
+        name, status, serial, not_after, revoke_reason, _ = rows[0]
+        if status != registry_pb2.MEMBER_STATUS_ACTIVE:
             raise AuthenticationError(
-                f"member {member.member_id} was revoked: {member.revoke_reason}",
+                f"member {peer.member_id} was revoked: {revoke_reason}",
                 reason=R.ERROR_REASON_MEMBER_REVOKED,
-                metadata={"member_id": member.member_id},
+                metadata={"member_id": peer.member_id},
             )
-        if member.certificate_serial != peer.serial:
+        if serial != peer.serial:
             raise AuthenticationError(
-                f"certificate {peer.serial} of {member.member_id} has been superseded",
+                f"certificate {peer.serial} of {peer.member_id} has been superseded",
                 reason=R.ERROR_REASON_MEMBER_REVOKED,
-                metadata={"member_id": member.member_id, "serial": peer.serial},
+                metadata={"member_id": peer.member_id, "serial": peer.serial},
             )
-        if member.not_after <= now:
+        if not_after <= now:
             raise AuthenticationError(
-                f"certificate of {member.member_id} expired at {member.not_after.isoformat()}",
+                f"certificate of {peer.member_id} expired at {not_after.isoformat()}",
                 reason=R.ERROR_REASON_MEMBER_EXPIRED,
-                metadata={"member_id": member.member_id},
+                metadata={"member_id": peer.member_id},
             )
-        return member
+        roles = frozenset(int(row[5]) for row in rows if row[5] is not None)
+        return Caller(member_id=peer.member_id, name=name, roles=roles)
 
     def _key(self, session: Session, key_id: str) -> BoundKey:
         bound = self._keys.get(key_id)
         if bound is None:
-            row = session.get(MemberKeyRow, key_id)
+            row = (
+                session.connection()
+                .execute(
+                    select(MemberKeyRow.member_id, MemberKeyRow.public_key_der).where(
+                        MemberKeyRow.key_id == key_id
+                    )
+                )
+                .first()
+            )
             if row is None:
                 raise AuthenticationError(
                     f"unknown key {key_id[:64]!r}",
@@ -205,19 +234,28 @@ class Gate:
             self._keys[key_id] = bound
         return bound
 
-    def _remember(self, sender: str, message_id: str, issued_at: datetime, now: datetime) -> None:
+    def _remember(
+        self,
+        sender: str,
+        message_id: str,
+        issued_at: datetime,
+        now: datetime,
+        *,
+        session: Session | None = None,
+    ) -> None:
         if len(message_id) > 64:
             raise MalformedError(
                 "message_id is longer than 64 characters",
                 reason=R.ERROR_REASON_MALFORMED_PAYLOAD,
             )
+        row = {"sender": sender, "message_id": message_id, "seen_at": now, "issued_at": issued_at}
         try:
-            with self._sessions.begin() as session:
-                session.add(
-                    SeenMessageRow(
-                        sender=sender, message_id=message_id, seen_at=now, issued_at=issued_at
-                    )
-                )
+            if session is None:
+                with self._sessions.begin() as own:
+                    own.execute(insert(SeenMessageRow), [row])
+            else:
+                # A savepoint would cost a round trip; the caller's transaction ends here anyway.
+                session.connection().execute(insert(SeenMessageRow), [row])
         except IntegrityError as exc:
             raise ReplayError(
                 f"message {message_id} from {sender} was already received",

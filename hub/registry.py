@@ -315,5 +315,43 @@ def member_to_proto(row: MemberRow) -> registry_pb2.Member:
     )
 
 
+def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
+    """One member as proto, by three small Core queries (the lookup hot path)."""
+    connection = session.connection()
+    members = MemberRow.__table__
+    row = connection.execute(
+        select(members).where(members.c.member_id == member_id, members.c.uscc != "")
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no member {member_id!r}", metadata={"member_id": member_id[:128]})
+    roles = connection.execute(
+        select(MemberRoleRow.role).where(MemberRoleRow.member_id == member_id)
+    ).scalars()
+    keys = connection.execute(
+        select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der).where(
+            MemberKeyRow.member_id == member_id
+        )
+    ).all()
+    return registry_pb2.Member(
+        member_id=row.member_id,
+        name=row.name,
+        uscc=row.uscc,
+        division_code=row.division_code,
+        level=row.level,
+        roles=sorted(roles),  # type: ignore[arg-type]
+        subsystem=row.subsystem,
+        status=row.status,
+        certificate_der=row.certificate_der,
+        signing_keys=[
+            registry_pb2.PublicKey(
+                key_id=k,
+                algorithm=a,  # type: ignore[arg-type]
+                public_key_der=d,
+            )
+            for k, a, d in keys
+        ],
+    )
+
+
 def has_role(row: MemberRow, role: registry_pb2.Role.ValueType) -> bool:
     return any(r.role == role for r in row.roles)

@@ -49,8 +49,7 @@ def _get_member(
             f"{member_id[:128]!r} is not a member id (CN.<division>.<USCC>[.<subsystem>])",
             metadata={"field": "member_id"},
         )
-    row = registry.get_member(session, member_id)
-    return registry_pb2.MemberLookupResult(member=registry.member_to_proto(row))
+    return registry_pb2.MemberLookupResult(member=registry.member_proto(session, member_id))
 
 
 def _list_members(
