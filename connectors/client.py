@@ -26,8 +26,10 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
-from xhub.v1 import envelope_pb2, registry_pb2, registry_pb2_grpc
+from xhub.v1 import audit_pb2, audit_pb2_grpc, envelope_pb2, registry_pb2, registry_pb2_grpc
 
+from hub.audit.merkle import ProofError, verify_consistency, verify_inclusion
+from hub.audit.note import Checkpoint, NoteError, NoteVerifier, open_checkpoint
 from hub.bundle import MemberBundle
 from hub.ca import CertificateError, load_certificate, verify_member_certificate
 from hub.envelope import (
@@ -49,6 +51,22 @@ from hub.errors import (
 M = TypeVar("M", bound=Message)
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True)
+class VerifiedCheckpoint:
+    """A checkpoint whose signature verified with the pinned log key."""
+
+    checkpoint: Checkpoint
+    note: bytes
+
+    @property
+    def size(self) -> int:
+        return self.checkpoint.size
+
+    @property
+    def root_hash(self) -> bytes:
+        return self.checkpoint.root_hash
 
 
 class TransportError(Exception):
@@ -110,6 +128,8 @@ class HubClient:
         self._sleep = sleep
         self.channel = channel or secure_channel(bundle)
         self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.last_receipt: envelope_pb2.AuditReceipt | None = None
 
     @classmethod
     def from_bundle(
@@ -211,6 +231,108 @@ class HubClient:
             raise BadResponseError(f"certificate names {named}, not {member.member_id}")
         return cert
 
+    # -- audit log ------------------------------------------------------------
+
+    def checkpoint(self) -> VerifiedCheckpoint:
+        """The latest checkpoint, its signature checked with the log key pinned in the bundle."""
+        result = self.call(
+            self.audit.GetCheckpoint,
+            audit_pb2.GetCheckpointRequest,
+            audit_pb2.CheckpointQuery(),
+            audit_pb2.CheckpointResult,
+            idempotent=True,
+        )
+        # The pinned key wins; an old bundle falls back to the key in the hub-signed answer.
+        verifier = NoteVerifier.from_vkey(self.bundle.log_key or result.log_key)
+        try:
+            checkpoint = open_checkpoint(result.checkpoint_note, verifier)
+        except NoteError as exc:
+            raise BadResponseError(f"checkpoint does not verify with the log key: {exc}") from exc
+        return VerifiedCheckpoint(checkpoint, bytes(result.checkpoint_note))
+
+    def inclusion_proof(
+        self, *, leaf_hash: bytes = b"", leaf_index: int = 0, tree_size: int = 0
+    ) -> audit_pb2.InclusionProofResult:
+        return self.call(
+            self.audit.GetInclusionProof,
+            audit_pb2.GetInclusionProofRequest,
+            audit_pb2.InclusionProofQuery(
+                leaf_hash=leaf_hash, leaf_index=leaf_index, tree_size=tree_size
+            ),
+            audit_pb2.InclusionProofResult,
+            idempotent=True,
+        )
+
+    def consistency_proof(self, old_size: int, new_size: int) -> audit_pb2.ConsistencyProofResult:
+        return self.call(
+            self.audit.GetConsistencyProof,
+            audit_pb2.GetConsistencyProofRequest,
+            audit_pb2.ConsistencyProofQuery(old_size=old_size, new_size=new_size),
+            audit_pb2.ConsistencyProofResult,
+            idempotent=True,
+        )
+
+    def prove_logged(
+        self, receipt: envelope_pb2.AuditReceipt, *, timeout: float = 15.0
+    ) -> tuple[VerifiedCheckpoint, int]:
+        """Prove a receipt's entry is in a signed checkpoint; returns it and the leaf index.
+
+        Waits (bounded) while the entry is still waiting for the sequencer.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            checkpoint = self.checkpoint()
+            try:
+                proof = self.inclusion_proof(leaf_hash=receipt.leaf_hash, tree_size=checkpoint.size)
+            except (XhubError, TransportError) as exc:
+                pending = getattr(exc, "code", None) == grpc.StatusCode.UNAVAILABLE or (
+                    isinstance(exc, MalformedError)
+                )
+                if not pending or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            try:
+                verify_inclusion(
+                    receipt.leaf_hash,
+                    proof.leaf_index,
+                    checkpoint.size,
+                    proof.hashes,
+                    checkpoint.root_hash,
+                )
+            except ProofError as exc:
+                raise BadResponseError(f"inclusion proof does not verify: {exc}") from exc
+            return checkpoint, proof.leaf_index
+
+    def prove_consistent(self, old: VerifiedCheckpoint, new: VerifiedCheckpoint) -> None:
+        """Prove ``new`` extends ``old``: the log was appended to, never rewritten."""
+        if old.size == 0 or old.size == new.size:
+            verify_consistency(old.size, new.size, old.root_hash, new.root_hash, [])
+            return
+        proof = self.consistency_proof(old.size, new.size)
+        try:
+            verify_consistency(old.size, new.size, old.root_hash, new.root_hash, proof.hashes)
+        except ProofError as exc:
+            raise BadResponseError(f"consistency proof does not verify: {exc}") from exc
+
+    def query_audit(
+        self, *, page_size: int = 100, **filters: Any
+    ) -> Iterator[audit_pb2.AuditRecord]:
+        """Auditor members only: every matching audit record, page after page."""
+        token = ""
+        while True:
+            page = self.call(
+                self.audit.Query,
+                audit_pb2.QueryRequest,
+                audit_pb2.AuditQuery(page_size=page_size, page_token=token, **filters),
+                audit_pb2.AuditQueryResult,
+                idempotent=True,
+            )
+            yield from page.records
+            token = page.next_page_token
+            if not token:
+                return
+
     # -- signed calls ---------------------------------------------------------
 
     def seal(self, payload: M, *, case_id: str = "", purpose: str = "") -> envelope_pb2.Envelope:
@@ -282,6 +404,8 @@ class HubClient:
         issued = header.issued_at.ToDatetime(tzinfo=UTC)
         if abs(datetime.now(UTC) - issued) > self.clock_skew:
             raise BadResponseError(f"response issued at {issued.isoformat()} is outside the window")
+        if header.HasField("receipt"):
+            self.last_receipt = header.receipt
         return message
 
 

@@ -40,6 +40,7 @@ class MemberBundle:
     ca_cert: x509.Certificate
     hub_signing_cert: x509.Certificate
     signing_key: PrivateKey
+    log_key: str = ""  # the audit log's note verifier key, pinned at registration
 
     @property
     def signer(self) -> KeySigner:
@@ -66,6 +67,7 @@ class MemberBundle:
             "hub_address": self.hub_address,
             "server_name": self.server_name,
             "signing_key": SIGNING_KEY if separate_key else TLS_KEY,
+            "log_key": self.log_key,
         }
         (directory / MANIFEST).write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", "utf-8"
@@ -92,6 +94,7 @@ class MemberBundle:
                 ca_cert=load_certificate((directory / CA_CERT).read_bytes()),
                 hub_signing_cert=load_certificate((directory / HUB_SIGNING_CERT).read_bytes()),
                 signing_key=signing_key,
+                log_key=manifest.get("log_key", ""),
             )
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"{directory}: not a usable member bundle: {exc}") from exc

@@ -12,11 +12,14 @@ from pathlib import Path
 
 from xhub.v1 import registry_pb2
 
+from connectors.client import TransportError
 from hub import codes
+from hub.bundle import BundleError
 from hub.config import ConfigError
 from hub.db import make_engine, migrate, session_factory
 from hub.errors import XhubError
 from hub.registry import list_members, revoke_member, role_name, validate_member
+from hub.server import StartupError
 from hub.setup import SetupError, add_member_with_bundle, init_data_dir, open_config, with_listen
 from hub.signing import ECDSA_P256, ED25519
 
@@ -79,6 +82,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the hub")
     _data_dir_arg(serve)
     serve.add_argument("--listen", help="override host:port")
+
+    audit = commands.add_parser("audit", help="audit log tools (审计)")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    for name, text in (
+        ("query", "print matching audit records (auditor bundle)"),
+        ("export", "write an offline evidence bundle (auditor bundle)"),
+    ):
+        sub = audit_commands.add_parser(name, help=text)
+        sub.add_argument("--bundle", type=Path, required=True, help="auditor member bundle dir")
+        sub.add_argument("--hub", help="hub address, overriding the bundle's")
+        sub.add_argument("--member", default="", help="caller or recipient member id")
+        sub.add_argument("--subject", default="", help="data subject's code (USCC / ID)")
+        sub.add_argument("--case", default="", help="case number")
+        sub.add_argument("--method", default="", help="full gRPC method")
+        sub.add_argument("--decision", choices=["allowed", "denied"], help="only this outcome")
+        sub.add_argument("--since", help="ISO time, inclusive")
+        sub.add_argument("--until", help="ISO time, exclusive")
+    audit_commands.choices["export"].add_argument("--out", type=Path, required=True)
+    audit_commands.choices["export"].add_argument(
+        "--previous-checkpoint", type=Path, help="an earlier checkpoint note to prove consistency"
+    )
+    verify = audit_commands.add_parser("verify", help="verify an evidence bundle offline")
+    verify.add_argument("bundle_file", type=Path)
+    verify.add_argument("--log-key", required=True, help="log verifier key, or a file holding it")
+    check = audit_commands.add_parser(
+        "check", help="recompute the stored log against its checkpoint"
+    )
+    _data_dir_arg(check)
+    key = audit_commands.add_parser("log-key", help="print the log's verifier key")
+    _data_dir_arg(key)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -179,7 +212,145 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_filters(args: argparse.Namespace) -> dict[str, object]:
+    from datetime import datetime
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from xhub.v1 import audit_pb2
+
+    filters: dict[str, object] = {
+        "member_id": args.member,
+        "subject": args.subject,
+        "case_id": args.case,
+        "method": args.method,
+    }
+    if args.decision:
+        filters["decision"] = (
+            audit_pb2.AUDIT_DECISION_ALLOWED
+            if args.decision == "allowed"
+            else audit_pb2.AUDIT_DECISION_DENIED
+        )
+    for name in ("since", "until"):
+        value = getattr(args, name)
+        if value:
+            stamp = Timestamp()
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                raise ConfigError(f"--{name} needs a time zone, e.g. {value}+08:00")
+            stamp.FromDatetime(moment)
+            filters[name] = stamp
+    return filters
+
+
+def cmd_audit_query(args: argparse.Namespace) -> int:
+    from xhub.v1 import audit_pb2
+
+    from connectors import HubClient
+    from connectors.auditor import query
+    from hub.audit.evidence import entry_time
+
+    with HubClient.from_bundle(args.bundle, hub_address=args.hub) as client:
+        print(
+            f"{'index':>6}  {'time (UTC)':<19}  {'sender':<40}  {'method':<34}  "
+            f"{'decision':<8}  {'reason':<18}  subject"
+        )
+        count = 0
+        for record, entry in query(client, **_audit_filters(args)):
+            index = str(record.leaf_index) if record.sequenced else "…"
+            decision = audit_pb2.AuditDecision.Name(entry.decision).removeprefix("AUDIT_DECISION_")
+            print(
+                f"{index:>6}  {entry_time(record.entry):<19}  {entry.sender[:40]:<40}  "
+                f"{entry.method.rsplit('.', 1)[-1][:34]:<34}  {decision.lower():<8}  "
+                f"{entry.reason[:18]:<18}  {record.subject}"
+            )
+            count += 1
+        print(f"{count} record(s)")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from connectors import HubClient
+    from connectors.auditor import export_evidence
+
+    previous = args.previous_checkpoint.read_bytes() if args.previous_checkpoint else b""
+    with HubClient.from_bundle(args.bundle, hub_address=args.hub) as client:
+        bundle, pending = export_evidence(
+            client,
+            previous_checkpoint=previous,
+            show_progress=sys.stderr.isatty(),
+            **_audit_filters(args),
+        )
+    args.out.write_text(bundle.to_json(), "utf-8")
+    print(
+        f"wrote {len(bundle.entries)} entries, {len(bundle.members)} member certificates "
+        f"and checkpoint to {args.out}"
+    )
+    if pending:
+        print(f"note: {pending} matching entries are not yet in a checkpoint; export again later")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from hub.audit.evidence import BundleInvalid, load_bundle, verify_bundle
+    from hub.audit.note import NoteError, NoteVerifier
+
+    key_text = args.log_key
+    if Path(key_text).is_file():
+        key_text = Path(key_text).read_text("utf-8").strip()
+    try:
+        verifier = NoteVerifier.from_vkey(key_text)
+    except NoteError as exc:
+        print(f"error: --log-key is not a note verifier key: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = verify_bundle(load_bundle(args.bundle_file), verifier)
+    except BundleInvalid as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    cp = report.checkpoint
+    print(
+        f"OK: {report.entries} entries are in checkpoint {cp.origin} size {cp.size} "
+        f"root {cp.root_hash.hex()[:16]}…"
+    )
+    print(
+        f"    {report.envelopes_checked} original envelopes match their entries; "
+        f"{report.refused_signatures} unsigned/forged ones were logged as refused"
+    )
+    return 0
+
+
+def cmd_audit_check(args: argparse.Namespace) -> int:
+    from hub.audit.log import TamperedLogError
+    from hub.runtime import HubRuntime
+
+    runtime = HubRuntime(open_config(args.data_dir))
+    try:
+        size, root = runtime.audit.check_integrity(
+            progress=lambda done, total: print(f"  {done} / {total}", file=sys.stderr)
+        )
+    except TamperedLogError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.close()
+    print(f"OK: {size} entries match the last signed checkpoint (root {root.hex()[:16]}…)")
+    return 0
+
+
+def cmd_audit_log_key(args: argparse.Namespace) -> int:
+    from hub.audit.log import load_log_signer
+
+    config = open_config(args.data_dir)
+    print(load_log_signer(config.effective_log_origin, config.paths.log_key).verifier_key())
+    return 0
+
+
 HANDLERS = {
+    ("audit", "query"): cmd_audit_query,
+    ("audit", "export"): cmd_audit_export,
+    ("audit", "verify"): cmd_audit_verify,
+    ("audit", "check"): cmd_audit_check,
+    ("audit", "log-key"): cmd_audit_log_key,
     ("init", None): cmd_init,
     ("member", "add"): cmd_member_add,
     ("member", "list"): cmd_member_list,
@@ -201,9 +372,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = HANDLERS[(args.command, sub)]
     try:
         return handler(args)
-    except (XhubError, SetupError, ConfigError, codes.CodeError) as exc:
+    except (XhubError, SetupError, ConfigError, codes.CodeError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TransportError as exc:
+        print(f"error: cannot reach the hub: {exc}", file=sys.stderr)
+        return 3
+    except StartupError as exc:
+        print(f"error: hub refused to start: {exc}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

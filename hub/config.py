@@ -62,6 +62,10 @@ class DataDir:
         return self.root / "hub" / "log.key"
 
     @property
+    def subject_key(self) -> Path:
+        return self.root / "hub" / "subject.key"
+
+    @property
     def bundles(self) -> Path:
         return self.root / "bundles"
 
@@ -85,6 +89,11 @@ class HubConfig:
     keepalive_time_ms: int = 30_000
     keepalive_timeout_ms: int = 10_000
     replay_prune_interval_seconds: int = 60
+    log_origin: str = ""
+    audit_enabled: bool = True
+    audit_merge_delay_seconds: float = 5.0
+    sequencer_interval_seconds: float = 0.2
+    sequencer_batch: int = 10_000
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,13 +108,26 @@ class HubConfig:
     def advertised_address(self) -> str:
         return self.advertise or self.listen
 
+    @property
+    def effective_log_origin(self) -> str:
+        """C2SP checkpoint origin line; also the log key's name."""
+        return self.log_origin or f"xhub/{self.hub_id}/audit"
+
 
 _FIELDS = {f.name: f for f in dataclasses.fields(HubConfig) if f.name not in ("data_dir", "extra")}
 
 
 def _coerce(name: str, value: Any) -> Any:
-    kind = type(_FIELDS[name].default)
+    kind: type = type(_FIELDS[name].default)
     try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
         if kind is int:
             return int(value)
         if kind is float:
@@ -144,7 +166,9 @@ def render_config(config: HubConfig) -> str:
     lines = ["# xhub hub configuration; XHUB_<SETTING> environment variables override.", "[hub]"]
     for name in _FIELDS:
         value = getattr(config, name)
-        if isinstance(value, str):
+        if isinstance(value, bool):
+            lines.append(f"{name} = {'true' if value else 'false'}")
+        elif isinstance(value, str):
             escaped = value.replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'{name} = "{escaped}"')
         else:

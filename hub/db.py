@@ -13,6 +13,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Engine,
     ForeignKey,
@@ -174,3 +175,81 @@ def current_revision(engine: Engine) -> str | None:
 
 def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
+
+
+# -- audit log (审计日志) -------------------------------------------------------
+
+AuditId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class AuditEntryRow(Base):
+    """One exchange attempt; ``entry`` holds the exact leaf bytes, the rest is an index."""
+
+    __tablename__ = "audit_entries"
+
+    id: Mapped[int] = mapped_column(AuditId, primary_key=True, autoincrement=True)
+    leaf_index: Mapped[int | None] = mapped_column(BigInteger, unique=True, nullable=True)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    logged_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    sender: Mapped[str] = mapped_column(String(128), index=True)
+    recipient: Mapped[str] = mapped_column(String(128), index=True)
+    method: Mapped[str] = mapped_column(String(128), index=True)
+    case_id: Mapped[str] = mapped_column(String(64), index=True)
+    decision: Mapped[int] = mapped_column(Integer)
+    subject_hmac: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True, nullable=True)
+
+
+class AuditEnvelopeRow(Base):
+    """The original request envelope bytes, for export and offline signature checks."""
+
+    __tablename__ = "audit_envelopes"
+
+    entry_id: Mapped[int] = mapped_column(
+        AuditId, ForeignKey("audit_entries.id", ondelete="CASCADE"), primary_key=True
+    )
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditSubjectRow(Base):
+    """The subject's code in clear: served to auditor members only, never in a leaf."""
+
+    __tablename__ = "audit_subjects"
+
+    entry_id: Mapped[int] = mapped_column(
+        AuditId, ForeignKey("audit_entries.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject: Mapped[str] = mapped_column(String(64))
+
+
+class MerkleNodeRow(Base):
+    """Hash of the complete perfect subtree (level, index) of the audit tree."""
+
+    __tablename__ = "merkle_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    index: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditTreeRow(Base):
+    """The single row the sequencer locks; size and root of the sequenced tree."""
+
+    __tablename__ = "audit_tree"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    sequencer: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AuditCheckpointRow(Base):
+    """Every checkpoint published, kept as history (C2SP signed note)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    tree_size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)

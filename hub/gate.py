@@ -73,6 +73,14 @@ def peer_identity(pem: bytes) -> PeerIdentity:
     return PeerIdentity(member_id=member_id_of(cert), serial=format(cert.serial_number, "x"))
 
 
+def peer_member_id(pem: bytes | None) -> str:
+    """The member id a connection claims, for the audit entry of a refused call; "" if none."""
+    try:
+        return peer_identity(pem).member_id if pem else ""
+    except (CertificateError, ValueError):
+        return ""
+
+
 @dataclass(frozen=True)
 class BoundKey:
     member_id: str

@@ -230,6 +230,7 @@ def make_bundle(
     hub_id: str,
     hub_address: str,
     server_name: str,
+    log_key: str = "",
 ) -> MemberBundle:
     return MemberBundle(
         member_id=issued.spec.member_id,
@@ -242,6 +243,7 @@ def make_bundle(
         ca_cert=x509.load_der_x509_certificate(ca_cert_der),
         hub_signing_cert=x509.load_der_x509_certificate(hub_signing_cert_der),
         signing_key=issued.signing_key,
+        log_key=log_key,
     )
 
 

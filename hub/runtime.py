@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from cryptography import x509
@@ -23,12 +23,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from xhub.v1 import envelope_pb2, registry_pb2
 
+from hub.audit.log import ALLOWED, DENIED, AuditDraft, AuditLog, load_log_signer
 from hub.ca import load_certificate
 from hub.config import HubConfig
 from hub.db import make_engine, session_factory
 from hub.envelope import new_header, seal
 from hub.errors import PermissionDeniedError, XhubError
-from hub.gate import Admitted, Gate
+from hub.gate import Admitted, Caller, Gate, peer_member_id
 from hub.signing import KeySigner, load_signer
 
 log = logging.getLogger("xhub.runtime")
@@ -62,6 +63,27 @@ def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | Non
     return certs[0] if certs else None
 
 
+@dataclass
+class Call(Generic[M]):
+    """An admitted request as a handler sees it: message, caller, session, audit notes."""
+
+    admitted: Admitted[M]
+    session: Session
+    audit: AuditDraft
+
+    @property
+    def message(self) -> M:
+        return self.admitted.message
+
+    @property
+    def header(self) -> envelope_pb2.Header:
+        return self.admitted.header
+
+    @property
+    def caller(self) -> Caller:
+        return self.admitted.caller
+
+
 class HubRuntime:
     def __init__(self, config: HubConfig, *, engine: Engine | None = None) -> None:
         self.config = config
@@ -72,6 +94,14 @@ class HubRuntime:
             self.sessions,
             config.hub_id,
             clock_skew=timedelta(seconds=config.clock_skew_seconds),
+        )
+        self.audit = AuditLog(
+            self.engine,
+            hub_id=config.hub_id,
+            origin=config.effective_log_origin,
+            signer=load_log_signer(config.effective_log_origin, config.paths.log_key),
+            subject_key=config.paths.subject_key.read_bytes(),
+            merge_delay=timedelta(seconds=config.audit_merge_delay_seconds),
         )
         self.executor = ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix="xhub-worker"
@@ -85,35 +115,65 @@ class HubRuntime:
         context: grpc.aio.ServicerContext[Any, Any],
         envelope: envelope_pb2.Envelope | None,
         message_type: type[M],
-        handler: Callable[[Admitted[M], Session], Message],
+        handler: Callable[[Call[M]], Message],
         *,
+        method: str,
         require_role: registry_pb2.Role.ValueType | None = None,
     ) -> envelope_pb2.Envelope:
-        """Admit, handle and sign one request; abort the RPC with a status on refusal."""
+        """Admit, handle, audit and sign one request; abort the RPC with a status on refusal."""
         peer_pem = peer_certificate(context)
 
         def work() -> envelope_pb2.Envelope:
-            admitted = self.gate.admit(envelope, message_type, peer_pem)
-            if require_role is not None and not admitted.caller.has(require_role):
-                raise PermissionDeniedError(
-                    f"{admitted.caller.member_id} lacks the "
-                    f"{registry_pb2.Role.Name(require_role)} role",
-                    metadata={"required_role": registry_pb2.Role.Name(require_role)},
-                )
-            with self.sessions() as session:
-                response = handler(admitted, session)
-                session.commit()
-            return self.sign_response(response, admitted.header)
+            draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
+            try:
+                admitted = self.gate.admit(envelope, message_type, peer_pem)
+                draft.note_header(admitted.header)
+                if require_role is not None and not admitted.caller.has(require_role):
+                    raise PermissionDeniedError(
+                        f"{admitted.caller.member_id} lacks the "
+                        f"{registry_pb2.Role.Name(require_role)} role",
+                        metadata={"required_role": registry_pb2.Role.Name(require_role)},
+                    )
+                with self.sessions() as session:
+                    response = handler(Call(admitted, session, draft))
+                    receipt = None
+                    if self.config.audit_enabled:
+                        # Same transaction as the business effect: both land or neither.
+                        receipt = self.audit.append(session, draft, ALLOWED).receipt
+                    session.commit()
+                return self.sign_response(response, admitted.header, receipt)
+            except XhubError as exc:
+                self._audit_refusal(draft, exc.reason_name, exc)
+                raise
+            except Exception as exc:
+                self._audit_refusal(draft, "INTERNAL", exc)
+                raise
 
         try:
             return await self.run_blocking(work)
         except XhubError as exc:
-            log.info("refused %s: %s", message_type.__name__, exc)
+            log.info("refused %s: %s", method, exc)
             await context.abort_with_status(exc.to_status())
             raise AssertionError("unreachable") from exc  # abort_with_status always raises
 
+    def _audit_refusal(self, draft: AuditDraft, reason: str, exc: Exception) -> None:
+        """Refused calls are logged too, in their own transaction."""
+        if not self.config.audit_enabled:
+            return
+        try:
+            with self.sessions.begin() as session:
+                logged = self.audit.append(session, draft, DENIED, reason)
+        except Exception:
+            log.exception("could not audit a refused %s call", draft.method)
+            return
+        if isinstance(exc, XhubError):
+            exc.metadata["audit_leaf"] = logged.leaf_hash.hex()
+
     def sign_response(
-        self, response: Message, request: envelope_pb2.Header
+        self,
+        response: Message,
+        request: envelope_pb2.Header,
+        receipt: envelope_pb2.AuditReceipt | None = None,
     ) -> envelope_pb2.Envelope:
         header = new_header(
             self.identity.hub_id,
@@ -122,6 +182,8 @@ class HubRuntime:
             purpose=request.purpose,
             in_reply_to=request.message_id,
         )
+        if receipt is not None:
+            header.receipt.CopyFrom(receipt)
         getattr(response, "header").CopyFrom(header)  # noqa: B009
         return seal(response, self.identity.signer)
 

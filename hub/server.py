@@ -12,21 +12,26 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from xhub.v1 import registry_pb2, registry_pb2_grpc
+from xhub.v1 import audit_pb2, audit_pb2_grpc, registry_pb2, registry_pb2_grpc
 
+from hub.audit.log import TamperedLogError
 from hub.config import HubConfig
 from hub.db import current_revision
 from hub.runtime import HubRuntime
+from hub.services.audit_service import AuditService
 from hub.services.registry_service import RegistryService
 
 log = logging.getLogger("xhub.server")
 
-SERVICE_NAMES = (registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,)
+SERVICE_NAMES = (
+    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+)
 
 
 class StartupError(RuntimeError):
@@ -61,27 +66,42 @@ class RunningHub:
     runtime: HubRuntime
     health: health.aio.HealthServicer
     port: int
-    _janitor: asyncio.Task[None] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING first, then drain in-flight calls."""
         grace = self.runtime.config.shutdown_grace_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
         await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # Leave nothing pending that an in-flight call logged during the drain.
+        await self.runtime.run_blocking(self.runtime.audit.sequence)
         self.runtime.close()
 
 
 def check_database(runtime: HubRuntime) -> None:
+    """Refuse to serve on a database without schema or with a log that was altered."""
     revision = current_revision(runtime.engine)
     if revision is None:
         raise StartupError(
             f"database {runtime.engine.url.render_as_string(hide_password=True)} has no schema; "
             "run `xhub init` (or `xhub db upgrade`) first"
         )
+    try:
+        size, root = runtime.audit.check_integrity(
+            progress=lambda done, total: log.info("audit check: %d / %d entries", done, total)
+        )
+    except TamperedLogError as exc:
+        raise StartupError(
+            f"audit log integrity check failed: {exc}. The stored log does not match its "
+            "last signed checkpoint; the hub will not serve. Preserve the database for "
+            "investigation and run `xhub audit check` for details."
+        ) from exc
+    log.info("audit log verified: %d entries, root %s", size, root.hex()[:16])
+    runtime.audit.publish_initial_checkpoint()
 
 
 async def start_hub(config: HubConfig, *, port_override: int | None = None) -> RunningHub:
@@ -96,6 +116,7 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
         options=server_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs
     )
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(runtime), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -110,7 +131,10 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningHub(server, runtime, health_servicer, port)
-    running._janitor = asyncio.create_task(_prune_loop(runtime))
+    running._tasks = [
+        asyncio.create_task(_prune_loop(runtime)),
+        asyncio.create_task(_sequencer_loop(runtime)),
+    ]
     log.info("xhub %s serving on %s (port %d)", config.hub_id, address, port)
     return running
 
@@ -124,6 +148,19 @@ async def _prune_loop(runtime: HubRuntime) -> None:
                 log.debug("pruned %d expired message ids", pruned)
         except Exception:  # keep serving; the next round retries
             log.exception("pruning the replay store failed")
+        await asyncio.sleep(interval)
+
+
+async def _sequencer_loop(runtime: HubRuntime) -> None:
+    """Every hub process runs one; the database lock lets one sequence at a time."""
+    interval = runtime.config.sequencer_interval_seconds
+    batch = runtime.config.sequencer_batch
+    while True:
+        try:
+            while await runtime.run_blocking(lambda: runtime.audit.sequence(batch)) >= batch:
+                pass  # a full batch: more may be waiting
+        except Exception:  # keep serving; the next round retries
+            log.exception("sequencing the audit log failed")
         await asyncio.sleep(interval)
 
 

@@ -6,6 +6,7 @@ partial data directory or bundle behind.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,12 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from xhub.v1 import registry_pb2
 
+from hub.audit.log import load_log_signer
 from hub.bundle import MemberBundle
 from hub.ca import CertificateAuthority, certificate_pem, load_certificate
 from hub.config import HubConfig, load_config, render_config
 from hub.db import make_engine, migrate, session_factory
 from hub.registry import MemberSpec, add_member, bind_hub_identity, make_bundle
-from hub.signing import ECDSA_P256, load_private_key, write_private_key
+from hub.signing import ECDSA_P256, load_private_key, write_private_key, write_secret
 
 
 class SetupError(RuntimeError):
@@ -71,6 +73,7 @@ def init_data_dir(
         write_private_key(paths.signing_key, signing_key)
         paths.signing_cert.write_bytes(certificate_pem(signing_cert))
         write_private_key(paths.log_key, ed25519.Ed25519PrivateKey.generate())
+        write_secret(paths.subject_key, os.urandom(32))
 
         paths.config_file.write_text(render_config(config), "utf-8")
         engine = make_engine(config.effective_database_url)
@@ -136,6 +139,9 @@ def add_member_with_bundle(
                 hub_id=config.hub_id,
                 hub_address=config.advertised_address,
                 server_name=config.server_name,
+                log_key=load_log_signer(
+                    config.effective_log_origin, config.paths.log_key
+                ).verifier_key(),
             )
             try:
                 bundle.write(target)

@@ -146,12 +146,16 @@ def private_key_pem(key: PrivateKey) -> bytes:
     )
 
 
-def write_private_key(path: Path, key: PrivateKey) -> None:
-    """Write a PEM key readable by its owner only."""
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a file readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
-    path.write_bytes(private_key_pem(key))
+    path.write_bytes(data)
+
+
+def write_private_key(path: Path, key: PrivateKey) -> None:
+    write_secret(path, private_key_pem(key))
 
 
 def load_private_key(path: Path) -> PrivateKey:

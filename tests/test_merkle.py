@@ -16,6 +16,7 @@ from hub.audit.merkle import (
     MemoryNodeStore,
     NodeKey,
     ProofError,
+    RootBuilder,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -516,3 +517,15 @@ def test_large_tree_proofs_read_few_nodes() -> None:
     reader = CountingReader(store)
     assert root_hash(n, reader) == root
     assert (reader.calls, reader.keys) == (1, bin(n).count("1"))
+
+
+@pytest.mark.parametrize("size", list(range(0, 65)) + [1000, 1023, 1024, 1025])
+def test_root_builder_matches_stored_tree(size: int) -> None:
+    leaves = [leaf_hash(b"entry %d" % i) for i in range(size)]
+    store = MemoryNodeStore()
+    store.append(leaves)
+    builder = RootBuilder()
+    for leaf in leaves:
+        builder.add(leaf)
+    assert builder.size == size
+    assert builder.root() == (root_hash(size, store) if size else EMPTY_ROOT)

@@ -406,3 +406,30 @@ class MemoryNodeStore:
     def nodes(self) -> dict[NodeKey, bytes]:
         """A copy of every stored node."""
         return dict(self._nodes)
+
+
+class RootBuilder:
+    """Root of a tree fed one leaf hash at a time in O(log n) memory (a compact range).
+
+    Used to recompute a stored tree from its entries without trusting stored nodes.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._stack: list[tuple[int, bytes]] = []  # (leaf count, hash), strictly decreasing
+
+    def add(self, leaf: bytes) -> None:
+        count, value = 1, leaf
+        while self._stack and self._stack[-1][0] == count:
+            left_count, left = self._stack.pop()
+            count, value = left_count + count, node_hash(left, value)
+        self._stack.append((count, value))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return EMPTY_ROOT
+        value = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            value = node_hash(left, value)
+        return value

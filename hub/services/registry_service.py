@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from sqlalchemy.orm import Session
 from xhub.v1 import registry_pb2, registry_pb2_grpc
 
 from hub import registry
 from hub.errors import MalformedError
-from hub.gate import Admitted
-from hub.runtime import HubRuntime
+from hub.runtime import Call, HubRuntime
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
 
 class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
@@ -27,7 +26,11 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetMemberRequest, context: Context
     ) -> registry_pb2.GetMemberResponse:
         envelope = await self.runtime.unary(
-            context, request.envelope, registry_pb2.MemberLookup, _get_member
+            context,
+            request.envelope,
+            registry_pb2.MemberLookup,
+            _get_member,
+            method=f"/{SERVICE}/GetMember",
         )
         return registry_pb2.GetMemberResponse(envelope=envelope)
 
@@ -35,27 +38,27 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.ListMembersRequest, context: Context
     ) -> registry_pb2.ListMembersResponse:
         envelope = await self.runtime.unary(
-            context, request.envelope, registry_pb2.MemberListQuery, _list_members
+            context,
+            request.envelope,
+            registry_pb2.MemberListQuery,
+            _list_members,
+            method=f"/{SERVICE}/ListMembers",
         )
         return registry_pb2.ListMembersResponse(envelope=envelope)
 
 
-def _get_member(
-    admitted: Admitted[registry_pb2.MemberLookup], session: Session
-) -> registry_pb2.MemberLookupResult:
-    member_id = admitted.message.member_id
+def _get_member(call: Call[registry_pb2.MemberLookup]) -> registry_pb2.MemberLookupResult:
+    member_id = call.message.member_id
     if not registry.MEMBER_ID_RE.match(member_id):
         raise MalformedError(
             f"{member_id[:128]!r} is not a member id (CN.<division>.<USCC>[.<subsystem>])",
             metadata={"field": "member_id"},
         )
-    return registry_pb2.MemberLookupResult(member=registry.member_proto(session, member_id))
+    return registry_pb2.MemberLookupResult(member=registry.member_proto(call.session, member_id))
 
 
-def _list_members(
-    admitted: Admitted[registry_pb2.MemberListQuery], session: Session
-) -> registry_pb2.MemberListResult:
-    query = admitted.message
+def _list_members(call: Call[registry_pb2.MemberListQuery]) -> registry_pb2.MemberListResult:
+    query = call.message
     if query.page_size < 0:
         raise MalformedError("page_size must not be negative", metadata={"field": "page_size"})
     limit = min(query.page_size or DEFAULT_PAGE, MAX_PAGE)
@@ -64,7 +67,7 @@ def _list_members(
             "division_prefix must be digits", metadata={"field": "division_prefix"}
         )
     rows = registry.list_members(
-        session,
+        call.session,
         level=query.level,
         role=query.role,
         division_prefix=query.division_prefix,

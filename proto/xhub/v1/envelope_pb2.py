@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xhub/v1/envelope.proto\x12\x07xhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12&\n\nsignatures\x18\x03 \x03(\x0b\x32\x12.xhub.v1.Signature\"(\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"\xb4\x01\n\x06Header\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x0f\n\x07\x63\x61se_id\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x13\n\x0bin_reply_to\x18\x08 \x01(\t*\xb3\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x45RROR_REASON_MALFORMED_ENVELOPE\x10\x01\x12\"\n\x1e\x45RROR_REASON_MALFORMED_PAYLOAD\x10\x02\x12#\n\x1f\x45RROR_REASON_WRONG_PAYLOAD_TYPE\x10\x03\x12\x1c\n\x18\x45RROR_REASON_UNKNOWN_KEY\x10\x04\x12\x1e\n\x1a\x45RROR_REASON_BAD_SIGNATURE\x10\x05\x12 \n\x1c\x45RROR_REASON_SENDER_NOT_PEER\x10\x06\x12\x1f\n\x1b\x45RROR_REASON_MEMBER_REVOKED\x10\x07\x12\x1f\n\x1b\x45RROR_REASON_MEMBER_EXPIRED\x10\x08\x12\x1b\n\x17\x45RROR_REASON_CLOCK_SKEW\x10\t\x12!\n\x1d\x45RROR_REASON_REPLAYED_MESSAGE\x10\n\x12 \n\x1c\x45RROR_REASON_WRONG_RECIPIENT\x10\x0b\x12\x1e\n\x1a\x45RROR_REASON_ROLE_REQUIRED\x10\x0c\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\r\x12\x1e\n\x1a\x45RROR_REASON_INVALID_FIELD\x10\x0e\x12\x19\n\x15\x45RROR_REASON_HUB_BUSY\x10\x0f\x12\x1d\n\x19\x45RROR_REASON_BAD_RESPONSE\x10\x10\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xhub/v1/envelope.proto\x12\x07xhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12&\n\nsignatures\x18\x03 \x03(\x0b\x32\x12.xhub.v1.Signature\"(\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"\xdc\x01\n\x06Header\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x0f\n\x07\x63\x61se_id\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x13\n\x0bin_reply_to\x18\x08 \x01(\t\x12&\n\x07receipt\x18\t \x01(\x0b\x32\x15.xhub.v1.AuditReceipt\"\x94\x01\n\x0c\x41uditReceipt\x12\x11\n\tleaf_hash\x18\x01 \x01(\x0c\x12-\n\tlogged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ninclude_by\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlog_origin\x18\x04 \x01(\t*\xd7\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x45RROR_REASON_MALFORMED_ENVELOPE\x10\x01\x12\"\n\x1e\x45RROR_REASON_MALFORMED_PAYLOAD\x10\x02\x12#\n\x1f\x45RROR_REASON_WRONG_PAYLOAD_TYPE\x10\x03\x12\x1c\n\x18\x45RROR_REASON_UNKNOWN_KEY\x10\x04\x12\x1e\n\x1a\x45RROR_REASON_BAD_SIGNATURE\x10\x05\x12 \n\x1c\x45RROR_REASON_SENDER_NOT_PEER\x10\x06\x12\x1f\n\x1b\x45RROR_REASON_MEMBER_REVOKED\x10\x07\x12\x1f\n\x1b\x45RROR_REASON_MEMBER_EXPIRED\x10\x08\x12\x1b\n\x17\x45RROR_REASON_CLOCK_SKEW\x10\t\x12!\n\x1d\x45RROR_REASON_REPLAYED_MESSAGE\x10\n\x12 \n\x1c\x45RROR_REASON_WRONG_RECIPIENT\x10\x0b\x12\x1e\n\x1a\x45RROR_REASON_ROLE_REQUIRED\x10\x0c\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\r\x12\x1e\n\x1a\x45RROR_REASON_INVALID_FIELD\x10\x0e\x12\x19\n\x15\x45RROR_REASON_HUB_BUSY\x10\x0f\x12\x1d\n\x19\x45RROR_REASON_BAD_RESPONSE\x10\x10\x12\"\n\x1e\x45RROR_REASON_NOT_YET_SEQUENCED\x10\x11\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xhub.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORREASON']._serialized_start=385
-  _globals['_ERRORREASON']._serialized_end=948
+  _globals['_ERRORREASON']._serialized_start=576
+  _globals['_ERRORREASON']._serialized_end=1175
   _globals['_ENVELOPE']._serialized_start=68
   _globals['_ENVELOPE']._serialized_end=157
   _globals['_SIGNATURE']._serialized_start=159
   _globals['_SIGNATURE']._serialized_end=199
   _globals['_HEADER']._serialized_start=202
-  _globals['_HEADER']._serialized_end=382
+  _globals['_HEADER']._serialized_end=422
+  _globals['_AUDITRECEIPT']._serialized_start=425
+  _globals['_AUDITRECEIPT']._serialized_end=573
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The hub is overloaded or shutting down; retry later (服务繁忙). UNAVAILABLE."""
     ERROR_REASON_BAD_RESPONSE: _ErrorReason.ValueType  # 16
     """A response from the hub failed verification at the client (响应验签失败)."""
+    ERROR_REASON_NOT_YET_SEQUENCED: _ErrorReason.ValueType  # 17
+    """The audit entry is logged but not yet in a checkpoint; retry shortly (尚未纳入检查点). UNAVAILABLE."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable reason carried in google.rpc.ErrorInfo
@@ -105,6 +107,8 @@ ERROR_REASON_HUB_BUSY: ErrorReason.ValueType  # 15
 """The hub is overloaded or shutting down; retry later (服务繁忙). UNAVAILABLE."""
 ERROR_REASON_BAD_RESPONSE: ErrorReason.ValueType  # 16
 """A response from the hub failed verification at the client (响应验签失败)."""
+ERROR_REASON_NOT_YET_SEQUENCED: ErrorReason.ValueType  # 17
+"""The audit entry is logged but not yet in a checkpoint; retry shortly (尚未纳入检查点). UNAVAILABLE."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -186,6 +190,7 @@ class Header(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     IN_REPLY_TO_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Unique message id (报文标识); replays inside the clock-skew window are refused."""
     sender: _builtins.str
@@ -206,6 +211,10 @@ class Header(_message.Message):
     def issued_at(self) -> _timestamp_pb2.Timestamp:
         """When the sender signed the message (签发时间)."""
 
+    @_builtins.property
+    def receipt(self) -> Global___AuditReceipt:
+        """On a hub response: the signed promise that the request was logged (存证回执)."""
+
     def __init__(
         self,
         *,
@@ -217,11 +226,52 @@ class Header(_message.Message):
         case_id: _builtins.str = ...,
         purpose: _builtins.str = ...,
         in_reply_to: _builtins.str = ...,
+        receipt: Global___AuditReceipt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "in_reply_to", b"in_reply_to", "issued_at", b"issued_at", "message_id", b"message_id", "nonce", b"nonce", "purpose", b"purpose", "recipient", b"recipient", "sender", b"sender"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "in_reply_to", b"in_reply_to", "issued_at", b"issued_at", "message_id", b"message_id", "nonce", b"nonce", "purpose", b"purpose", "receipt", b"receipt", "recipient", b"recipient", "sender", b"sender"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Header: _TypeAlias = Header  # noqa: Y015
+
+@_typing.final
+class AuditReceipt(_message.Message):
+    """AuditReceipt is the hub's signed promise that an exchange was logged (存证回执).
+    It travels inside every hub-signed response header.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAF_HASH_FIELD_NUMBER: _builtins.int
+    LOGGED_AT_FIELD_NUMBER: _builtins.int
+    INCLUDE_BY_FIELD_NUMBER: _builtins.int
+    LOG_ORIGIN_FIELD_NUMBER: _builtins.int
+    leaf_hash: _builtins.bytes
+    """RFC 9162 leaf hash of the entry (叶子哈希)."""
+    log_origin: _builtins.str
+    """Checkpoint origin line of the log (日志标识)."""
+    @_builtins.property
+    def logged_at(self) -> _timestamp_pb2.Timestamp:
+        """When the entry was recorded (记录时间)."""
+
+    @_builtins.property
+    def include_by(self) -> _timestamp_pb2.Timestamp:
+        """The entry will be in a checkpoint no later than this (最迟纳入时间)."""
+
+    def __init__(
+        self,
+        *,
+        leaf_hash: _builtins.bytes = ...,
+        logged_at: _timestamp_pb2.Timestamp | None = ...,
+        include_by: _timestamp_pb2.Timestamp | None = ...,
+        log_origin: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["include_by", b"include_by", "logged_at", b"logged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_by", b"include_by", "leaf_hash", b"leaf_hash", "log_origin", b"log_origin", "logged_at", b"logged_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditReceipt: _TypeAlias = AuditReceipt  # noqa: Y015

@@ -1,0 +1,418 @@
+"""The audit log on the hub's database: append, sequencer, proof serving, integrity check.
+
+Split as Trillian/Tessera do it:
+
+* **append** (every RPC, allowed or refused) inserts the exact leaf bytes as a
+  *pending* row in the caller's transaction, and hands back a receipt;
+* the **sequencer** (one at a time: it first locks the single ``audit_tree`` row)
+  gives pending rows their indexes in batches, stores the completed Merkle
+  nodes and publishes a signed checkpoint, all in one transaction;
+* **proofs** read O(log n) stored nodes; nothing is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import cast
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.orm import Session
+from xhub.v1 import audit_pb2, envelope_pb2
+
+from hub.audit import merkle
+from hub.audit.note import Checkpoint, NoteSigner, NoteVerifier, open_checkpoint, sign_checkpoint
+from hub.db import (
+    AuditCheckpointRow,
+    AuditEntryRow,
+    AuditEnvelopeRow,
+    AuditSubjectRow,
+    AuditTreeRow,
+    MerkleNodeRow,
+)
+from hub.signing import load_private_key
+
+log = logging.getLogger("xhub.audit")
+
+ALLOWED = audit_pb2.AUDIT_DECISION_ALLOWED
+DENIED = audit_pb2.AUDIT_DECISION_DENIED
+TREE_ROW = 1
+DEFAULT_BATCH = 10_000
+
+entries = cast(Table, AuditEntryRow.__table__)
+nodes_table = cast(Table, MerkleNodeRow.__table__)
+tree_table = cast(Table, AuditTreeRow.__table__)
+envelopes_table = cast(Table, AuditEnvelopeRow.__table__)
+subjects_table = cast(Table, AuditSubjectRow.__table__)
+checkpoints_table = cast(Table, AuditCheckpointRow.__table__)
+
+
+def load_log_signer(origin: str, key_path: Path) -> NoteSigner:
+    """The hub's Ed25519 log key, named by the log origin (the C2SP key name)."""
+    key = load_private_key(key_path)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{key_path}: the log key must be Ed25519")
+    return NoteSigner(origin, key)
+
+
+class TamperedLogError(RuntimeError):
+    """The stored log disagrees with its last signed checkpoint."""
+
+
+class SqlNodeReader:
+    """NodeReader over ``merkle_nodes``: one query per proof."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def get_node(self, level: int, index: int) -> bytes:
+        return self.get_nodes([(level, index)])[0]
+
+    def get_nodes(self, keys: Sequence[merkle.NodeKey]) -> Sequence[bytes]:
+        found: dict[merkle.NodeKey, bytes] = {}
+        wanted = list(dict.fromkeys(keys))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self._connection.execute(
+                select(nodes_table.c.level, nodes_table.c.index, nodes_table.c.hash).where(
+                    tuple_(nodes_table.c.level, nodes_table.c.index).in_(chunk)
+                )
+            )
+            found.update({(level, index): value for level, index, value in rows})
+        try:
+            return [found[key] for key in keys]
+        except KeyError as exc:
+            raise KeyError(f"merkle node {exc.args[0]} is not stored") from exc
+
+
+@dataclass
+class AuditDraft:
+    """What the runtime learns about a call as admission proceeds."""
+
+    method: str
+    sender: str = ""
+    recipient: str = ""
+    payload_type: str = ""
+    envelope_bytes: bytes = b""
+    signature: bytes = b""
+    message_id: str = ""
+    case_id: str = ""
+    purpose: str = ""
+    subject: str = ""
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def for_request(
+        cls, method: str, envelope: envelope_pb2.Envelope | None, sender: str
+    ) -> AuditDraft:
+        draft = cls(method=method, sender=sender)
+        if envelope is not None:
+            draft.envelope_bytes = envelope.SerializeToString()
+            draft.payload_type = envelope.payload_type[:200]
+            draft.signature = envelope.signatures[0].sig if envelope.signatures else b""
+        return draft
+
+    def note_header(self, header: envelope_pb2.Header) -> None:
+        self.recipient = header.recipient
+        self.message_id = header.message_id
+        self.case_id = header.case_id
+        self.purpose = header.purpose
+
+
+@dataclass(frozen=True)
+class LoggedEntry:
+    entry_id: int
+    leaf_hash: bytes
+    receipt: envelope_pb2.AuditReceipt
+
+
+class AuditLog:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        hub_id: str,
+        origin: str,
+        signer: NoteSigner,
+        subject_key: bytes,
+        merge_delay: timedelta = timedelta(seconds=5),
+        sequencer_id: str = "",
+    ) -> None:
+        self.engine = engine
+        self.hub_id = hub_id
+        self.origin = origin
+        self.signer = signer
+        self._subject_key = subject_key
+        self.merge_delay = merge_delay
+        self.sequencer_id = sequencer_id or hub_id
+
+    @property
+    def verifier(self) -> NoteVerifier:
+        return self.signer.verifier()
+
+    def subject_hmac(self, subject: str) -> bytes:
+        return hmac.new(self._subject_key, subject.encode("utf-8"), hashlib.sha256).digest()
+
+    # -- append ---------------------------------------------------------------
+
+    def append(
+        self,
+        session: Session,
+        draft: AuditDraft,
+        decision: audit_pb2.AuditDecision.ValueType,
+        reason: str = "",
+    ) -> LoggedEntry:
+        """Add one pending entry in ``session``'s transaction (the caller commits)."""
+        entry = audit_pb2.AuditEntry(
+            sender=draft.sender,
+            recipient=draft.recipient,
+            method=draft.method,
+            payload_type=draft.payload_type,
+            envelope_sha256=hashlib.sha256(draft.envelope_bytes).digest(),
+            signature_sha256=hashlib.sha256(draft.signature).digest(),
+            message_id=draft.message_id,
+            case_id=draft.case_id,
+            purpose=draft.purpose,
+            decision=decision,
+            reason=reason,
+            subject_hmac=self.subject_hmac(draft.subject) if draft.subject else b"",
+            hub_id=self.hub_id,
+        )
+        entry.time.FromDatetime(draft.time)
+        entry_bytes = entry.SerializeToString()
+        leaf = merkle.leaf_hash(entry_bytes)
+        connection = session.connection()
+        entry_id = connection.execute(
+            insert(entries).returning(entries.c.id),
+            {
+                "entry": entry_bytes,
+                "leaf_hash": leaf,
+                "logged_at": draft.time,
+                "sender": draft.sender,
+                "recipient": draft.recipient[:128],
+                "method": draft.method,
+                "case_id": draft.case_id[:64],
+                "decision": int(decision),
+                "subject_hmac": entry.subject_hmac or None,
+            },
+        ).scalar_one()
+        if draft.envelope_bytes:
+            connection.execute(
+                insert(envelopes_table),
+                {"entry_id": entry_id, "envelope": draft.envelope_bytes},
+            )
+        if draft.subject:
+            connection.execute(
+                insert(subjects_table), {"entry_id": entry_id, "subject": draft.subject}
+            )
+        receipt = envelope_pb2.AuditReceipt(leaf_hash=leaf, log_origin=self.origin)
+        receipt.logged_at.FromDatetime(draft.time)
+        receipt.include_by.FromDatetime(draft.time + self.merge_delay)
+        return LoggedEntry(entry_id, leaf, receipt)
+
+    # -- sequencer ------------------------------------------------------------
+
+    def sequence(self, max_batch: int = DEFAULT_BATCH) -> int:
+        """Index one batch of pending entries and publish a checkpoint; returns the count."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as connection:
+            # The lock: on PostgreSQL a row lock until commit, on SQLite the write lock.
+            connection.execute(
+                update(tree_table)
+                .where(tree_table.c.id == TREE_ROW)
+                .values(sequencer=self.sequencer_id)
+            )
+            size = connection.execute(
+                select(tree_table.c.size).where(tree_table.c.id == TREE_ROW)
+            ).scalar_one()
+            pending = connection.execute(
+                select(entries.c.id, entries.c.leaf_hash)
+                .where(entries.c.leaf_index.is_(None))
+                .order_by(entries.c.id)
+                .limit(max_batch)
+            ).all()
+            if not pending:
+                return 0
+            connection.execute(
+                update(entries)
+                .where(entries.c.id == bindparam("entry_id"))
+                .values(leaf_index=bindparam("new_index")),
+                [{"entry_id": row.id, "new_index": size + i} for i, row in enumerate(pending)],
+            )
+            reader = SqlNodeReader(connection)
+            new_nodes = merkle.nodes_to_store(size, [row.leaf_hash for row in pending], reader)
+            connection.execute(
+                insert(nodes_table),
+                [{"level": lv, "index": ix, "hash": h} for lv, ix, h in new_nodes],
+            )
+            new_size = size + len(pending)
+            root = merkle.root_hash(new_size, reader)
+            note = sign_checkpoint(Checkpoint(self.origin, new_size, root), self.signer)
+            connection.execute(
+                update(tree_table)
+                .where(tree_table.c.id == TREE_ROW)
+                .values(size=new_size, root_hash=root, updated_at=now)
+            )
+            connection.execute(
+                insert(checkpoints_table),
+                {"tree_size": new_size, "root_hash": root, "note": note, "created_at": now},
+            )
+        return len(pending)
+
+    def publish_initial_checkpoint(self) -> None:
+        """An empty log still has a signed checkpoint (size 0), so clients can start from it."""
+        try:
+            with self.engine.begin() as connection:
+                if self.latest_checkpoint(connection)[2]:
+                    return
+                note = sign_checkpoint(Checkpoint(self.origin, 0, merkle.EMPTY_ROOT), self.signer)
+                connection.execute(
+                    insert(checkpoints_table),
+                    {
+                        "tree_size": 0,
+                        "root_hash": merkle.EMPTY_ROOT,
+                        "note": note,
+                        "created_at": datetime.now(UTC),
+                    },
+                )
+        except DBIntegrityError:
+            pass  # another hub process published it first
+
+    # -- reading --------------------------------------------------------------
+
+    def latest_checkpoint(self, connection: Connection) -> tuple[int, bytes, bytes]:
+        """(size, root, signed note) of the newest checkpoint; size 0 if none yet."""
+        row = connection.execute(
+            select(
+                AuditCheckpointRow.tree_size, AuditCheckpointRow.root_hash, AuditCheckpointRow.note
+            )
+            .order_by(AuditCheckpointRow.tree_size.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return 0, merkle.EMPTY_ROOT, b""
+        return int(row[0]), bytes(row[1]), bytes(row[2])
+
+    def checkpoint_at(self, connection: Connection, size: int) -> bytes | None:
+        note = connection.execute(
+            select(AuditCheckpointRow.note).where(AuditCheckpointRow.tree_size == size)
+        ).scalar()
+        return None if note is None else bytes(note)
+
+    def locate(self, connection: Connection, leaf_hash: bytes) -> int | None:
+        """Leaf index of an entry by its leaf hash; None while it is pending."""
+        row = connection.execute(
+            select(entries.c.leaf_index).where(entries.c.leaf_hash == leaf_hash).limit(1)
+        ).first()
+        if row is None:
+            raise LookupError("no entry with that leaf hash")
+        return None if row[0] is None else int(row[0])
+
+    def pending_count(self, connection: Connection) -> int:
+        return int(
+            connection.execute(
+                select(func.count()).select_from(entries).where(entries.c.leaf_index.is_(None))
+            ).scalar_one()
+        )
+
+    # -- integrity ------------------------------------------------------------
+
+    def check_integrity(
+        self, *, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[int, bytes]:
+        """Recompute the tree from the stored entry bytes and compare with the last checkpoint.
+
+        Detects edited, deleted, reordered and inserted rows, and stored nodes that
+        disagree. Returns (size, root) on success; raises TamperedLogError naming the
+        first entry that fails.
+        """
+        with self.engine.connect() as connection:
+            # 1. The latest checkpoint must carry a valid signature by the log key.
+            size, root, note = self.latest_checkpoint(connection)
+            sequenced = int(
+                connection.execute(
+                    select(func.count())
+                    .select_from(entries)
+                    .where(entries.c.leaf_index.is_not(None))
+                ).scalar_one()
+            )
+            if not note:
+                if sequenced:
+                    raise TamperedLogError(f"{sequenced} sequenced entries but no checkpoint")
+                return 0, merkle.EMPTY_ROOT
+            try:
+                checkpoint = open_checkpoint(note, self.verifier)
+            except ValueError as exc:
+                raise TamperedLogError(f"latest checkpoint does not verify: {exc}") from exc
+            if (checkpoint.size, checkpoint.root_hash, checkpoint.origin) != (
+                size,
+                root,
+                self.origin,
+            ):
+                raise TamperedLogError("checkpoint row disagrees with its signed note")
+            # 2. The tree state row must match the checkpoint.
+            state = connection.execute(
+                select(tree_table.c.size, tree_table.c.root_hash).where(tree_table.c.id == TREE_ROW)
+            ).one()
+            if (int(state[0]), bytes(state[1])) != (size, root):
+                raise TamperedLogError(
+                    f"tree state (size {state[0]}) differs from the checkpoint (size {size})"
+                )
+            if sequenced != size:
+                raise TamperedLogError(
+                    f"{sequenced} sequenced entries but the checkpoint covers {size}"
+                )
+            # 3. Every entry, in index order, hashes to the tree the checkpoint signed.
+            builder = merkle.RootBuilder()
+            rows = connection.execution_options(yield_per=5000).execute(
+                select(
+                    entries.c.leaf_index, entries.c.entry, entries.c.leaf_hash, nodes_table.c.hash
+                )
+                .outerjoin(
+                    nodes_table,
+                    and_(nodes_table.c.level == 0, nodes_table.c.index == entries.c.leaf_index),
+                )
+                .where(entries.c.leaf_index.is_not(None))
+                .order_by(entries.c.leaf_index)
+            )
+            for leaf_index, entry_bytes, stored_leaf, tree_leaf in rows:
+                if leaf_index != builder.size:
+                    raise TamperedLogError(
+                        f"entry #{builder.size} is missing (next stored index is {leaf_index})"
+                    )
+                leaf = merkle.leaf_hash(bytes(entry_bytes))
+                if leaf != bytes(stored_leaf) or tree_leaf is None or leaf != bytes(tree_leaf):
+                    raise TamperedLogError(
+                        f"entry #{leaf_index}: its bytes do not hash to the leaf in the tree "
+                        "(edited, reordered or inserted)"
+                    )
+                builder.add(leaf)
+                if progress is not None and builder.size % 10_000 == 0:
+                    progress(builder.size, size)
+            if builder.root() != root:
+                raise TamperedLogError(
+                    "the entries do not hash to the checkpointed root "
+                    "(an entry was edited, reordered or inserted)"
+                )
+            # 4. The stored nodes must give the same root (they serve proofs).
+            if merkle.root_hash(size, SqlNodeReader(connection)) != root:
+                raise TamperedLogError("stored Merkle nodes disagree with the checkpoint")
+            return size, root
