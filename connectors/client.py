@@ -282,6 +282,11 @@ class HubClient:
         deadline = time.monotonic() + timeout
         while True:
             checkpoint = self.checkpoint()
+            if checkpoint.size == 0:  # nothing sequenced yet
+                if time.monotonic() > deadline:
+                    raise TransportError(grpc.StatusCode.DEADLINE_EXCEEDED, "log still empty")
+                time.sleep(0.2)
+                continue
             try:
                 proof = self.inclusion_proof(leaf_hash=receipt.leaf_hash, tree_size=checkpoint.size)
             except (XhubError, TransportError) as exc:
@@ -292,6 +297,8 @@ class HubClient:
                     raise
                 time.sleep(0.2)
                 continue
+            if proof.tree_size != checkpoint.size:
+                raise BadResponseError("inclusion proof is for another tree size")
             try:
                 verify_inclusion(
                     receipt.leaf_hash,

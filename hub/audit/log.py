@@ -35,6 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from xhub.v1 import audit_pb2, envelope_pb2
 
@@ -393,20 +394,26 @@ class AuditLog:
                 .where(entries.c.leaf_index.is_not(None))
                 .order_by(entries.c.leaf_index)
             )
-            for leaf_index, entry_bytes, stored_leaf, tree_leaf in rows:
-                if leaf_index != builder.size:
-                    raise TamperedLogError(
-                        f"entry #{builder.size} is missing (next stored index is {leaf_index})"
-                    )
-                leaf = merkle.leaf_hash(bytes(entry_bytes))
-                if leaf != bytes(stored_leaf) or tree_leaf is None or leaf != bytes(tree_leaf):
-                    raise TamperedLogError(
-                        f"entry #{leaf_index}: its bytes do not hash to the leaf in the tree "
-                        "(edited, reordered or inserted)"
-                    )
-                builder.add(leaf)
-                if progress is not None and builder.size % 10_000 == 0:
-                    progress(builder.size, size)
+            try:
+                for leaf_index, entry_bytes, stored_leaf, tree_leaf in rows:
+                    if leaf_index != builder.size:
+                        raise TamperedLogError(
+                            f"entry #{builder.size} is missing (next stored index is {leaf_index})"
+                        )
+                    leaf = merkle.leaf_hash(bytes(entry_bytes))
+                    if leaf != bytes(stored_leaf) or tree_leaf is None or leaf != bytes(tree_leaf):
+                        raise TamperedLogError(
+                            f"entry #{leaf_index}: its bytes do not hash to the leaf in the tree "
+                            "(edited, reordered or inserted)"
+                        )
+                    builder.add(leaf)
+                    if progress is not None and builder.size % 10_000 == 0:
+                        progress(builder.size, size)
+            except SQLAlchemyError as exc:
+                raise TamperedLogError(
+                    f"audit rows after entry #{builder.size - 1} cannot be read "
+                    f"({type(exc.orig or exc).__name__}: a column holds data of the wrong type)"
+                ) from exc
             if builder.root() != root:
                 raise TamperedLogError(
                     "the entries do not hash to the checkpointed root "
