@@ -8,20 +8,25 @@ many bytes as the signed lookup's request and response.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
+import grpc
 from xhub.v1 import registry_pb2
 
+from bench.audit_bench import bench_append, bench_proofs
 from bench.echo_server import ECHO_METHOD
 from bench.harness import Row, measure, print_table, ratio_row, write_results
 from connectors import HubClient
 from connectors.client import secure_channel
+from hub.bundle import MemberBundle
 from hub.demo import free_port
 from hub.demo_region import DEMO_MEMBERS, HUB_ID
 from hub.registry import validate_member
@@ -29,9 +34,16 @@ from hub.setup import add_member_with_bundle, init_data_dir
 
 
 @contextmanager
-def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT)
+def process(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
         try:
             yield proc
         finally:
@@ -104,7 +116,7 @@ def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
             root / "echo.log",
         ):
             channel = secure_channel(client.bundle, address=f"127.0.0.1:{echo_port}")
-            echo = channel.unary_unary(ECHO_METHOD)
+            echo: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(ECHO_METHOD)
             wait_echo(echo)
             payload = b"\x01" * request_size
 
@@ -141,14 +153,50 @@ def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
     return rows
 
 
+def bench_audit_cost(root: Path, calls: int) -> list[Row]:
+    """The same signed lookup with the audit path on and off (two rounds each, alternating)."""
+    bundles = setup(root, free_port())
+    target = MemberBundle.load(bundles["gz_market"]).member_id
+    rates: dict[str, list[float]] = {"1": [], "0": []}
+    for _ in range(2):
+        for enabled in ("0", "1"):
+            with (
+                process(
+                    ["-m", "hub.cli", "serve", "--data-dir", str(root)],
+                    root / "hub.log",
+                    env={"XHUB_AUDIT_ENABLED": enabled},
+                ),
+                HubClient.from_bundle(bundles["lw_center"]) as client,
+            ):
+                client.wait_until_serving()
+                lookup = partial(client.get_member, target)
+                measure(lookup, calls=200)
+                result = measure(lookup, calls=calls)
+                rates[enabled].append(result.calls_per_second)
+    with_audit, without = max(rates["1"]), max(rates["0"])
+    print(f"  audit on {with_audit:.0f}/s, off {without:.0f}/s", flush=True)
+    return [ratio_row("signed_lookup_with_audit_vs_audit_off", with_audit, "calls/s", without)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--append-entries", type=int, default=50_000)
+    parser.add_argument(
+        "--proof-sizes", default="1000,100000,1000000", help="tree sizes for proof timing"
+    )
     args = parser.parse_args()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="xhub-bench-") as tmp:
         print("signed registry lookup vs bare mTLS echo", flush=True)
         rows += bench_signed_lookup(Path(tmp) / "lookup", args.calls)
+        print("audit path cost on a signed call", flush=True)
+        rows += bench_audit_cost(Path(tmp) / "audit-cost", args.calls)
+        print("audit append + sequencing (SQLite)", flush=True)
+        rows += bench_append(Path(tmp), args.append_entries)
+        sizes = [int(s) for s in args.proof_sizes.split(",")]
+        print(f"inclusion proofs at {sizes} entries (building the trees takes a while)", flush=True)
+        rows += bench_proofs(Path(tmp), sizes)
     print()
     print_table(rows)
     write_results(rows)

@@ -378,7 +378,7 @@ class HubClient:
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(self.retry.attempts),
             wait=wait_exponential_jitter(
-                initial=self.retry.initial_backoff,
+                multiplier=self.retry.initial_backoff,
                 max=self.retry.max_backoff,
                 jitter=self.retry.jitter,
             ),

@@ -13,8 +13,20 @@ from pathlib import Path
 
 from cryptography import x509
 
-from hub.ca import certificate_pem, load_certificate, verify_member_certificate
-from hub.signing import KeySigner, KeyVerifier, PrivateKey, load_private_key, write_private_key
+from hub.ca import (
+    CertificateError,
+    certificate_pem,
+    load_certificate,
+    verify_member_certificate,
+)
+from hub.signing import (
+    KeySigner,
+    KeyVerifier,
+    PrivateKey,
+    load_private_key,
+    public_key_der,
+    write_private_key,
+)
 
 MANIFEST = "member.json"
 TLS_KEY = "tls.key"
@@ -98,13 +110,18 @@ class MemberBundle:
             )
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"{directory}: not a usable member bundle: {exc}") from exc
-        named = verify_member_certificate(bundle.tls_cert, bundle.ca_cert)
+        try:
+            named = verify_member_certificate(bundle.tls_cert, bundle.ca_cert)
+            hub_named = verify_member_certificate(bundle.hub_signing_cert, bundle.ca_cert)
+        except CertificateError as exc:
+            raise BundleError(f"{directory}: {exc}") from exc
         if named != bundle.member_id:
-            raise BundleError(
-                f"{directory}: certificate names {named}, manifest {bundle.member_id}"
-            )
-        if verify_member_certificate(bundle.hub_signing_cert, bundle.ca_cert) != bundle.hub_id:
+            raise BundleError(f"{directory}: certificate names {named}, not {bundle.member_id}")
+        if hub_named != bundle.hub_id:
             raise BundleError(f"{directory}: hub signing certificate does not name {bundle.hub_id}")
+        cert_key = bundle.tls_cert.public_key()
+        if public_key_der(bundle.tls_key.public_key()) != public_key_der(cert_key):  # type: ignore[arg-type]
+            raise BundleError(f"{directory}: tls.key does not belong to tls.pem")
         return bundle
 
     def tls_credentials(self) -> tuple[bytes, bytes, bytes]:

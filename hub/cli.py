@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
 from xhub.v1 import registry_pb2
 
 from connectors.client import TransportError
@@ -374,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except (XhubError, SetupError, ConfigError, codes.CodeError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: database: {first_line}", file=sys.stderr)
         return 2
     except TransportError as exc:
         print(f"error: cannot reach the hub: {exc}", file=sys.stderr)

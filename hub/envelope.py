@@ -163,7 +163,38 @@ def parse_verified(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
             reason=envelope_pb2.ERROR_REASON_MALFORMED_PAYLOAD,
             metadata={"missing": ",".join(missing)},
         )
+    _check_header_fields(header)
     return message
+
+
+HEADER_LIMITS = {
+    "message_id": 64,
+    "sender": 128,
+    "recipient": 128,
+    "case_id": 64,
+    "purpose": 512,
+    "in_reply_to": 64,
+}
+
+
+def _check_header_fields(header: envelope_pb2.Header) -> None:
+    """Bounded, printable header strings and a representable time: refused before any use."""
+    for name, limit in HEADER_LIMITS.items():
+        value: str = getattr(header, name)
+        if len(value) > limit or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise MalformedError(
+                f"header {name} must be at most {limit} printable characters",
+                reason=envelope_pb2.ERROR_REASON_MALFORMED_PAYLOAD,
+                metadata={"field": name},
+            )
+    try:
+        header.issued_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise MalformedError(
+            "header issued_at is not a valid timestamp",
+            reason=envelope_pb2.ERROR_REASON_MALFORMED_PAYLOAD,
+            metadata={"field": "issued_at"},
+        ) from exc
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ When no PostgreSQL server binaries are found, the PostgreSQL cases are *skipped*
 never go green without having exercised PostgreSQL.  ``XHUB_PG_BIN=/path/to/bin`` picks the
 binaries explicitly.  ``pytest -m "not postgres"`` runs the SQLite side alone.
 
+A running hub: ``hub_kit`` (SQLite) and ``hub_kit_pg`` (PostgreSQL) yield a started
+``tests/hubkit.HubKit`` per test; ``shared_hub_kit`` / ``shared_hub_kit_pg`` share one per module
+for tests that change no registry state.  ``kit.client(key)`` is an SDK client for a member.
+
 Hypothesis: profile "ci" (200 examples) when ``$CI`` is set, else "dev" (50 examples).
 """
 
@@ -23,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hubkit import HubKit
 from hypothesis import settings
 from pgserver import PgServer, PgServerError, find_pg_bin
 
@@ -96,3 +101,56 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     # Looked up lazily so that SQLite-only runs never start PostgreSQL.
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+# -- a running hub (tests/hubkit.py) ----------------------------------------------------------
+
+
+@pytest.fixture
+def hub_kit(tmp_path: Path) -> Iterator[HubKit]:
+    """A hub on SQLite, serving over mTLS on 127.0.0.1, with the default members."""
+    kit = HubKit(tmp_path).start()
+    try:
+        yield kit
+    finally:
+        kit.close()
+
+
+@pytest.fixture
+def hub_kit_pg(tmp_path: Path, pg_url: str) -> Iterator[HubKit]:
+    """The same hub on a fresh PostgreSQL database (skipped when no server is available)."""
+    kit = HubKit(tmp_path, database_url=pg_url).start()
+    try:
+        yield kit
+    finally:
+        kit.close()
+
+
+@pytest.fixture(scope="module")
+def shared_hub_kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubKit]:
+    """One SQLite hub for a whole module, for tests that change no registry state
+    (no revoke/expire/add_member/restart): saves a hub start per test."""
+    kit = HubKit(tmp_path_factory.mktemp("shared-hub")).start()
+    try:
+        yield kit
+    finally:
+        kit.close()
+
+
+@pytest.fixture(scope="module")
+def shared_hub_kit_pg(
+    pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HubKit]:
+    """``shared_hub_kit`` on a PostgreSQL database of its own (dropped afterwards)."""
+    name = _db_name_for("shared_hub")
+    kit = HubKit(
+        tmp_path_factory.mktemp("shared-hub-pg"), database_url=pg_server.create_database(name)
+    ).start()
+    try:
+        yield kit
+    finally:
+        kit.close()
+        try:
+            pg_server.drop_database(name)
+        except Exception as exc:  # cleanup only
+            warnings.warn(f"could not drop test database {name}: {exc}", stacklevel=1)

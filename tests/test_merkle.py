@@ -519,7 +519,7 @@ def test_large_tree_proofs_read_few_nodes() -> None:
     assert (reader.calls, reader.keys) == (1, bin(n).count("1"))
 
 
-@pytest.mark.parametrize("size", list(range(0, 65)) + [1000, 1023, 1024, 1025])
+@pytest.mark.parametrize("size", [*range(65), 1000, 1023, 1024, 1025])
 def test_root_builder_matches_stored_tree(size: int) -> None:
     leaves = [leaf_hash(b"entry %d" % i) for i in range(size)]
     store = MemoryNodeStore()

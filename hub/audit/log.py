@@ -412,7 +412,7 @@ class AuditLog:
             except SQLAlchemyError as exc:
                 raise TamperedLogError(
                     f"audit rows after entry #{builder.size - 1} cannot be read "
-                    f"({type(exc.orig or exc).__name__}: a column holds data of the wrong type)"
+                    f"({type(exc).__name__}: a column holds data of the wrong type)"
                 ) from exc
             if builder.root() != root:
                 raise TamperedLogError(

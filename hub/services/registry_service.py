@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -62,7 +63,11 @@ def _list_members(call: Call[registry_pb2.MemberListQuery]) -> registry_pb2.Memb
     if query.page_size < 0:
         raise MalformedError("page_size must not be negative", metadata={"field": "page_size"})
     limit = min(query.page_size or DEFAULT_PAGE, MAX_PAGE)
-    if query.division_prefix and not query.division_prefix.isdigit():
+    if query.page_token and not registry.MEMBER_ID_RE.match(query.page_token):
+        raise MalformedError(
+            "page_token is not one this hub issued", metadata={"field": "page_token"}
+        )
+    if query.division_prefix and not re.fullmatch(r"[0-9]{1,6}", query.division_prefix):
         raise MalformedError(
             "division_prefix must be digits", metadata={"field": "division_prefix"}
         )

@@ -1,0 +1,265 @@
+"""Member bundles (接入包): written by `member add`, loaded and cross-checked by the SDK."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from hub import codes
+from hub.bundle import (
+    CA_CERT,
+    HUB_SIGNING_CERT,
+    MANIFEST,
+    SIGNING_KEY,
+    TLS_CERT,
+    TLS_KEY,
+    BundleError,
+    MemberBundle,
+)
+from hub.ca import CertificateAuthority, certificate_pem, load_certificate
+from hub.config import HubConfig
+from hub.registry import validate_member
+from hub.setup import add_member_with_bundle, init_data_dir
+from hub.signing import (
+    ECDSA_P256,
+    ED25519,
+    key_id_for,
+    load_signer,
+    public_key_der,
+    write_private_key,
+)
+
+HUB_ID = "CN.440000.XHUB"
+CITY_USCC = codes.make_uscc("1", "1", "440100", "MB2C9041")
+LIWAN_USCC = codes.make_uscc("1", "2", "440103", "0A7K3QX1")
+
+
+@dataclass(frozen=True)
+class Source:
+    config: HubConfig
+    bundles: dict[str, Path]  # "ecdsa" / "ed25519" -> written bundle dir
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
+    root = tmp_path_factory.mktemp("bundles") / "hub"
+    config = init_data_dir(root, hub_id=HUB_ID, listen="127.0.0.1:7555")
+    bundles = {}
+    for key, (uscc, division, algorithm) in {
+        "ecdsa": (CITY_USCC, "440100", ECDSA_P256),
+        "ed25519": (LIWAN_USCC, "440103", ED25519),
+    }.items():
+        spec = validate_member(
+            name=f"测试单位 {key}", uscc=uscc, division=division, roles=["department"]
+        )
+        bundles[key] = add_member_with_bundle(config, spec, signing_algorithm=algorithm).bundle_dir
+    return Source(config=config, bundles=bundles)
+
+
+@pytest.fixture
+def copy_bundle(source: Source, tmp_path: Path) -> Callable[[str], Path]:
+    """A private copy of a written bundle, free to damage."""
+
+    def make(kind: str) -> Path:
+        target = tmp_path / kind
+        shutil.copytree(source.bundles[kind], target)
+        return target
+
+    return make
+
+
+def spki(key: object) -> bytes:
+    return public_key_der(key.public_key())  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize(
+    ("kind", "member_id", "files"),
+    [
+        ("ecdsa", f"CN.440100.{CITY_USCC}", {MANIFEST, TLS_KEY, TLS_CERT, CA_CERT}),
+        (
+            "ed25519",
+            f"CN.440103.{LIWAN_USCC}",
+            {MANIFEST, TLS_KEY, TLS_CERT, CA_CERT, SIGNING_KEY},
+        ),
+    ],
+)
+def test_load_round_trips_a_written_bundle(
+    source: Source, tmp_path: Path, kind: str, member_id: str, files: set[str]
+):
+    directory = source.bundles[kind]
+    assert {p.name for p in directory.iterdir()} == files | {HUB_SIGNING_CERT}
+    bundle = MemberBundle.load(directory)
+    config = source.config
+    assert bundle.member_id == member_id
+    assert bundle.name == f"测试单位 {kind}"
+    assert bundle.hub_id == HUB_ID
+    assert bundle.hub_address == "127.0.0.1:7555"
+    assert bundle.server_name == config.server_name
+    assert bundle.ca_cert == load_certificate(config.paths.ca_cert.read_bytes())
+    assert bundle.hub_signing_cert == load_certificate(config.paths.signing_cert.read_bytes())
+    assert bundle.tls_cert.public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    ) == spki(bundle.tls_key)
+    # The hub's responses verify with the key from the bundle.
+    hub_signer = load_signer(config.paths.signing_key)
+    assert bundle.hub_verifier.key_id == hub_signer.key_id
+    bundle.hub_verifier.verify(hub_signer.sign(b"data"), b"data")
+    # Message-signing key: the TLS key for ECDSA members, a separate key for Ed25519 ones.
+    if kind == "ecdsa":
+        assert bundle.signer.key_id == key_id_for(bundle.tls_key.public_key())
+        assert bundle.signer.algorithm == ECDSA_P256
+    else:
+        assert bundle.signer.key_id != key_id_for(bundle.tls_key.public_key())
+        assert bundle.signer.algorithm == ED25519
+    # Writing the loaded bundle again and loading it gives the same bundle.
+    rewritten = tmp_path / "rewritten"
+    bundle.write(rewritten)
+    again = MemberBundle.load(rewritten)
+    assert again.member_id == bundle.member_id
+    assert again.tls_cert == bundle.tls_cert
+    assert again.hub_signing_cert == bundle.hub_signing_cert
+    assert spki(again.tls_key) == spki(bundle.tls_key)
+    assert spki(again.signing_key) == spki(bundle.signing_key)
+    assert json.loads((rewritten / MANIFEST).read_text("utf-8")) == json.loads(
+        (directory / MANIFEST).read_text("utf-8")
+    )
+    # tls_credentials hands grpc matching PEMs
+    root, key_pem, chain = bundle.tls_credentials()
+    assert load_certificate(root) == bundle.ca_cert
+    assert load_certificate(chain) == bundle.tls_cert
+    assert b"PRIVATE KEY" in key_pem
+
+
+def test_hub_address_override(source: Source):
+    bundle = MemberBundle.load(source.bundles["ecdsa"], hub_address="hub.example.gov.cn:443")
+    assert bundle.hub_address == "hub.example.gov.cn:443"
+
+
+# --------------------------------------------------------------------------- damaged bundles
+
+
+def _cert_from_other_ca(bundle_dir: Path) -> None:
+    manifest = json.loads((bundle_dir / MANIFEST).read_text("utf-8"))
+    other = CertificateAuthority.create("另一个 CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = other.issue(key.public_key(), "冒名", member_id=manifest["member_id"])
+    (bundle_dir / TLS_CERT).write_bytes(certificate_pem(cert))
+    write_private_key(bundle_dir / TLS_KEY, key)
+
+
+def _ca_replaced(bundle_dir: Path) -> None:
+    other = CertificateAuthority.create("另一个 CA")
+    (bundle_dir / CA_CERT).write_bytes(certificate_pem(other.certificate))
+
+
+def _hub_signing_cert_from_other_ca(bundle_dir: Path) -> None:
+    other = CertificateAuthority.create("另一个 CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = other.issue(key.public_key(), "假平台", member_id=HUB_ID)
+    (bundle_dir / HUB_SIGNING_CERT).write_bytes(certificate_pem(cert))
+
+
+def _hub_signing_cert_is_a_member_cert(bundle_dir: Path) -> None:
+    # Chains to the right CA, but names the member, not the hub.
+    shutil.copy(bundle_dir / TLS_CERT, bundle_dir / HUB_SIGNING_CERT)
+
+
+def _manifest_names_other_member(bundle_dir: Path) -> None:
+    manifest = json.loads((bundle_dir / MANIFEST).read_text("utf-8"))
+    manifest["member_id"] = f"CN.440106.{codes.make_uscc('1', '2', '440106', '3H8J2K4L')}"
+    (bundle_dir / MANIFEST).write_text(json.dumps(manifest), "utf-8")
+
+
+def _manifest_names_other_hub(bundle_dir: Path) -> None:
+    manifest = json.loads((bundle_dir / MANIFEST).read_text("utf-8"))
+    manifest["hub_id"] = "CN.110000.XHUB"
+    (bundle_dir / MANIFEST).write_text(json.dumps(manifest), "utf-8")
+
+
+def _manifest_not_json(bundle_dir: Path) -> None:
+    (bundle_dir / MANIFEST).write_text("{member_id: ", "utf-8")
+
+
+def _manifest_lacks_hub_id(bundle_dir: Path) -> None:
+    manifest = json.loads((bundle_dir / MANIFEST).read_text("utf-8"))
+    del manifest["hub_id"]
+    (bundle_dir / MANIFEST).write_text(json.dumps(manifest), "utf-8")
+
+
+def _tls_cert_garbage(bundle_dir: Path) -> None:
+    (bundle_dir / TLS_CERT).write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n")
+
+
+def _tls_key_garbage(bundle_dir: Path) -> None:
+    (bundle_dir / TLS_KEY).write_bytes(b"not a key")
+
+
+def _tls_key_of_another_pair(bundle_dir: Path) -> None:
+    # The certificate is fine, but the private key next to it is not its key.
+    write_private_key(bundle_dir / TLS_KEY, ec.generate_private_key(ec.SECP256R1()))
+
+
+def _tls_key_on_unsupported_curve(bundle_dir: Path) -> None:
+    write_private_key(bundle_dir / TLS_KEY, ec.generate_private_key(ec.SECP384R1()))  # type: ignore[arg-type]
+
+
+DAMAGE = [
+    _cert_from_other_ca,
+    _ca_replaced,
+    _hub_signing_cert_from_other_ca,
+    _hub_signing_cert_is_a_member_cert,
+    _manifest_names_other_member,
+    _manifest_names_other_hub,
+    _manifest_not_json,
+    _manifest_lacks_hub_id,
+    _tls_cert_garbage,
+    _tls_key_garbage,
+    _tls_key_of_another_pair,
+    _tls_key_on_unsupported_curve,
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=lambda f: f.__name__.strip("_"))
+def test_damaged_bundle_is_refused(
+    copy_bundle: Callable[[str], Path], damage: Callable[[Path], None]
+):
+    bundle_dir = copy_bundle("ecdsa")
+    MemberBundle.load(bundle_dir)  # intact before the damage
+    damage(bundle_dir)
+    with pytest.raises(BundleError):
+        MemberBundle.load(bundle_dir)
+
+
+@pytest.mark.parametrize(
+    ("kind", "missing"),
+    [
+        ("ecdsa", MANIFEST),
+        ("ecdsa", TLS_KEY),
+        ("ecdsa", TLS_CERT),
+        ("ecdsa", CA_CERT),
+        ("ecdsa", HUB_SIGNING_CERT),
+        ("ed25519", SIGNING_KEY),
+        ("ed25519", TLS_KEY),
+    ],
+)
+def test_missing_file_is_refused(copy_bundle: Callable[[str], Path], kind: str, missing: str):
+    bundle_dir = copy_bundle(kind)
+    (bundle_dir / missing).unlink()
+    with pytest.raises(BundleError) as info:
+        MemberBundle.load(bundle_dir)
+    assert str(bundle_dir) in str(info.value)
+
+
+def test_missing_directory_is_refused(tmp_path: Path):
+    with pytest.raises(BundleError):
+        MemberBundle.load(tmp_path / "no-such-bundle")
