@@ -30,8 +30,8 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
@@ -91,10 +91,19 @@ class SqlNodeReader:
         found: dict[merkle.NodeKey, bytes] = {}
         wanted = list(dict.fromkeys(keys))
         for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
+            by_level: dict[int, list[int]] = {}
+            for level, index in wanted[start : start + 500]:
+                by_level.setdefault(level, []).append(index)
+            # One primary-key probe per level; a row-value IN would scan on SQLite.
+            condition = or_(
+                *(
+                    and_(nodes_table.c.level == level, nodes_table.c.index.in_(indexes))
+                    for level, indexes in by_level.items()
+                )
+            )
             rows = self._connection.execute(
                 select(nodes_table.c.level, nodes_table.c.index, nodes_table.c.hash).where(
-                    tuple_(nodes_table.c.level, nodes_table.c.index).in_(chunk)
+                    condition
                 )
             )
             found.update({(level, index): value for level, index, value in rows})
@@ -182,52 +191,73 @@ class AuditLog:
         reason: str = "",
     ) -> LoggedEntry:
         """Add one pending entry in ``session``'s transaction (the caller commits)."""
-        entry = audit_pb2.AuditEntry(
-            sender=draft.sender,
-            recipient=draft.recipient,
-            method=draft.method,
-            payload_type=draft.payload_type,
-            envelope_sha256=hashlib.sha256(draft.envelope_bytes).digest(),
-            signature_sha256=hashlib.sha256(draft.signature).digest(),
-            message_id=draft.message_id,
-            case_id=draft.case_id,
-            purpose=draft.purpose,
-            decision=decision,
-            reason=reason,
-            subject_hmac=self.subject_hmac(draft.subject) if draft.subject else b"",
-            hub_id=self.hub_id,
-        )
-        entry.time.FromDatetime(draft.time)
-        entry_bytes = entry.SerializeToString()
-        leaf = merkle.leaf_hash(entry_bytes)
+        return self.append_many(session, [(draft, decision, reason)])[0]
+
+    def append_many(
+        self,
+        session: Session,
+        items: Sequence[tuple[AuditDraft, audit_pb2.AuditDecision.ValueType, str]],
+    ) -> list[LoggedEntry]:
+        """Add pending entries with one multi-row INSERT per table (the caller commits)."""
+        rows: list[dict[str, object]] = []
+        for draft, decision, reason in items:
+            entry = audit_pb2.AuditEntry(
+                sender=draft.sender,
+                recipient=draft.recipient,
+                method=draft.method,
+                payload_type=draft.payload_type,
+                envelope_sha256=hashlib.sha256(draft.envelope_bytes).digest(),
+                signature_sha256=hashlib.sha256(draft.signature).digest(),
+                message_id=draft.message_id,
+                case_id=draft.case_id,
+                purpose=draft.purpose,
+                decision=decision,
+                reason=reason,
+                subject_hmac=self.subject_hmac(draft.subject) if draft.subject else b"",
+                hub_id=self.hub_id,
+            )
+            entry.time.FromDatetime(draft.time)
+            entry_bytes = entry.SerializeToString()
+            rows.append(
+                {
+                    "entry": entry_bytes,
+                    "leaf_hash": merkle.leaf_hash(entry_bytes),
+                    "logged_at": draft.time,
+                    "sender": draft.sender,
+                    "recipient": draft.recipient[:128],
+                    "method": draft.method,
+                    "case_id": draft.case_id[:64],
+                    "decision": int(decision),
+                    "subject_hmac": entry.subject_hmac or None,
+                }
+            )
         connection = session.connection()
-        entry_id = connection.execute(
-            insert(entries).returning(entries.c.id),
-            {
-                "entry": entry_bytes,
-                "leaf_hash": leaf,
-                "logged_at": draft.time,
-                "sender": draft.sender,
-                "recipient": draft.recipient[:128],
-                "method": draft.method,
-                "case_id": draft.case_id[:64],
-                "decision": int(decision),
-                "subject_hmac": entry.subject_hmac or None,
-            },
-        ).scalar_one()
-        if draft.envelope_bytes:
-            connection.execute(
-                insert(envelopes_table),
-                {"entry_id": entry_id, "envelope": draft.envelope_bytes},
-            )
-        if draft.subject:
-            connection.execute(
-                insert(subjects_table), {"entry_id": entry_id, "subject": draft.subject}
-            )
-        receipt = envelope_pb2.AuditReceipt(leaf_hash=leaf, log_origin=self.origin)
-        receipt.logged_at.FromDatetime(draft.time)
-        receipt.include_by.FromDatetime(draft.time + self.merge_delay)
-        return LoggedEntry(entry_id, leaf, receipt)
+        result = connection.execute(
+            insert(entries).returning(entries.c.id, sort_by_parameter_order=True), rows
+        )
+        entry_ids = [int(entry_id) for entry_id in result.scalars()]
+        envelopes = [
+            {"entry_id": entry_id, "envelope": draft.envelope_bytes}
+            for entry_id, (draft, _, _) in zip(entry_ids, items, strict=True)
+            if draft.envelope_bytes
+        ]
+        if envelopes:
+            connection.execute(insert(envelopes_table), envelopes)
+        subjects = [
+            {"entry_id": entry_id, "subject": draft.subject}
+            for entry_id, (draft, _, _) in zip(entry_ids, items, strict=True)
+            if draft.subject
+        ]
+        if subjects:
+            connection.execute(insert(subjects_table), subjects)
+        logged = []
+        for entry_id, row, (draft, _, _) in zip(entry_ids, rows, items, strict=True):
+            leaf = cast(bytes, row["leaf_hash"])
+            receipt = envelope_pb2.AuditReceipt(leaf_hash=leaf, log_origin=self.origin)
+            receipt.logged_at.FromDatetime(draft.time)
+            receipt.include_by.FromDatetime(draft.time + self.merge_delay)
+            logged.append(LoggedEntry(entry_id, leaf, receipt))
+        return logged
 
     # -- sequencer ------------------------------------------------------------
 
