@@ -155,6 +155,11 @@ class HubRuntime:
             log.info("refused %s: %s", method, exc)
             await context.abort_with_status(exc.to_status())
             raise AssertionError("unreachable") from exc  # abort_with_status always raises
+        except Exception:
+            # Never hand internals (SQL, parameters, paths) to a caller; the log has them.
+            log.exception("internal error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub has logged it")
+            raise
 
     def _audit_refusal(self, draft: AuditDraft, reason: str, exc: Exception) -> None:
         """Refused calls are logged too, in their own transaction."""

@@ -12,10 +12,11 @@ Split as Trillian/Tessera do it:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -375,7 +376,7 @@ class AuditLog:
         disagree. Returns (size, root) on success; raises TamperedLogError naming the
         first entry that fails.
         """
-        with self.engine.connect() as connection:
+        with self._snapshot() as connection:
             # 1. The latest checkpoint must carry a valid signature by the log key.
             size, root, note = self.latest_checkpoint(connection)
             sequenced = int(
@@ -449,7 +450,61 @@ class AuditLog:
                     "the entries do not hash to the checkpointed root "
                     "(an entry was edited, reordered or inserted)"
                 )
-            # 4. The stored nodes must give the same root (they serve proofs).
+            # 4. Every stored interior node must be the hash of its two children (level 0
+            #    was checked against the entries above), so every proof served is honest.
+            self._check_nodes(connection, size)
             if merkle.root_hash(size, SqlNodeReader(connection)) != root:
                 raise TamperedLogError("stored Merkle nodes disagree with the checkpoint")
             return size, root
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """A read transaction that sees one consistent state while the sequencer commits."""
+        with self.engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # pysqlite runs SELECTs outside transactions; an explicit BEGIN pins one
+                # WAL snapshot for all the reads below (ended by the rollback on close).
+                connection.exec_driver_sql("BEGIN")
+                yield connection
+            else:
+                connection = connection.execution_options(isolation_level="REPEATABLE READ")
+                with connection.begin():
+                    yield connection
+
+    @staticmethod
+    def _check_nodes(connection: Connection, size: int) -> None:
+        counts: dict[int, int] = dict(
+            connection.execute(
+                select(nodes_table.c.level, func.count()).group_by(nodes_table.c.level)
+            ).all()
+        )
+        for level in range(max(size.bit_length(), 1)):
+            found = counts.pop(level, 0)
+            if found != size >> level:
+                raise TamperedLogError(f"level {level} holds {found} nodes, not {size >> level}")
+        if any(counts.values()):
+            raise TamperedLogError("stored Merkle nodes beyond the checkpointed tree")
+        parent, left, right = (nodes_table.alias(n) for n in ("parent", "left", "right"))
+        rows = connection.execution_options(yield_per=5000).execute(
+            select(parent.c.level, parent.c.index, parent.c.hash, left.c.hash, right.c.hash)
+            .join(
+                left,
+                and_(left.c.level == parent.c.level - 1, left.c.index == 2 * parent.c.index),
+            )
+            .join(
+                right,
+                and_(right.c.level == parent.c.level - 1, right.c.index == 2 * parent.c.index + 1),
+            )
+            .where(parent.c.level >= 1)
+        )
+        checked = 0
+        for level, index, value, left_hash, right_hash in rows:
+            if merkle.node_hash(bytes(left_hash), bytes(right_hash)) != bytes(value):
+                first = index << level
+                raise TamperedLogError(
+                    f"stored node (level {level}, index {index}) over entries "
+                    f"#{first}–#{first + (1 << level) - 1} is not the hash of its children"
+                )
+            checked += 1
+        if checked != sum(size >> level for level in range(1, max(size.bit_length(), 1))):
+            raise TamperedLogError("a stored Merkle node is missing one of its children")
