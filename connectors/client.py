@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from cryptography import x509
@@ -26,7 +26,17 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
-from xhub.v1 import audit_pb2, audit_pb2_grpc, envelope_pb2, registry_pb2, registry_pb2_grpc
+from xhub.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    certificate_pb2,
+    certificate_pb2_grpc,
+    envelope_pb2,
+    intake_pb2,
+    intake_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 
 from hub.audit.merkle import ProofError, verify_consistency, verify_inclusion
 from hub.audit.note import Checkpoint, NoteError, NoteVerifier, open_checkpoint
@@ -50,6 +60,8 @@ from hub.errors import (
 
 M = TypeVar("M", bound=Message)
 
+CertificateStatus: TypeAlias = certificate_pb2.CertificateStatus.ValueType
+HolderCodeType: TypeAlias = certificate_pb2.HolderCodeType.ValueType
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -129,6 +141,8 @@ class HubClient:
         self.channel = channel or secure_channel(bundle)
         self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.certificates = certificate_pb2_grpc.CertificateServiceStub(self.channel)
+        self.intake = intake_pb2_grpc.IntakeServiceStub(self.channel)
         self.last_receipt: envelope_pb2.AuditReceipt | None = None
 
     @classmethod
@@ -230,6 +244,104 @@ class HubClient:
         if named != member.member_id:
             raise BadResponseError(f"certificate names {named}, not {member.member_id}")
         return cert
+
+    # -- e-certificates and intake ---------------------------------------------
+
+    def publish_certificate(
+        self,
+        certificate: certificate_pb2.ElectronicCertificate,
+        *,
+        status: CertificateStatus = certificate_pb2.CERTIFICATE_STATUS_VALID,
+        raw_status_code: str = "",
+    ) -> certificate_pb2.PublicationResult:
+        """Sign ``certificate`` as its issuer and publish it (idempotent by identifier+version)."""
+        signed = seal(certificate, self.bundle.signer)
+        return self.call(
+            self.certificates.PublishCertificate,
+            certificate_pb2.PublishCertificateRequest,
+            certificate_pb2.CertificatePublication(
+                certificate=signed, status=status, raw_status_code=raw_status_code
+            ),
+            certificate_pb2.PublicationResult,
+            idempotent=True,
+        )
+
+    def change_certificate_status(
+        self,
+        identifier: str,
+        status: CertificateStatus,
+        *,
+        reason: str = "",
+        raw_status_code: str = "",
+    ) -> certificate_pb2.StatusChangeResult:
+        return self.call(
+            self.certificates.ChangeCertificateStatus,
+            certificate_pb2.ChangeCertificateStatusRequest,
+            certificate_pb2.CertificateStatusChange(
+                identifier=identifier, status=status, reason=reason, raw_status_code=raw_status_code
+            ),
+            certificate_pb2.StatusChangeResult,
+            idempotent=False,
+        )
+
+    def get_item(self, code: str) -> intake_pb2.Item:
+        return self.call(
+            self.intake.GetItem,
+            intake_pb2.GetItemRequest,
+            intake_pb2.ItemLookup(code=code),
+            intake_pb2.ItemLookupResult,
+            idempotent=True,
+        ).item
+
+    def prepare_case(
+        self,
+        item_code: str,
+        applicant_code: str,
+        *,
+        purpose: str,
+        applicant_code_type: HolderCodeType = certificate_pb2.HOLDER_CODE_TYPE_USCC,
+        legal_representative_code: str = "",
+    ) -> intake_pb2.Checklist:
+        """The one-time checklist (一次性告知) for an application; platform members only."""
+        return self.call(
+            self.intake.PrepareCase,
+            intake_pb2.PrepareCaseRequest,
+            intake_pb2.CasePreparation(
+                item_code=item_code,
+                applicant_code=applicant_code,
+                applicant_code_type=applicant_code_type,
+                legal_representative_code=legal_representative_code,
+            ),
+            intake_pb2.Checklist,
+            idempotent=False,
+            purpose=purpose,
+        )
+
+    def pull_certificates(
+        self, case_id: str, holder_code: str, type_codes: list[str], *, purpose: str = ""
+    ) -> list[certificate_pb2.PulledCertificate]:
+        """Certificates bound to a prepared case, each verified against its issuer's key."""
+        result = self.call(
+            self.intake.PullCertificates,
+            intake_pb2.PullCertificatesRequest,
+            intake_pb2.CertificatePull(holder_code=holder_code, type_codes=type_codes),
+            intake_pb2.PulledCertificates,
+            idempotent=True,
+            case_id=case_id,
+            purpose=purpose,
+        )
+        return list(result.certificates)
+
+    def verify_certificate(
+        self, *, identifier: str = "", number: str = "", type_code: str = ""
+    ) -> intake_pb2.CertificateVerification:
+        return self.call(
+            self.intake.VerifyCertificate,
+            intake_pb2.VerifyCertificateRequest,
+            intake_pb2.CertificateCheck(identifier=identifier, number=number, type_code=type_code),
+            intake_pb2.CertificateVerification,
+            idempotent=True,
+        )
 
     # -- audit log ------------------------------------------------------------
 

@@ -253,3 +253,66 @@ class AuditCheckpointRow(Base):
     root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     note: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+# -- e-certificate library and intake (电子证照库 / 一窗受理) ----------------------
+
+
+class CertificateRow(Base):
+    """One stored certificate version; ``envelope`` is the issuer-signed bytes as received."""
+
+    __tablename__ = "certificates"
+
+    identifier: Mapped[str] = mapped_column(String(160), primary_key=True)
+    base_identifier: Mapped[str] = mapped_column(String(160), index=True)
+    type_code: Mapped[str] = mapped_column(String(32))
+    type_name: Mapped[str] = mapped_column(String(100))
+    number: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    issuer_code: Mapped[str] = mapped_column(String(64))
+    issuer_name: Mapped[str] = mapped_column(String(200))
+    issuer_member_id: Mapped[str] = mapped_column(String(128), index=True)
+    holder_code: Mapped[str] = mapped_column(String(32))
+    holder_code_type: Mapped[int] = mapped_column(Integer)
+    valid_from: Mapped[str] = mapped_column(String(10))
+    valid_until: Mapped[str] = mapped_column(String(10))
+    status: Mapped[int] = mapped_column(Integer)
+    raw_status_code: Mapped[str] = mapped_column(String(32))
+    status_reason: Mapped[str] = mapped_column(Text)
+    is_latest: Mapped[int] = mapped_column(Integer)
+    predecessor: Mapped[str] = mapped_column(String(160))
+    file_sha256: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    published_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (
+        Index("ix_certificates_holder_type", "holder_code", "type_code", "is_latest"),
+        Index("ix_certificates_number_type", "number", "type_code"),
+    )
+
+
+class ItemRow(Base):
+    """A catalogue item (事项); the requirements are stored as the item's protobuf bytes."""
+
+    __tablename__ = "items"
+
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    item: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class PreparedCaseRow(Base):
+    """A checklist handed to a platform; later pulls are bound to it (预受理)."""
+
+    __tablename__ = "prepared_cases"
+
+    case_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item_code: Mapped[str] = mapped_column(String(64))
+    platform_member_id: Mapped[str] = mapped_column(String(128), index=True)
+    applicant_code: Mapped[str] = mapped_column(String(32))
+    legal_representative_code: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())

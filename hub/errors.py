@@ -75,11 +75,24 @@ class AuthenticationError(XhubError):
     default_reason = envelope_pb2.ERROR_REASON_BAD_SIGNATURE
 
 
-class ReplayError(XhubError):
-    """The message id was already used inside the window (ALREADY_EXISTS)."""
+class AlreadyExistsError(XhubError):
+    """The thing exists already, with other content (ALREADY_EXISTS)."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = envelope_pb2.ERROR_REASON_VERSION_CONFLICT
+
+
+class ReplayError(AlreadyExistsError):
+    """The message id was already used inside the window (ALREADY_EXISTS)."""
+
     default_reason = envelope_pb2.ERROR_REASON_REPLAYED_MESSAGE
+
+
+class FailedPreconditionError(XhubError):
+    """The current state does not allow the change (FAILED_PRECONDITION)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = envelope_pb2.ERROR_REASON_STATUS_TRANSITION
 
 
 class PermissionDeniedError(XhubError):
@@ -115,7 +128,8 @@ _FAMILIES: dict[grpc.StatusCode, type[XhubError]] = {
     for cls in (
         MalformedError,
         AuthenticationError,
-        ReplayError,
+        AlreadyExistsError,
+        FailedPreconditionError,
         PermissionDeniedError,
         NotFoundError,
         UnavailableError,
@@ -150,6 +164,8 @@ def from_rpc_error(exc: grpc.RpcError) -> XhubError | None:
         reason = envelope_pb2.ErrorReason.Value("ERROR_REASON_" + info.reason)
     except ValueError:
         reason = envelope_pb2.ERROR_REASON_UNSPECIFIED
+    if reason == envelope_pb2.ERROR_REASON_REPLAYED_MESSAGE:
+        family = ReplayError
     error = family(exc.details() or "", reason=reason, metadata=dict(info.metadata))
     error.code = exc.code()
     return error

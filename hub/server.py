@@ -17,13 +17,24 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from xhub.v1 import audit_pb2, audit_pb2_grpc, registry_pb2, registry_pb2_grpc
+from xhub.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    certificate_pb2,
+    certificate_pb2_grpc,
+    intake_pb2,
+    intake_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 
 from hub.audit.log import TamperedLogError
 from hub.config import HubConfig
 from hub.db import current_revision
 from hub.runtime import HubRuntime
 from hub.services.audit_service import AuditService
+from hub.services.certificate_service import CertificateService
+from hub.services.intake_service import IntakeService
 from hub.services.registry_service import RegistryService
 
 log = logging.getLogger("xhub.server")
@@ -31,6 +42,8 @@ log = logging.getLogger("xhub.server")
 SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    certificate_pb2.DESCRIPTOR.services_by_name["CertificateService"].full_name,
+    intake_pb2.DESCRIPTOR.services_by_name["IntakeService"].full_name,
 )
 
 
@@ -117,6 +130,10 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
     )
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(runtime), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(runtime), server)
+    certificate_pb2_grpc.add_CertificateServiceServicer_to_server(
+        CertificateService(runtime), server
+    )
+    intake_pb2_grpc.add_IntakeServiceServicer_to_server(IntakeService(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -66,6 +66,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A response from the hub failed verification at the client (响应验签失败)."""
     ERROR_REASON_NOT_YET_SEQUENCED: _ErrorReason.ValueType  # 17
     """The audit entry is logged but not yet in a checkpoint; retry shortly (尚未纳入检查点). UNAVAILABLE."""
+    ERROR_REASON_PURPOSE_NOT_BOUND: _ErrorReason.ValueType  # 18
+    """The request is outside what the prepared case allows: other platform, holder or type (超出用证范围). PERMISSION_DENIED."""
+    ERROR_REASON_NOT_ISSUER: _ErrorReason.ValueType  # 19
+    """The certificate names another issuer than the caller (非本单位证照). PERMISSION_DENIED."""
+    ERROR_REASON_VERSION_CONFLICT: _ErrorReason.ValueType  # 20
+    """This identifier and version is stored with different content (版本冲突). ALREADY_EXISTS."""
+    ERROR_REASON_INVALID_CERTIFICATE: _ErrorReason.ValueType  # 21
+    """A certificate field fails validation (证照数据错误). INVALID_ARGUMENT."""
+    ERROR_REASON_STATUS_TRANSITION: _ErrorReason.ValueType  # 22
+    """The status change is not allowed from the current status (状态不允许). FAILED_PRECONDITION."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable reason carried in google.rpc.ErrorInfo
@@ -109,6 +119,16 @@ ERROR_REASON_BAD_RESPONSE: ErrorReason.ValueType  # 16
 """A response from the hub failed verification at the client (响应验签失败)."""
 ERROR_REASON_NOT_YET_SEQUENCED: ErrorReason.ValueType  # 17
 """The audit entry is logged but not yet in a checkpoint; retry shortly (尚未纳入检查点). UNAVAILABLE."""
+ERROR_REASON_PURPOSE_NOT_BOUND: ErrorReason.ValueType  # 18
+"""The request is outside what the prepared case allows: other platform, holder or type (超出用证范围). PERMISSION_DENIED."""
+ERROR_REASON_NOT_ISSUER: ErrorReason.ValueType  # 19
+"""The certificate names another issuer than the caller (非本单位证照). PERMISSION_DENIED."""
+ERROR_REASON_VERSION_CONFLICT: ErrorReason.ValueType  # 20
+"""This identifier and version is stored with different content (版本冲突). ALREADY_EXISTS."""
+ERROR_REASON_INVALID_CERTIFICATE: ErrorReason.ValueType  # 21
+"""A certificate field fails validation (证照数据错误). INVALID_ARGUMENT."""
+ERROR_REASON_STATUS_TRANSITION: ErrorReason.ValueType  # 22
+"""The status change is not allowed from the current status (状态不允许). FAILED_PRECONDITION."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

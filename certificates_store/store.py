@@ -1,0 +1,192 @@
+"""Storage queries for the certificate library; every write is validated first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from xhub.v1 import certificate_pb2, envelope_pb2
+
+from certificates_store.model import (
+    STATUS_NAMES,
+    STATUS_RULES,
+    VALID,
+    Status,
+    base_identifier,
+    effective_status,
+    parse_certificate,
+    validate_certificate,
+)
+from hub.db import CertificateRow
+from hub.errors import AlreadyExistsError, FailedPreconditionError, MalformedError, NotFoundError
+
+R = envelope_pb2
+
+
+@dataclass(frozen=True)
+class Published:
+    identifier: str
+    already_published: bool
+
+
+def publish(
+    session: Session,
+    *,
+    envelope: envelope_pb2.Envelope,
+    issuer_member_id: str,
+    status: Status = VALID,
+    raw_status_code: str = "",
+    now: datetime | None = None,
+) -> Published:
+    """Store a verified, issuer-signed certificate version (the caller checked the signature)."""
+    now = now or datetime.now(UTC)
+    cert = parse_certificate(envelope.payload)
+    validate_certificate(cert)
+    existing = session.get(CertificateRow, cert.identifier)
+    if existing is not None:
+        stored = envelope_pb2.Envelope()
+        stored.ParseFromString(existing.envelope)
+        if stored.payload == envelope.payload:
+            return Published(cert.identifier, already_published=True)
+        raise AlreadyExistsError(
+            f"{cert.identifier} is stored with other content; publish a new version",
+            metadata={"identifier": cert.identifier},
+        )
+    base = base_identifier(cert.identifier)
+    latest = session.scalars(
+        select(CertificateRow).where(
+            CertificateRow.base_identifier == base, CertificateRow.is_latest == 1
+        )
+    ).first()
+    if latest is not None and latest.version >= cert.version:
+        raise FailedPreconditionError(
+            f"version {cert.version} is not newer than the stored version {latest.version}",
+            reason=R.ERROR_REASON_VERSION_CONFLICT,
+            metadata={"identifier": cert.identifier, "stored_version": str(latest.version)},
+        )
+    if latest is not None:
+        latest.is_latest = 0
+        latest.updated_at = now
+    session.add(
+        CertificateRow(
+            identifier=cert.identifier,
+            base_identifier=base,
+            type_code=cert.type_code,
+            type_name=cert.type_name,
+            number=cert.number,
+            version=cert.version,
+            issuer_code=cert.issuer_code,
+            issuer_name=cert.issuer_name,
+            issuer_member_id=issuer_member_id,
+            holder_code=cert.holder_code,
+            holder_code_type=int(cert.holder_code_type),
+            valid_from=cert.valid_from,
+            valid_until=cert.valid_until,
+            status=int(status or VALID),
+            raw_status_code=raw_status_code[:32],
+            status_reason="",
+            is_latest=1,
+            predecessor=cert.predecessor or (latest.identifier if latest else ""),
+            file_sha256=cert.file_sha256 or None,
+            envelope=envelope.SerializeToString(),
+            published_at=now,
+            updated_at=now,
+        )
+    )
+    session.flush()
+    return Published(cert.identifier, already_published=False)
+
+
+def change_status(
+    session: Session,
+    *,
+    identifier: str,
+    issuer_member_id: str,
+    status: Status,
+    reason: str,
+    raw_status_code: str = "",
+    now: datetime | None = None,
+) -> tuple[Status, Status]:
+    """Apply a status change by the issuer; returns (previous, new)."""
+    row = session.get(CertificateRow, identifier)
+    if row is None or row.issuer_member_id != issuer_member_id:
+        raise NotFoundError(f"no certificate {identifier[:160]!r} of yours")
+    rule = STATUS_RULES.get(status)
+    if rule is None:
+        raise MalformedError("status must be a concrete status", metadata={"field": "status"})
+    if rule.needs_reason and not reason.strip():
+        raise MalformedError(
+            f"changing to {STATUS_NAMES[status]} needs a reason", metadata={"field": "reason"}
+        )
+    previous: Status = row.status  # type: ignore[assignment]
+    if previous not in rule.allowed_from:
+        raise FailedPreconditionError(
+            f"certificate is {STATUS_NAMES.get(previous, previous)}; "
+            f"it cannot become {STATUS_NAMES[status]}",
+            metadata={"current_status": certificate_pb2.CertificateStatus.Name(previous)},
+        )
+    row.status = int(status)
+    row.status_reason = reason.strip()
+    row.raw_status_code = raw_status_code[:32]
+    row.updated_at = now or datetime.now(UTC)
+    return previous, status
+
+
+def latest_for_holder(
+    session: Session, holder_code: str, type_codes: Sequence[str]
+) -> list[CertificateRow]:
+    """Latest version of each of the holder's certificates of these types (index-backed)."""
+    if not type_codes:
+        return []
+    return list(
+        session.scalars(
+            select(CertificateRow)
+            .where(
+                CertificateRow.holder_code == holder_code,
+                CertificateRow.type_code.in_(list(type_codes)),
+                CertificateRow.is_latest == 1,
+            )
+            .order_by(CertificateRow.valid_from.desc())
+        )
+    )
+
+
+def find(
+    session: Session, *, identifier: str = "", number: str = "", type_code: str = ""
+) -> CertificateRow:
+    if identifier:
+        row = session.get(CertificateRow, identifier)
+    elif number and type_code:
+        row = session.scalars(
+            select(CertificateRow)
+            .where(CertificateRow.number == number, CertificateRow.type_code == type_code)
+            .order_by(CertificateRow.version.desc())
+        ).first()
+    else:
+        raise MalformedError(
+            "give an identifier, or a number and a type code", metadata={"field": "identifier"}
+        )
+    if row is None:
+        raise NotFoundError("no such certificate")
+    return row
+
+
+def status_of(row: CertificateRow, today: date | None = None) -> Status:
+    return effective_status(row.status, row.valid_until, today or datetime.now(UTC).date())
+
+
+def to_ref(row: CertificateRow, today: date | None = None) -> certificate_pb2.CertificateRef:
+    """A reference without the holder's personal fields."""
+    return certificate_pb2.CertificateRef(
+        identifier=row.identifier,
+        type_code=row.type_code,
+        type_name=row.type_name,
+        issuer_name=row.issuer_name,
+        issuer_member_id=row.issuer_member_id,
+        valid_from=row.valid_from,
+        valid_until=row.valid_until,
+        status=status_of(row, today),
+    )

@@ -1,0 +1,42 @@
+"""The item catalogue (事项目录): storage of items and their required materials."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+from xhub.v1 import intake_pb2
+
+from hub.db import ItemRow
+from hub.errors import NotFoundError
+
+
+def put_items(session: Session, items: Iterable[intake_pb2.Item]) -> int:
+    """Insert or replace items (caller validated them and commits)."""
+    now = datetime.now(UTC)
+    count = 0
+    for item in items:
+        row = session.get(ItemRow, item.code)
+        if row is None:
+            session.add(
+                ItemRow(
+                    code=item.code, name=item.name, item=item.SerializeToString(), updated_at=now
+                )
+            )
+        else:
+            row.name, row.item, row.updated_at = item.name, item.SerializeToString(), now
+        count += 1
+    session.flush()
+    return count
+
+
+def get_item(session: Session, code: str) -> intake_pb2.Item:
+    row = session.get(ItemRow, code)
+    if row is None:
+        raise NotFoundError(
+            f"no item {code[:64]!r} in the catalogue", metadata={"item_code": code[:64]}
+        )
+    item = intake_pb2.Item()
+    item.ParseFromString(row.item)
+    return item

@@ -1,0 +1,236 @@
+"""IntakeService (一窗受理): items, the one-time checklist, purpose-bound pulls, verification."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from sqlalchemy import select
+from xhub.v1 import certificate_pb2, envelope_pb2, intake_pb2, intake_pb2_grpc, registry_pb2
+
+from certificates_store import store
+from certificates_store.model import STATUS_NAMES, VALID, CertificateDataError, validate_holder
+from hub import catalog
+from hub.db import CertificateRow, MemberKeyRow, PreparedCaseRow
+from hub.envelope import verify_signature_by
+from hub.errors import AuthenticationError, MalformedError, PermissionDeniedError
+from hub.runtime import Call, HubRuntime
+from hub.signing import KeyVerifier
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE = intake_pb2.DESCRIPTOR.services_by_name["IntakeService"].full_name
+PREPARED_CASE_LIFETIME = timedelta(hours=24)
+USE_COPY_LIFETIME = timedelta(days=30)
+LEGAL_REP = intake_pb2.HOLDER_ROLE_LEGAL_REPRESENTATIVE
+R = envelope_pb2
+
+
+class IntakeService(intake_pb2_grpc.IntakeServiceServicer):
+    def __init__(self, runtime: HubRuntime) -> None:
+        self.runtime = runtime
+
+    async def GetItem(
+        self, request: intake_pb2.GetItemRequest, context: Context
+    ) -> intake_pb2.GetItemResponse:
+        envelope = await self.runtime.unary(
+            context,
+            request.envelope,
+            intake_pb2.ItemLookup,
+            _get_item,
+            method=f"/{SERVICE}/GetItem",
+        )
+        return intake_pb2.GetItemResponse(envelope=envelope)
+
+    async def PrepareCase(
+        self, request: intake_pb2.PrepareCaseRequest, context: Context
+    ) -> intake_pb2.PrepareCaseResponse:
+        envelope = await self.runtime.unary(
+            context,
+            request.envelope,
+            intake_pb2.CasePreparation,
+            _prepare_case,
+            method=f"/{SERVICE}/PrepareCase",
+            require_role=registry_pb2.ROLE_PLATFORM,
+        )
+        return intake_pb2.PrepareCaseResponse(envelope=envelope)
+
+    async def PullCertificates(
+        self, request: intake_pb2.PullCertificatesRequest, context: Context
+    ) -> intake_pb2.PullCertificatesResponse:
+        envelope = await self.runtime.unary(
+            context,
+            request.envelope,
+            intake_pb2.CertificatePull,
+            _pull,
+            method=f"/{SERVICE}/PullCertificates",
+            require_role=registry_pb2.ROLE_PLATFORM,
+        )
+        return intake_pb2.PullCertificatesResponse(envelope=envelope)
+
+    async def VerifyCertificate(
+        self, request: intake_pb2.VerifyCertificateRequest, context: Context
+    ) -> intake_pb2.VerifyCertificateResponse:
+        envelope = await self.runtime.unary(
+            context,
+            request.envelope,
+            intake_pb2.CertificateCheck,
+            _verify,
+            method=f"/{SERVICE}/VerifyCertificate",
+        )
+        return intake_pb2.VerifyCertificateResponse(envelope=envelope)
+
+
+def _get_item(call: Call[intake_pb2.ItemLookup]) -> intake_pb2.ItemLookupResult:
+    return intake_pb2.ItemLookupResult(item=catalog.get_item(call.session, call.message.code))
+
+
+def _holder_code(code: str, code_type: int, field: str) -> str:
+    try:
+        return validate_holder(code, code_type)
+    except CertificateDataError as exc:
+        raise MalformedError(str(exc), metadata={"field": field}) from exc
+
+
+def _prepare_case(call: Call[intake_pb2.CasePreparation]) -> intake_pb2.Checklist:
+    request = call.message
+    if not call.header.purpose.strip():
+        raise MalformedError("a purpose (用证事由) is required", metadata={"field": "purpose"})
+    applicant = _holder_code(request.applicant_code, request.applicant_code_type, "applicant_code")
+    call.audit.subject = applicant
+    representative = ""
+    if request.legal_representative_code:
+        representative = _holder_code(
+            request.legal_representative_code,
+            certificate_pb2.HOLDER_CODE_TYPE_CITIZEN_ID,
+            "legal_representative_code",
+        )
+    item = catalog.get_item(call.session, request.item_code)
+    today = datetime.now(UTC).date()
+    lines = []
+    for material in item.materials:
+        line = intake_pb2.ChecklistLine(material=material)
+        holder = representative if material.holder == LEGAL_REP else applicant
+        if not material.certificate_types:
+            line.note = "material: the applicant brings it (材料需提交)"
+        elif not holder:
+            line.note = "no legal representative given (未提供法定代表人)"
+        else:
+            found = store.latest_for_holder(call.session, holder, list(material.certificate_types))
+            usable = [row for row in found if store.status_of(row, today) == VALID]
+            if usable:
+                line.satisfied = True
+                line.certificate.CopyFrom(store.to_ref(usable[0], today))
+                line.note = "held in the e-certificate library (已共享, 免提交)"
+            elif found:
+                row = found[0]
+                line.certificate.CopyFrom(store.to_ref(row, today))
+                status = STATUS_NAMES[store.status_of(row, today)]
+                line.note = f"on record but {status}; the applicant must bring a valid one"
+            else:
+                line.note = "none on record; the applicant must bring it (需提交)"
+        lines.append(line)
+    case_id = "PC" + uuid.uuid4().hex[:22].upper()
+    now = datetime.now(UTC)
+    call.session.add(
+        PreparedCaseRow(
+            case_id=case_id,
+            item_code=item.code,
+            platform_member_id=call.caller.member_id,
+            applicant_code=applicant,
+            legal_representative_code=representative,
+            purpose=call.header.purpose,
+            created_at=now,
+            expires_at=now + PREPARED_CASE_LIFETIME,
+        )
+    )
+    call.audit.case_id = case_id
+    return intake_pb2.Checklist(case_id=case_id, item=item, lines=lines)
+
+
+def _deny(message: str, **metadata: str) -> PermissionDeniedError:
+    return PermissionDeniedError(
+        message, reason=R.ERROR_REASON_PURPOSE_NOT_BOUND, metadata=metadata
+    )
+
+
+def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificates:
+    request = call.message
+    call.audit.subject = request.holder_code[:32]
+    # 1. The pull names a prepared case, and the caller is the platform that prepared it.
+    case = call.session.get(PreparedCaseRow, call.header.case_id) if call.header.case_id else None
+    if case is None:
+        raise _deny("the pull names no prepared case (case_id)", case_id=call.header.case_id[:64])
+    if case.platform_member_id != call.caller.member_id:
+        raise _deny("this case was prepared by another platform", case_id=case.case_id)
+    now = datetime.now(UTC)
+    if case.expires_at <= now:
+        raise _deny("the prepared case has expired; prepare it again", case_id=case.case_id)
+    # 2. The holder is the applicant (or the legal representative named for this case).
+    roles = {case.applicant_code: intake_pb2.HOLDER_ROLE_UNSPECIFIED}
+    if case.legal_representative_code:
+        roles[case.legal_representative_code] = LEGAL_REP
+    if request.holder_code not in roles:
+        raise _deny("the holder is not this case's applicant", case_id=case.case_id)
+    # 3. Every type is required by the item for that holder.
+    item = catalog.get_item(call.session, case.item_code)
+    allowed = {
+        type_code
+        for material in item.materials
+        if material.holder == roles[request.holder_code]
+        for type_code in material.certificate_types
+    }
+    refused = [t for t in request.type_codes if t not in allowed]
+    if refused or not request.type_codes:
+        raise _deny(
+            f"item {item.code} does not require type(s) {', '.join(refused) or '(none)'}",
+            case_id=case.case_id,
+            type_codes=",".join(refused)[:200],
+        )
+    rows = store.latest_for_holder(call.session, request.holder_code, list(request.type_codes))
+    today = now.date()
+    pulled = []
+    for row in rows:
+        envelope = envelope_pb2.Envelope()
+        envelope.ParseFromString(row.envelope)
+        copy = certificate_pb2.PulledCertificate(
+            certificate=envelope,
+            status=store.status_of(row, today),
+            raw_status_code=row.raw_status_code,
+            annotation=certificate_pb2.UseAnnotation(
+                pulled_by=call.caller.member_id, case_id=case.case_id, purpose=case.purpose
+            ),
+        )
+        copy.annotation.pulled_at.FromDatetime(now)
+        copy.annotation.use_until.FromDatetime(now + USE_COPY_LIFETIME)
+        pulled.append(copy)
+    return intake_pb2.PulledCertificates(certificates=pulled)
+
+
+def _verify(call: Call[intake_pb2.CertificateCheck]) -> intake_pb2.CertificateVerification:
+    check = call.message
+    row = store.find(
+        call.session, identifier=check.identifier, number=check.number, type_code=check.type_code
+    )
+    return intake_pb2.CertificateVerification(
+        certificate=store.to_ref(row),
+        raw_status_code=row.raw_status_code,
+        signature_valid=_issuer_signature_holds(call, row),
+        version=row.version,
+    )
+
+
+def _issuer_signature_holds(call: Call[Any], row: CertificateRow) -> bool:
+    envelope = envelope_pb2.Envelope()
+    envelope.ParseFromString(row.envelope)
+    keys = call.session.execute(
+        select(MemberKeyRow.public_key_der).where(MemberKeyRow.member_id == row.issuer_member_id)
+    ).scalars()
+    for der in keys:
+        try:
+            verify_signature_by(envelope, KeyVerifier.from_der(der))
+            return True
+        except AuthenticationError:
+            continue
+    return False
