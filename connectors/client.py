@@ -38,6 +38,7 @@ from xhub.v1 import (
     registry_pb2_grpc,
 )
 
+from certificates_store.model import open_certificate
 from hub.audit.merkle import ProofError, verify_consistency, verify_inclusion
 from hub.audit.note import Checkpoint, NoteError, NoteVerifier, open_checkpoint
 from hub.bundle import MemberBundle
@@ -57,6 +58,7 @@ from hub.errors import (
     XhubError,
     from_rpc_error,
 )
+from hub.signing import KeyVerifier
 
 M = TypeVar("M", bound=Message)
 
@@ -144,6 +146,7 @@ class HubClient:
         self.certificates = certificate_pb2_grpc.CertificateServiceStub(self.channel)
         self.intake = intake_pb2_grpc.IntakeServiceStub(self.channel)
         self.last_receipt: envelope_pb2.AuditReceipt | None = None
+        self._issuers: dict[str, registry_pb2.Member] = {}
 
     @classmethod
     def from_bundle(
@@ -330,7 +333,32 @@ class HubClient:
             case_id=case_id,
             purpose=purpose,
         )
+        for pulled in result.certificates:
+            self.verify_issuer_signature(pulled)
         return list(result.certificates)
+
+    def verify_issuer_signature(
+        self, pulled: certificate_pb2.PulledCertificate
+    ) -> certificate_pb2.ElectronicCertificate:
+        """Check a pulled certificate against its issuer's registered keys (works offline
+        once the issuer's member record is cached)."""
+        issuer = self._issuers.get(pulled.issuer_member_id)
+        if issuer is None:
+            issuer = self.get_member(pulled.issuer_member_id)
+            self.verified_certificate(issuer)
+            self._issuers[pulled.issuer_member_id] = issuer
+        for key in issuer.signing_keys:
+            if key.key_id == pulled.certificate.signatures[0].key_id:
+                try:
+                    cert = open_certificate(
+                        pulled.certificate, KeyVerifier.from_der(key.public_key_der)
+                    )
+                except (MalformedError, AuthenticationError) as exc:
+                    raise BadResponseError(f"pulled certificate fails verification: {exc}") from exc
+                if cert.issuer_code != issuer.uscc:
+                    raise BadResponseError("certificate names another issuer than its signer")
+                return cert
+        raise BadResponseError("pulled certificate is not signed by a key of its issuer")
 
     def verify_certificate(
         self, *, identifier: str = "", number: str = "", type_code: str = ""

@@ -198,6 +198,7 @@ def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificat
             certificate=envelope,
             status=store.status_of(row, today),
             raw_status_code=row.raw_status_code,
+            issuer_member_id=row.issuer_member_id,
             annotation=certificate_pb2.UseAnnotation(
                 pulled_by=call.caller.member_id, case_id=case.case_id, purpose=case.purpose
             ),

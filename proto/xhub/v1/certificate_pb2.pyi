@@ -451,10 +451,13 @@ class PulledCertificate(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     RAW_STATUS_CODE_FIELD_NUMBER: _builtins.int
     ANNOTATION_FIELD_NUMBER: _builtins.int
+    ISSUER_MEMBER_ID_FIELD_NUMBER: _builtins.int
     status: Global___CertificateStatus.ValueType
     """Current status (当前状态)."""
     raw_status_code: _builtins.str
     """The source's raw status code (源系统状态码)."""
+    issuer_member_id: _builtins.str
+    """Member id of the issuer whose key signed the certificate (发证单位)."""
     @_builtins.property
     def certificate(self) -> _envelope_pb2.Envelope:
         """The issuer-signed certificate envelope, byte for byte as published."""
@@ -470,10 +473,11 @@ class PulledCertificate(_message.Message):
         status: Global___CertificateStatus.ValueType = ...,
         raw_status_code: _builtins.str = ...,
         annotation: Global___UseAnnotation | None = ...,
+        issuer_member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation", "certificate", b"certificate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation", "certificate", b"certificate", "raw_status_code", b"raw_status_code", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation", "certificate", b"certificate", "issuer_member_id", b"issuer_member_id", "raw_status_code", b"raw_status_code", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
