@@ -8,13 +8,8 @@ many bytes as the signed lookup's request and response.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -22,63 +17,14 @@ import grpc
 from xhub.v1 import registry_pb2
 
 from bench.audit_bench import bench_append, bench_proofs
+from bench.cert_bench import bench_pull
 from bench.echo_server import ECHO_METHOD
 from bench.harness import Row, measure, print_table, ratio_row, write_results
+from bench.hubproc import process, setup, wait_echo
 from connectors import HubClient
 from connectors.client import secure_channel
 from hub.bundle import MemberBundle
 from hub.demo import free_port
-from hub.demo_region import DEMO_MEMBERS, HUB_ID
-from hub.registry import validate_member
-from hub.setup import add_member_with_bundle, init_data_dir
-
-
-@contextmanager
-def process(
-    args: list[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def setup(root: Path, port: int) -> dict[str, Path]:
-    config = init_data_dir(root, hub_id=HUB_ID, listen=f"127.0.0.1:{port}")
-    bundles: dict[str, Path] = {}
-    for member in DEMO_MEMBERS:
-        spec = validate_member(
-            name=member.name,
-            uscc=member.uscc,
-            division=member.division,
-            roles=[member.roles],
-            subsystem=member.subsystem,
-        )
-        bundles[member.key] = add_member_with_bundle(config, spec).bundle_dir
-    return bundles
-
-
-def wait_echo(call: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            call(b"x", timeout=2)  # type: ignore[operator]
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
@@ -182,6 +128,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--append-entries", type=int, default=50_000)
+    parser.add_argument("--store-sizes", default="10000,1000000", help="certificate store sizes")
     parser.add_argument(
         "--proof-sizes", default="1000,100000,1000000", help="tree sizes for proof timing"
     )
@@ -192,6 +139,9 @@ def main() -> int:
         rows += bench_signed_lookup(Path(tmp) / "lookup", args.calls)
         print("audit path cost on a signed call", flush=True)
         rows += bench_audit_cost(Path(tmp) / "audit-cost", args.calls)
+        stores = [int(s) for s in args.store_sizes.split(",")]
+        print(f"certificate pulls as the store grows to {stores}", flush=True)
+        rows += bench_pull(Path(tmp) / "pull", args.calls, stores)
         print("audit append + sequencing (SQLite)", flush=True)
         rows += bench_append(Path(tmp), args.append_entries)
         sizes = [int(s) for s in args.proof_sizes.split(",")]
