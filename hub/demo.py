@@ -26,8 +26,9 @@ from pathlib import Path
 import grpc
 from xhub.v1 import registry_pb2
 
+from certificates_store.model import CITIZEN_ID, USCC, new_certificate
 from connectors import HubClient, XhubError
-from hub.codes import division_level
+from hub.codes import division_level, make_citizen_id, make_uscc
 from hub.demo_region import DEMO_MEMBERS, HUB_ID, HUB_NAME
 from hub.errors import from_rpc_error
 from hub.registry import validate_member
@@ -167,6 +168,8 @@ def run(data_dir: Path) -> int:
                     f"  replayed message (same envelope sent twice): first accepted, "
                     f"second refused {refusal(exc)}"
                 )
+            if not intake_section(data_dir, clients):
+                return 1
             if not audit_section(data_dir, clients, bundles, port):
                 return 1
         finally:
@@ -193,6 +196,117 @@ def xhub(*args: str) -> subprocess.CompletedProcess[str]:
 def show(result: subprocess.CompletedProcess[str], indent: str = "    ") -> None:
     for line in (result.stdout + result.stderr).rstrip().splitlines():
         say(indent + line)
+
+
+CATALOG = Path(__file__).resolve().parent.parent / "catalog" / "demo-items.yaml"
+BUSINESS_LICENCE = "11100000000013338W001"
+RESIDENT_ID = "11100000000013338W002"
+REAL_ESTATE_TITLE = "11100000000013338W003"
+FOOD_LICENCE = "11100000000013338W004"
+COMPANY = make_uscc("9", "1", "440103", "MA5FOOD1")  # a synthetic restaurant company
+LEGAL_REP = make_citizen_id("440103", "19850317", "051")  # synthetic, not a real person
+
+
+def intake_section(data_dir: Path, clients: dict[str, HubClient]) -> bool:
+    say("\n-- one-window intake (一窗受理) at 荔湾区政务服务中心")
+    say("  $ xhub catalog load catalog/demo-items.yaml")
+    result = xhub("catalog", "load", str(CATALOG), "--data-dir", str(data_dir))
+    show(result)
+    if result.returncode != 0:
+        return False
+    issued = [
+        (
+            "gz_market",
+            BUSINESS_LICENCE,
+            "营业执照",
+            "BL2024000317",
+            "440103000317001",
+            "广州市荔湾区粤味餐饮有限公司",
+            COMPANY,
+            USCC,
+            "",
+        ),
+        (
+            "gd_police",
+            RESIDENT_ID,
+            "居民身份证",
+            "ID440103017",
+            "440103198503170511",
+            "陈某某",
+            LEGAL_REP,
+            CITIZEN_ID,
+            "2035-03-17",
+        ),
+        (
+            "gz_land",
+            REAL_ESTATE_TITLE,
+            "不动产权证书",
+            "RE2023000881",
+            "粤(2023)广州市不动产权第0088100号",
+            "广州市荔湾区粤味餐饮有限公司",
+            COMPANY,
+            USCC,
+            "",
+        ),
+    ]
+    for key, type_code, type_name, serial, number, holder, code, code_type, until in issued:
+        client = clients[key]
+        issuer = next(m for m in DEMO_MEMBERS if m.key == key)
+        cert = new_certificate(
+            type_code=type_code,
+            type_name=type_name,
+            issuer_code=issuer.uscc,
+            issuer_name=issuer.name,
+            serial=serial,
+            number=number,
+            holder_name=holder,
+            holder_code=code,
+            holder_code_type=code_type,
+            issue_date="2023-06-01",
+            valid_from="2023-06-01",
+            valid_until=until,
+            division_code=issuer.division,
+        )
+        client.publish_certificate(cert)
+        say(f"  {issuer.name} publishes {type_name}: {cert.identifier}")
+    platform = clients["lw_center"]
+    checklist = platform.prepare_case(
+        "FOOD-BIZ-NEW",
+        COMPANY,
+        purpose="食品经营许可(新办)受理",
+        legal_representative_code=LEGAL_REP,
+    )
+    say(f"\n  checklist (一次性告知) for {checklist.item.name}, case {checklist.case_id}:")
+    for line in checklist.lines:
+        mark = "✓ from library" if line.satisfied else "✗ applicant brings"
+        detail = ""
+        if line.satisfied:
+            ref = line.certificate
+            until = ref.valid_until or "长期"
+            detail = f" — {ref.type_name} by {ref.issuer_name}, valid {ref.valid_from}–{until}"
+        say(f"    {mark:<18} {line.material.name}{detail}")
+    pulled = platform.pull_certificates(
+        checklist.case_id, COMPANY, [BUSINESS_LICENCE, REAL_ESTATE_TITLE]
+    ) + platform.pull_certificates(checklist.case_id, LEGAL_REP, [RESIDENT_ID])
+    say(
+        f"  platform pulls {len(pulled)} certificates once, each verified against its issuer's "
+        f"key (use copy bound to case {checklist.case_id})"
+    )
+    try:
+        platform.pull_certificates(checklist.case_id, COMPANY, [FOOD_LICENCE])
+        say("  pull of an unneeded type: ACCEPTED (this is a bug)")
+        return False
+    except XhubError as exc:
+        say(
+            f"  pull of a type the item does not need (食品经营许可证): refused "
+            f"{exc.code.name} {exc.reason_name} (logged)"
+        )
+    brought = sum(1 for line in checklist.lines if not line.satisfied)
+    say(
+        f"  the applicant hands over {brought} of {len(checklist.lines)} materials; "
+        f"{len(checklist.lines) - brought} come from the library"
+    )
+    return True
 
 
 def audit_section(

@@ -104,8 +104,15 @@ class Gate:
         self._keys: dict[str, BoundKey] = {}
 
     def admit(
-        self, envelope: envelope_pb2.Envelope | None, message_type: type[M], peer_pem: bytes | None
+        self,
+        envelope: envelope_pb2.Envelope | None,
+        message_type: type[M],
+        peer_pem: bytes | None,
+        *,
+        on_verified: Callable[[envelope_pb2.Header], None] | None = None,
     ) -> Admitted[M]:
+        """Run every admission step; ``on_verified`` sees the header as soon as it verified
+        (so a refusal after that point is still recorded with its message id)."""
         now = self._clock()
         # 1. The TLS peer must present a hub-issued certificate naming a member.
         peer = self._peer(peer_pem)
@@ -125,6 +132,8 @@ class Gate:
                 return bound.verifier
 
             opened = open_envelope(envelope, message_type, resolve)
+            if on_verified is not None:
+                on_verified(opened.header)
             self._check_header(opened.header, peer, now)
             # 10. The message id must be new inside the window (stored, so it survives restarts).
             self._remember(

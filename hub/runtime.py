@@ -126,8 +126,9 @@ class HubRuntime:
         def work() -> envelope_pb2.Envelope:
             draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
             try:
-                admitted = self.gate.admit(envelope, message_type, peer_pem)
-                draft.note_header(admitted.header)
+                admitted = self.gate.admit(
+                    envelope, message_type, peer_pem, on_verified=draft.note_header
+                )
                 if require_role is not None and not admitted.caller.has(require_role):
                     raise PermissionDeniedError(
                         f"{admitted.caller.member_id} lacks the "

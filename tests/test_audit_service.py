@@ -10,6 +10,7 @@ database whose log was altered; two hub processes on one PostgreSQL database sha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import threading
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -116,7 +118,7 @@ def header_of(envelope: Envelope) -> envelope_pb2.Header:
     return registry_pb2.MemberLookup.FromString(envelope.payload).header
 
 
-def record_of(auditor: HubClient, leaf: bytes, **filters: object) -> audit_pb2.AuditRecord:
+def record_of(auditor: HubClient, leaf: bytes, **filters: Any) -> audit_pb2.AuditRecord:
     """The auditor's view of the entry whose leaf hash is ``leaf``."""
     for record in auditor.query_audit(include_envelopes=True, **filters):
         if merkle.leaf_hash(record.entry) == leaf:
@@ -532,7 +534,7 @@ def test_query_filters_and_paging(hub_kit: HubKit) -> None:
     for _ in range(2):
         platform.get_member(hub_kit.member_id("department"))
 
-    def entries(**filters: object) -> list[audit_pb2.AuditEntry]:
+    def entries(**filters: Any) -> list[audit_pb2.AuditEntry]:
         return [parse(r.entry) for r in auditor.query_audit(**filters)]
 
     mine = entries(member_id=platform.member_id)
@@ -616,9 +618,9 @@ def _export(kit: HubKit) -> Evidence:
     leaves = {"allowed": bytes(platform.last_receipt.leaf_hash)}
     older, _ = platform.prove_logged(platform.last_receipt)
     for name in ("bad-signature", "signed-by-another-member", "wrong-recipient", "no-envelope"):
+        envelope = REFUSALS[name].build(kit, platform)
         leaves[name] = refused_leaf(
-            lambda name=name: send(platform, REFUSALS[name].build(kit, platform)),
-            REFUSALS[name].reason,
+            functools.partial(send, platform, envelope), REFUSALS[name].reason
         )
     department.get_member(kit.member_id("platform"))  # Ed25519 signer
     assert department.last_receipt is not None
@@ -662,16 +664,21 @@ def _flip(data: bytes, at: int | None = None) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
 
 
-def _with_entry(bundle: EvidenceBundle, index: int, **changes: object) -> None:
+def _with_entry(
+    bundle: EvidenceBundle,
+    index: int,
+    *,
+    entry: bytes | None = None,
+    envelope: bytes | None = None,
+    proof: list[bytes] | None = None,
+) -> None:
     pos = _find(bundle, index)
-    leaf_index, entry, envelope, proof = bundle.entries[pos]
-    values = {"entry": entry, "envelope": envelope, "proof": proof, "index": leaf_index}
-    values.update(changes)
+    old_index, old_entry, old_envelope, old_proof = bundle.entries[pos]
     bundle.entries[pos] = (
-        values["index"],  # type: ignore[assignment]
-        values["entry"],  # type: ignore[assignment]
-        values["envelope"],  # type: ignore[assignment]
-        values["proof"],  # type: ignore[assignment]
+        old_index,
+        old_entry if entry is None else entry,
+        old_envelope if envelope is None else envelope,
+        old_proof if proof is None else proof,
     )
 
 

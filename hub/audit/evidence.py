@@ -202,6 +202,10 @@ def verify_bundle(
             ) from exc
         entry = audit_pb2.AuditEntry()
         entry.ParseFromString(entry_bytes)
+        if not envelope_bytes and entry.envelope_sha256 != hashlib.sha256(b"").digest():
+            raise BundleInvalid(
+                f"entry #{index}: the original envelope is missing from the bundle", entry=index
+            )
         if envelope_bytes:
             envelopes_checked += 1
             refused_signatures += _check_envelope(
