@@ -203,7 +203,7 @@ BUSINESS_LICENCE = "11100000000013338W001"
 RESIDENT_ID = "11100000000013338W002"
 REAL_ESTATE_TITLE = "11100000000013338W003"
 FOOD_LICENCE = "11100000000013338W004"
-COMPANY = make_uscc("9", "1", "440103", "MA5FOOD1")  # a synthetic restaurant company
+COMPANY = make_uscc("9", "1", "440103", "MA5FD001")  # a synthetic restaurant company
 LEGAL_REP = make_citizen_id("440103", "19850317", "051")  # synthetic, not a real person
 
 
