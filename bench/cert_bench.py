@@ -157,13 +157,20 @@ def bench_pull(root: Path, calls: int, store_sizes: list[int]) -> list[Row]:
         checklist = client.prepare_case(
             ITEM.code, company, purpose="bench", legal_representative_code=person
         )
-        pull = partial(client.pull_certificates, checklist.case_id, company, [BUSINESS_LICENCE])
+        pull = partial(
+            client.pull_certificates,
+            checklist.case_id,
+            company,
+            [BUSINESS_LICENCE],
+            purpose="bench",
+        )
         pull()
         # The echo carries exactly as many bytes as the signed pull and its answer.
         raw = intake_pb2.PullCertificatesRequest(
             envelope=client.seal(
                 intake_pb2.CertificatePull(holder_code=company, type_codes=[BUSINESS_LICENCE]),
                 case_id=checklist.case_id,
+                purpose="bench",
             )
         )
         request_size = len(raw.SerializeToString())

@@ -321,7 +321,7 @@ class HubClient:
         )
 
     def pull_certificates(
-        self, case_id: str, holder_code: str, type_codes: list[str], *, purpose: str = ""
+        self, case_id: str, holder_code: str, type_codes: list[str], *, purpose: str
     ) -> list[certificate_pb2.PulledCertificate]:
         """Certificates bound to a prepared case, each verified against its issuer's key."""
         result = self.call(
@@ -333,8 +333,10 @@ class HubClient:
             case_id=case_id,
             purpose=purpose,
         )
+        receipt = self.last_receipt  # issuer look-ups below must not replace the pull's receipt
         for pulled in result.certificates:
             self.verify_issuer_signature(pulled)
+        self.last_receipt = receipt
         return list(result.certificates)
 
     def verify_issuer_signature(

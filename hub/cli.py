@@ -118,7 +118,42 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser("upgrade", help="apply Alembic migrations")
     _data_dir_arg(upgrade)
+    _add_catalog_and_certificate_commands(commands)
     return parser
+
+
+def _add_catalog_and_certificate_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    catalog = commands.add_parser("catalog", help="item catalogue (事项目录)")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    load = catalog_commands.add_parser(
+        "load", help="check a YAML/JSON catalogue file and load it (all or nothing)"
+    )
+    load.add_argument("file", type=Path, help="catalogue file (format: hub/catalog_file.py)")
+    _data_dir_arg(load)
+    load.add_argument(
+        "--known-types",
+        type=Path,
+        help="file of known certificate type codes (证照类型), one per line; "
+        "default: any well-formed code",
+    )
+    listing = catalog_commands.add_parser("list", help="list the loaded items")
+    _data_dir_arg(listing)
+
+    certificates = commands.add_parser("certificates", help="e-certificates (电子证照)")
+    certificate_commands = certificates.add_subparsers(dest="certificates_command", required=True)
+    imp = certificate_commands.add_parser(
+        "import", help="publish certificates from a CSV or JSON-lines file (批量导入)"
+    )
+    imp.add_argument("file", type=Path, help="CSV with a header row, or .jsonl")
+    imp.add_argument("--bundle", type=Path, required=True, help="issuer member bundle dir")
+    imp.add_argument("--hub", help="hub address, overriding the bundle's")
+    imp.add_argument(
+        "--mapping", type=Path, help="TOML: [columns], [defaults], [status_codes] (状态码映射)"
+    )
+    imp.add_argument("--report", type=Path, help="write failed rows as CSV (line, reason)")
+    imp.add_argument("--workers", type=int, default=4, help="publishing threads (default 4)")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -346,7 +381,89 @@ def cmd_audit_log_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_catalog_load(args: argparse.Namespace) -> int:
+    from hub.catalog_file import CatalogFileError, load_catalog, read_known_types
+
+    config = open_config(args.data_dir)
+    known = read_known_types(args.known_types) if args.known_types else None
+    engine = make_engine(config.effective_database_url)
+    try:
+        with session_factory(engine).begin() as session:
+            items = load_catalog(session, args.file, known_types=known)
+    except CatalogFileError as exc:
+        print(f"error: {len(exc.problems)} problem(s); nothing was loaded:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem.render(exc.source)}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(f"loaded {len(items)} items (事项)")
+    return 0
+
+
+def cmd_catalog_list(args: argparse.Namespace) -> int:
+    from hub.catalog_file import stored_items
+    from hub.db import MemberRow
+
+    config = open_config(args.data_dir)
+    engine = make_engine(config.effective_database_url)
+    try:
+        with session_factory(engine)() as session:
+            items = list(stored_items(session))
+            for item in items:
+                names = []
+                for member_id in item.departments:
+                    row = session.get(MemberRow, member_id)
+                    names.append(row.name if row is not None else member_id)
+                print(
+                    f"{item.code}  {item.name}  {item.time_limit_days} working days (工作日)  "
+                    f"departments (办理部门): {', '.join(names)}"
+                )
+                for material in item.materials:
+                    ways = [f"certificate {t}" for t in material.certificate_types]
+                    ways += [f"material {t}" for t in material.material_types]
+                    holder = " [legal representative 法定代表人]" if material.holder else ""
+                    print(f"    {material.code}  {material.name}: {' | '.join(ways)}{holder}")
+            print(f"{len(items)} item(s)")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_certificates_import(args: argparse.Namespace) -> int:
+    from certificates_store.importer import (
+        FieldMapping,
+        ImportFileError,
+        RowSource,
+        import_certificates,
+        issuer_of,
+        load_mapping,
+    )
+    from connectors import HubClient
+
+    try:
+        mapping = load_mapping(args.mapping) if args.mapping else FieldMapping()
+        source = RowSource(args.file, mapping)
+    except ImportFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with source, HubClient.from_bundle(args.bundle, hub_address=args.hub) as client:
+        report = import_certificates(
+            client, source, mapping, issuer_of(client), workers=args.workers, total=source.total
+        )
+    for failure in report.failures:
+        print(f"line {failure.line}: {failure.reason}")
+    print(report.summary())
+    if args.report:
+        report.write_csv(args.report)
+        print(f"report written to {args.report}")
+    return 1 if report.failures else 0
+
+
 HANDLERS = {
+    ("catalog", "load"): cmd_catalog_load,
+    ("catalog", "list"): cmd_catalog_list,
+    ("certificates", "import"): cmd_certificates_import,
     ("audit", "query"): cmd_audit_query,
     ("audit", "export"): cmd_audit_export,
     ("audit", "verify"): cmd_audit_verify,

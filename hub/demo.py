@@ -285,15 +285,16 @@ def intake_section(data_dir: Path, clients: dict[str, HubClient]) -> bool:
             until = ref.valid_until or "长期"
             detail = f" — {ref.type_name} by {ref.issuer_name}, valid {ref.valid_from}–{until}"
         say(f"    {mark:<18} {line.material.name}{detail}")
+    purpose = "食品经营许可(新办)受理"
     pulled = platform.pull_certificates(
-        checklist.case_id, COMPANY, [BUSINESS_LICENCE, REAL_ESTATE_TITLE]
-    ) + platform.pull_certificates(checklist.case_id, LEGAL_REP, [RESIDENT_ID])
+        checklist.case_id, COMPANY, [BUSINESS_LICENCE, REAL_ESTATE_TITLE], purpose=purpose
+    ) + platform.pull_certificates(checklist.case_id, LEGAL_REP, [RESIDENT_ID], purpose=purpose)
     say(
         f"  platform pulls {len(pulled)} certificates once, each verified against its issuer's "
         f"key (use copy bound to case {checklist.case_id})"
     )
     try:
-        platform.pull_certificates(checklist.case_id, COMPANY, [FOOD_LICENCE])
+        platform.pull_certificates(checklist.case_id, COMPANY, [FOOD_LICENCE], purpose=purpose)
         say("  pull of an unneeded type: ACCEPTED (this is a bug)")
         return False
     except XhubError as exc:

@@ -167,18 +167,24 @@ def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificat
     now = datetime.now(UTC)
     if case.expires_at <= now:
         raise _deny("the prepared case has expired; prepare it again", case_id=case.case_id)
-    # 2. The holder is the applicant (or the legal representative named for this case).
-    roles = {case.applicant_code: intake_pb2.HOLDER_ROLE_UNSPECIFIED}
+    # 2. The purpose is the one the case was prepared for.
+    if not call.header.purpose.strip():
+        raise MalformedError("a purpose (用证事由) is required", metadata={"field": "purpose"})
+    if call.header.purpose != case.purpose:
+        raise _deny("the purpose differs from the prepared case's", case_id=case.case_id)
+    # 3. The holder is the applicant (or the legal representative named for this case);
+    #    one person may be both, when an individual represents itself.
+    roles: dict[str, set[int]] = {case.applicant_code: {intake_pb2.HOLDER_ROLE_UNSPECIFIED}}
     if case.legal_representative_code:
-        roles[case.legal_representative_code] = LEGAL_REP
+        roles.setdefault(case.legal_representative_code, set()).add(LEGAL_REP)
     if request.holder_code not in roles:
         raise _deny("the holder is not this case's applicant", case_id=case.case_id)
-    # 3. Every type is required by the item for that holder.
+    # 4. Every type is required by the item for that holder.
     item = catalog.get_item(call.session, case.item_code)
     allowed = {
         type_code
         for material in item.materials
-        if material.holder == roles[request.holder_code]
+        if material.holder in roles[request.holder_code]
         for type_code in material.certificate_types
     }
     refused = [t for t in request.type_codes if t not in allowed]
@@ -191,7 +197,8 @@ def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificat
     rows = store.latest_for_holder(call.session, request.holder_code, list(request.type_codes))
     today = now.date()
     pulled = []
-    for row in rows:
+    # Only certificates that can satisfy a requirement leave the library (data minimisation).
+    for row in (r for r in rows if store.status_of(r, today) == VALID):
         envelope = envelope_pb2.Envelope()
         envelope.ParseFromString(row.envelope)
         copy = certificate_pb2.PulledCertificate(

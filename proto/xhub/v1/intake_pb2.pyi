@@ -475,7 +475,9 @@ class ChecklistLine(_message.Message):
 
     @_builtins.property
     def certificate(self) -> _certificate_pb2.CertificateRef:
-        """The certificate that satisfies it (证照)."""
+        """The certificate that satisfies it; when not satisfied, the one on record (with the
+        status that disqualifies it), if any (证照).
+        """
 
     def __init__(
         self,
