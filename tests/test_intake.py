@@ -662,7 +662,9 @@ def test_pull_names_the_purpose_of_its_case(world: World) -> None:
 def test_pull_needs_the_platform_role(world: World) -> None:
     case_id = world.prepare().case_id
     refused(
-        lambda: world.department.pull_certificates(case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE),
+        lambda: world.department.pull_certificates(
+            case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE
+        ),
         Code.PERMISSION_DENIED,
         "ROLE_REQUIRED",
     )
