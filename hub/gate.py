@@ -8,6 +8,7 @@ process sharing the database.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,40 +111,65 @@ class Gate:
         peer_pem: bytes | None,
         *,
         on_verified: Callable[[envelope_pb2.Header], None] | None = None,
+        session: Session | None = None,
     ) -> Admitted[M]:
         """Run every admission step; ``on_verified`` sees the header as soon as it verified
-        (so a refusal after that point is still recorded with its message id)."""
+        (so a refusal after that point is still recorded with its message id).
+
+        With ``session`` the message id is recorded in the caller's transaction, so the
+        call's effect and its replay record commit together (one commit per call).
+        """
+        if session is None:
+            with self._sessions.begin() as own:
+                return self._admit(own, envelope, message_type, peer_pem, on_verified)
+        return self._admit(session, envelope, message_type, peer_pem, on_verified)
+
+    def _admit(
+        self,
+        session: Session,
+        envelope: envelope_pb2.Envelope | None,
+        message_type: type[M],
+        peer_pem: bytes | None,
+        on_verified: Callable[[envelope_pb2.Header], None] | None,
+    ) -> Admitted[M]:
         now = self._clock()
         # 1. The TLS peer must present a hub-issued certificate naming a member.
         peer = self._peer(peer_pem)
-        with self._sessions.begin() as session:
-            # 2. The peer must be a registered, active, unexpired member using its current cert.
-            caller = self._active_member(session, peer, now)
+        # 2. The peer must be a registered, active, unexpired member using its current cert.
+        caller = self._active_member(session, peer, now)
 
-            # 3–6. Shape, payload type, key, signature over the exact bytes; then parse.
-            def resolve(key_id: str) -> KeyVerifier:
-                bound = self._key(session, key_id)
-                if bound.member_id != peer.member_id:
-                    raise AuthenticationError(
-                        "message is signed by another member's key",
-                        reason=R.ERROR_REASON_SENDER_NOT_PEER,
-                        metadata={"peer": peer.member_id, "key_owner": bound.member_id},
-                    )
-                return bound.verifier
+        # 3–6. Shape, payload type, key, signature over the exact bytes; then parse.
+        def resolve(key_id: str) -> KeyVerifier:
+            bound = self._key(session, key_id)
+            if bound.member_id != peer.member_id:
+                raise AuthenticationError(
+                    "message is signed by another member's key",
+                    reason=R.ERROR_REASON_SENDER_NOT_PEER,
+                    metadata={"peer": peer.member_id, "key_owner": bound.member_id},
+                )
+            return bound.verifier
 
-            opened = open_envelope(envelope, message_type, resolve)
-            if on_verified is not None:
-                on_verified(opened.header)
-            self._check_header(opened.header, peer, now)
-            # 10. The message id must be new inside the window (stored, so it survives restarts).
-            self._remember(
-                peer.member_id,
-                opened.header.message_id,
-                opened.header.issued_at.ToDatetime(tzinfo=UTC),
-                now,
-                session=session,
-            )
+        opened = open_envelope(envelope, message_type, resolve)
+        if on_verified is not None:
+            on_verified(opened.header)
+        self._check_header(opened.header, peer, now)
+        # 10. The message id must be new inside the window (stored, so it survives restarts).
+        self._remember(
+            peer.member_id,
+            opened.header.message_id,
+            opened.header.issued_at.ToDatetime(tzinfo=UTC),
+            now,
+            session=session,
+        )
         return Admitted(opened=opened, caller=caller)
+
+    def remember(self, sender: str, header: envelope_pb2.Header) -> None:
+        """Record an admitted message id whose call was refused later (its transaction
+        rolled back), so the same envelope cannot be replayed once circumstances change."""
+        with contextlib.suppress(ReplayError):
+            self._remember(
+                sender, header.message_id, header.issued_at.ToDatetime(tzinfo=UTC), self._clock()
+            )
 
     def _check_header(self, header: envelope_pb2.Header, peer: PeerIdentity, now: datetime) -> None:
         # 7. The header's sender must be the TLS peer.

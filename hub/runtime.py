@@ -125,17 +125,24 @@ class HubRuntime:
 
         def work() -> envelope_pb2.Envelope:
             draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
+            admitted: Admitted[M] | None = None
             try:
-                admitted = self.gate.admit(
-                    envelope, message_type, peer_pem, on_verified=draft.note_header
-                )
-                if require_role is not None and not admitted.caller.has(require_role):
-                    raise PermissionDeniedError(
-                        f"{admitted.caller.member_id} lacks the "
-                        f"{registry_pb2.Role.Name(require_role)} role",
-                        metadata={"required_role": registry_pb2.Role.Name(require_role)},
-                    )
                 with self.sessions() as session:
+                    # Admission records the message id in this transaction: the call's
+                    # effect, its replay record and its audit entry commit together.
+                    admitted = self.gate.admit(
+                        envelope,
+                        message_type,
+                        peer_pem,
+                        on_verified=draft.note_header,
+                        session=session,
+                    )
+                    if require_role is not None and not admitted.caller.has(require_role):
+                        raise PermissionDeniedError(
+                            f"{admitted.caller.member_id} lacks the "
+                            f"{registry_pb2.Role.Name(require_role)} role",
+                            metadata={"required_role": registry_pb2.Role.Name(require_role)},
+                        )
                     response = handler(Call(admitted, session, draft))
                     receipt = None
                     if self.config.audit_enabled:
@@ -144,10 +151,10 @@ class HubRuntime:
                     session.commit()
                 return self.sign_response(response, admitted.header, receipt)
             except XhubError as exc:
-                self._audit_refusal(draft, exc.reason_name, exc)
+                self._refused(draft, exc.reason_name, exc, admitted)
                 raise
             except Exception as exc:
-                self._audit_refusal(draft, "INTERNAL", exc)
+                self._refused(draft, "INTERNAL", exc, admitted)
                 raise
 
         try:
@@ -162,8 +169,13 @@ class HubRuntime:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub has logged it")
             raise
 
-    def _audit_refusal(self, draft: AuditDraft, reason: str, exc: Exception) -> None:
-        """Refused calls are logged too, in their own transaction."""
+    def _refused(
+        self, draft: AuditDraft, reason: str, exc: Exception, admitted: Admitted[Any] | None
+    ) -> None:
+        """A refused call's transaction rolled back: keep its message id (if it was admitted)
+        and log the refusal, each in its own transaction."""
+        if admitted is not None:
+            self.gate.remember(admitted.caller.member_id, admitted.header)
         if not self.config.audit_enabled:
             return
         try:
