@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 from google.protobuf.message import Message
@@ -116,13 +116,26 @@ class Gate:
         """Run every admission step; ``on_verified`` sees the header as soon as it verified
         (so a refusal after that point is still recorded with its message id).
 
-        With ``session`` the message id is recorded in the caller's transaction, so the
-        call's effect and its replay record commit together (one commit per call).
+        With ``session`` the reads use the caller's session and step 10 is left to the
+        caller: it calls ``record`` at the end of its transaction, so the call's effect and
+        its replay record commit together and SQLite's write lock is held only briefly.
         """
         if session is None:
             with self._sessions.begin() as own:
-                return self._admit(own, envelope, message_type, peer_pem, on_verified)
+                admitted = self._admit(own, envelope, message_type, peer_pem, on_verified)
+                self.record(own, admitted)
+                return admitted
         return self._admit(session, envelope, message_type, peer_pem, on_verified)
+
+    def record(self, session: Session, admitted: Admitted[Any]) -> None:
+        """10. The message id must be new inside the window (stored: survives restarts)."""
+        self._remember(
+            admitted.caller.member_id,
+            admitted.header.message_id,
+            admitted.header.issued_at.ToDatetime(tzinfo=UTC),
+            self._clock(),
+            session=session,
+        )
 
     def _admit(
         self,
@@ -153,14 +166,6 @@ class Gate:
         if on_verified is not None:
             on_verified(opened.header)
         self._check_header(opened.header, peer, now)
-        # 10. The message id must be new inside the window (stored, so it survives restarts).
-        self._remember(
-            peer.member_id,
-            opened.header.message_id,
-            opened.header.issued_at.ToDatetime(tzinfo=UTC),
-            now,
-            session=session,
-        )
         return Admitted(opened=opened, caller=caller)
 
     def remember(self, sender: str, header: envelope_pb2.Header) -> None:

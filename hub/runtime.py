@@ -128,8 +128,7 @@ class HubRuntime:
             admitted: Admitted[M] | None = None
             try:
                 with self.sessions() as session:
-                    # Admission records the message id in this transaction: the call's
-                    # effect, its replay record and its audit entry commit together.
+                    # The call's effect, its replay record and its audit entry commit together.
                     admitted = self.gate.admit(
                         envelope,
                         message_type,
@@ -144,6 +143,7 @@ class HubRuntime:
                             metadata={"required_role": registry_pb2.Role.Name(require_role)},
                         )
                     response = handler(Call(admitted, session, draft))
+                    self.gate.record(session, admitted)
                     receipt = None
                     if self.config.audit_enabled:
                         # Same transaction as the business effect: both land or neither.
