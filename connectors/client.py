@@ -8,6 +8,7 @@ UNAVAILABLE / DEADLINE_EXCEEDED, with exponential backoff and jitter.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from xhub.v1 import (
     envelope_pb2,
     intake_pb2,
     intake_pb2_grpc,
+    material_pb2,
+    material_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
@@ -145,6 +148,7 @@ class HubClient:
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.certificates = certificate_pb2_grpc.CertificateServiceStub(self.channel)
         self.intake = intake_pb2_grpc.IntakeServiceStub(self.channel)
+        self.materials = material_pb2_grpc.MaterialServiceStub(self.channel)
         self.last_receipt: envelope_pb2.AuditReceipt | None = None
         self._issuers: dict[str, registry_pb2.Member] = {}
 
@@ -372,6 +376,106 @@ class HubClient:
             intake_pb2.CertificateVerification,
             idempotent=True,
         )
+
+    # -- material library -----------------------------------------------------
+
+    def upload_material(
+        self,
+        path: Path,
+        *,
+        material_type: str,
+        applicant_code: str,
+        media_type: str,
+        source_case: str = "",
+        valid_until: str = "",
+        name: str = "",
+        applicant_code_type: HolderCodeType = certificate_pb2.HOLDER_CODE_TYPE_USCC,
+        chunk_size: int = 1024 * 1024,
+    ) -> material_pb2.MaterialReceipt:
+        """Upload a file once: hash it, send a signed manifest, then stream it in chunks.
+
+        Never holds the whole file in memory. Not retried (an upload is not idempotent
+        at the protocol level, though identical content is stored once).
+        """
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("rb") as source:
+            while block := source.read(chunk_size):
+                digest.update(block)
+                size += len(block)
+        manifest = material_pb2.MaterialManifest(
+            material_type=material_type,
+            applicant_code=applicant_code,
+            applicant_code_type=applicant_code_type,
+            size=size,
+            sha256=digest.digest(),
+            media_type=media_type,
+            source_case=source_case,
+            valid_until=valid_until,
+            name=name or path.name,
+        )
+        envelope = self.seal(manifest, case_id=source_case)
+        request_id = manifest.header.message_id
+
+        def stream() -> Iterator[material_pb2.UploadRequest]:
+            yield material_pb2.UploadRequest(manifest=envelope)
+            with path.open("rb") as source:
+                while block := source.read(chunk_size):
+                    yield material_pb2.UploadRequest(chunk=block)
+
+        try:
+            response = self.materials.Upload(stream(), timeout=max(self.timeout, size / 1e6))
+        except grpc.RpcError as exc:
+            raise _typed(exc) from exc
+        return self.open_response(response.envelope, material_pb2.MaterialReceipt, request_id)
+
+    def find_materials(
+        self, case_id: str, material_types: list[str], *, purpose: str
+    ) -> list[material_pb2.MaterialRef]:
+        result = self.call(
+            self.materials.FindMaterials,
+            material_pb2.FindMaterialsRequest,
+            material_pb2.MaterialQuery(material_types=material_types),
+            material_pb2.MaterialList,
+            idempotent=True,
+            case_id=case_id,
+            purpose=purpose,
+        )
+        return list(result.materials)
+
+    def download_material(
+        self, case_id: str, material_id: str, destination: Path, *, purpose: str
+    ) -> material_pb2.MaterialRef:
+        """Stream a material to ``destination``; size and SHA-256 are checked before the
+        file appears (written to a temporary name, then renamed)."""
+        payload = material_pb2.MaterialFetch(material_id=material_id)
+        envelope = self.seal(payload, case_id=case_id, purpose=purpose)
+        stream = self.materials.Download(
+            material_pb2.DownloadRequest(envelope=envelope), timeout=max(self.timeout, 120.0)
+        )
+        partial = destination.with_name(destination.name + ".part")
+        try:
+            first = next(stream)
+            descriptor = self.open_response(
+                first.descriptor, material_pb2.MaterialDescriptor, payload.header.message_id
+            )
+            digest = hashlib.sha256()
+            size = 0
+            with partial.open("wb") as out:
+                for message in stream:
+                    digest.update(message.chunk)
+                    size += len(message.chunk)
+                    if size > descriptor.material.size:
+                        raise BadResponseError("download is longer than the material")
+                    out.write(message.chunk)
+            if size != descriptor.material.size or digest.digest() != descriptor.material.sha256:
+                raise BadResponseError("downloaded content does not match the signed descriptor")
+            partial.replace(destination)
+            return descriptor.material
+        except grpc.RpcError as exc:
+            raise _typed(exc) from exc
+        finally:
+            partial.unlink(missing_ok=True)
 
     # -- audit log ------------------------------------------------------------
 

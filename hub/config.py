@@ -66,6 +66,10 @@ class DataDir:
         return self.root / "hub" / "subject.key"
 
     @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    @property
     def bundles(self) -> Path:
         return self.root / "bundles"
 
@@ -94,6 +98,7 @@ class HubConfig:
     audit_merge_delay_seconds: float = 5.0
     sequencer_interval_seconds: float = 0.2
     sequencer_batch: int = 10_000
+    max_material_bytes: int = 50 * 1024 * 1024
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

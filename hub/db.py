@@ -316,3 +316,37 @@ class PreparedCaseRow(Base):
     purpose: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# -- material library (材料库) -------------------------------------------------
+
+
+class MaterialRow(Base):
+    """Metadata of a stored material; the content lives in the blob store by SHA-256."""
+
+    __tablename__ = "materials"
+
+    material_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(100))
+    material_type: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    applicant_code: Mapped[str] = mapped_column(String(32))
+    source_case: Mapped[str] = mapped_column(String(64))
+    uploader: Mapped[str] = mapped_column(String(128))
+    uploaded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    valid_until: Mapped[str] = mapped_column(String(10))
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_materials_applicant_type", "applicant_code", "material_type"),)
+
+
+class BlobIntentRow(Base):
+    """An upload about to reference a blob: garbage collection leaves such blobs alone."""
+
+    __tablename__ = "blob_intents"
+
+    intent_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())

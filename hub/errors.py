@@ -109,6 +109,13 @@ class NotFoundError(XhubError):
     default_reason = envelope_pb2.ERROR_REASON_NOT_FOUND
 
 
+class ResourceExhaustedError(XhubError):
+    """A limit was hit, e.g. the maximum material size (RESOURCE_EXHAUSTED)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = envelope_pb2.ERROR_REASON_TOO_LARGE
+
+
 class UnavailableError(XhubError):
     """Retryable: the hub is busy or stopping (UNAVAILABLE)."""
 
@@ -130,6 +137,7 @@ _FAMILIES: dict[grpc.StatusCode, type[XhubError]] = {
         AuthenticationError,
         AlreadyExistsError,
         FailedPreconditionError,
+        ResourceExhaustedError,
         PermissionDeniedError,
         NotFoundError,
         UnavailableError,

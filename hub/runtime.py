@@ -169,6 +169,74 @@ class HubRuntime:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub has logged it")
             raise
 
+    # -- streaming calls: admission, then a body, then one completing transaction --------
+
+    async def admit(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        envelope: envelope_pb2.Envelope | None,
+        message_type: type[M],
+        *,
+        method: str,
+        require_role: registry_pb2.Role.ValueType | None = None,
+    ) -> tuple[Admitted[M], AuditDraft]:
+        """Admit the opening message of a stream (its id recorded at once); abort if refused."""
+        peer_pem = peer_certificate(context)
+
+        def work() -> tuple[Admitted[M], AuditDraft]:
+            draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
+            try:
+                admitted = self.gate.admit(
+                    envelope, message_type, peer_pem, on_verified=draft.note_header
+                )
+                if require_role is not None and not admitted.caller.has(require_role):
+                    raise PermissionDeniedError(
+                        f"{admitted.caller.member_id} lacks the "
+                        f"{registry_pb2.Role.Name(require_role)} role",
+                        metadata={"required_role": registry_pb2.Role.Name(require_role)},
+                    )
+            except XhubError as exc:
+                self._refused(draft, exc.reason_name, exc, None)
+                raise
+            return admitted, draft
+
+        try:
+            return await self.run_blocking(work)
+        except XhubError as exc:
+            log.info("refused %s: %s", method, exc)
+            await context.abort_with_status(exc.to_status())
+            raise AssertionError("unreachable") from exc
+
+    async def refuse(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        draft: AuditDraft,
+        exc: XhubError,
+    ) -> None:
+        """Audit a refusal found after admission (bad content, binding) and abort the RPC."""
+        await self.run_blocking(lambda: self._refused(draft, exc.reason_name, exc, None))
+        log.info("refused %s: %s", draft.method, exc)
+        await context.abort_with_status(exc.to_status())
+
+    def complete(
+        self,
+        admitted: Admitted[M],
+        draft: AuditDraft,
+        effect: Callable[[Call[M]], Message],
+    ) -> envelope_pb2.Envelope:
+        """Run a streaming call's effect with its audit entry in one transaction; sign."""
+        with self.sessions() as session:
+            response = effect(Call(admitted, session, draft))
+            receipt = None
+            if self.config.audit_enabled:
+                receipt = self.audit.append(session, draft, ALLOWED).receipt
+            session.commit()
+        return self.sign_response(response, admitted.header, receipt)
+
+    def audit_refusal(self, draft: AuditDraft, reason: str) -> None:
+        """Log a call that ended without an XhubError (e.g. the client went away)."""
+        self._refused(draft, reason, RuntimeError(reason), None)
+
     def _refused(
         self, draft: AuditDraft, reason: str, exc: Exception, admitted: Admitted[Any] | None
     ) -> None:

@@ -24,6 +24,8 @@ from xhub.v1 import (
     certificate_pb2_grpc,
     intake_pb2,
     intake_pb2_grpc,
+    material_pb2,
+    material_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
@@ -35,6 +37,7 @@ from hub.runtime import HubRuntime
 from hub.services.audit_service import AuditService
 from hub.services.certificate_service import CertificateService
 from hub.services.intake_service import IntakeService
+from hub.services.material_service import MaterialService
 from hub.services.registry_service import RegistryService
 
 log = logging.getLogger("xhub.server")
@@ -44,6 +47,7 @@ SERVICE_NAMES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     certificate_pb2.DESCRIPTOR.services_by_name["CertificateService"].full_name,
     intake_pb2.DESCRIPTOR.services_by_name["IntakeService"].full_name,
+    material_pb2.DESCRIPTOR.services_by_name["MaterialService"].full_name,
 )
 
 
@@ -134,6 +138,7 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
         CertificateService(runtime), server
     )
     intake_pb2_grpc.add_IntakeServiceServicer_to_server(IntakeService(runtime), server)
+    material_pb2_grpc.add_MaterialServiceServicer_to_server(MaterialService(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

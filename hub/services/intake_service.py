@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import grpc
 from sqlalchemy import select
-from xhub.v1 import certificate_pb2, envelope_pb2, intake_pb2, intake_pb2_grpc, registry_pb2
+from xhub.v1 import (
+    certificate_pb2,
+    envelope_pb2,
+    intake_pb2,
+    intake_pb2_grpc,
+    material_pb2,
+    registry_pb2,
+)
 
 from certificates_store import store
 from certificates_store.model import STATUS_NAMES, VALID, CertificateDataError, validate_holder
-from hub import catalog
+from hub import catalog, materials
 from hub.db import CertificateRow, MemberKeyRow, PreparedCaseRow
 from hub.envelope import verify_signature_by
 from hub.errors import AuthenticationError, MalformedError, PermissionDeniedError
@@ -112,7 +119,10 @@ def _prepare_case(call: Call[intake_pb2.CasePreparation]) -> intake_pb2.Checklis
     for material in item.materials:
         line = intake_pb2.ChecklistLine(material=material)
         holder = representative if material.holder == LEGAL_REP else applicant
-        if not material.certificate_types:
+        earlier = _earlier_material(call, applicant, material, today)
+        if not material.certificate_types and earlier is not None:
+            _reuse(line, earlier)
+        elif not material.certificate_types:
             line.note = "material: the applicant brings it (材料需提交)"
         elif not holder:
             line.note = "no legal representative given (未提供法定代表人)"
@@ -123,6 +133,8 @@ def _prepare_case(call: Call[intake_pb2.CasePreparation]) -> intake_pb2.Checklis
                 line.satisfied = True
                 line.certificate.CopyFrom(store.to_ref(usable[0], today))
                 line.note = "held in the e-certificate library (已共享, 免提交)"
+            elif earlier is not None:
+                _reuse(line, earlier)
             elif found:
                 row = found[0]
                 line.certificate.CopyFrom(store.to_ref(row, today))
@@ -130,6 +142,8 @@ def _prepare_case(call: Call[intake_pb2.CasePreparation]) -> intake_pb2.Checklis
                 line.note = f"on record but {status}; the applicant must bring a valid one"
             else:
                 line.note = "none on record; the applicant must bring it (需提交)"
+                if material.material_types:
+                    line.note += " — or a material of type " + "/".join(material.material_types)
         lines.append(line)
     case_id = "PC" + uuid.uuid4().hex[:22].upper()
     now = datetime.now(UTC)
@@ -149,36 +163,60 @@ def _prepare_case(call: Call[intake_pb2.CasePreparation]) -> intake_pb2.Checklis
     return intake_pb2.Checklist(case_id=case_id, item=item, lines=lines)
 
 
-def _deny(message: str, **metadata: str) -> PermissionDeniedError:
+def _earlier_material(
+    call: Call[Any], applicant: str, material: intake_pb2.RequiredMaterial, today: date
+) -> material_pb2.MaterialRef | None:
+    if not material.material_types or material.holder == LEGAL_REP:
+        return None
+    found = materials.reusable(call.session, applicant, list(material.material_types), today)
+    return materials.to_ref(found[0]) if found else None
+
+
+def _reuse(line: intake_pb2.ChecklistLine, earlier: material_pb2.MaterialRef) -> None:
+    line.satisfied = True
+    line.earlier_material.CopyFrom(earlier)
+    when = earlier.uploaded_at.ToDatetime(tzinfo=UTC).date().isoformat()
+    line.note = f"submitted before for case {earlier.source_case} on {when} (已提交过, 免再次提交)"
+
+
+def deny_unbound(message: str, **metadata: str) -> PermissionDeniedError:
     return PermissionDeniedError(
         message, reason=R.ERROR_REASON_PURPOSE_NOT_BOUND, metadata=metadata
     )
 
 
-def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificates:
-    request = call.message
-    call.audit.subject = request.holder_code[:32]
-    # 1. The pull names a prepared case, and the caller is the platform that prepared it.
+def bound_case(call: Call[Any]) -> PreparedCaseRow:
+    """Purpose binding shared by certificate pulls and material reuse (steps 1–2)."""
+    # 1. The request names a prepared case, and the caller is the platform that prepared it.
     case = call.session.get(PreparedCaseRow, call.header.case_id) if call.header.case_id else None
     if case is None:
-        raise _deny("the pull names no prepared case (case_id)", case_id=call.header.case_id[:64])
+        raise deny_unbound(
+            "the request names no prepared case (case_id)", case_id=call.header.case_id[:64]
+        )
     if case.platform_member_id != call.caller.member_id:
-        raise _deny("this case was prepared by another platform", case_id=case.case_id)
-    now = datetime.now(UTC)
-    if case.expires_at <= now:
-        raise _deny("the prepared case has expired; prepare it again", case_id=case.case_id)
+        raise deny_unbound("this case was prepared by another platform", case_id=case.case_id)
+    if case.expires_at <= datetime.now(UTC):
+        raise deny_unbound("the prepared case has expired; prepare it again", case_id=case.case_id)
     # 2. The purpose is the one the case was prepared for.
     if not call.header.purpose.strip():
         raise MalformedError("a purpose (用证事由) is required", metadata={"field": "purpose"})
     if call.header.purpose != case.purpose:
-        raise _deny("the purpose differs from the prepared case's", case_id=case.case_id)
+        raise deny_unbound("the purpose differs from the prepared case's", case_id=case.case_id)
+    return case
+
+
+def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificates:
+    request = call.message
+    call.audit.subject = request.holder_code[:32]
+    case = bound_case(call)
+    now = datetime.now(UTC)
     # 3. The holder is the applicant (or the legal representative named for this case);
     #    one person may be both, when an individual represents itself.
     roles: dict[str, set[int]] = {case.applicant_code: {intake_pb2.HOLDER_ROLE_UNSPECIFIED}}
     if case.legal_representative_code:
         roles.setdefault(case.legal_representative_code, set()).add(LEGAL_REP)
     if request.holder_code not in roles:
-        raise _deny("the holder is not this case's applicant", case_id=case.case_id)
+        raise deny_unbound("the holder is not this case's applicant", case_id=case.case_id)
     # 4. Every type is required by the item for that holder.
     item = catalog.get_item(call.session, case.item_code)
     allowed = {
@@ -189,7 +227,7 @@ def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificat
     }
     refused = [t for t in request.type_codes if t not in allowed]
     if refused or not request.type_codes:
-        raise _deny(
+        raise deny_unbound(
             f"item {item.code} does not require type(s) {', '.join(refused) or '(none)'}",
             case_id=case.case_id,
             type_codes=",".join(refused)[:200],

@@ -76,6 +76,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A certificate field fails validation (证照数据错误). INVALID_ARGUMENT."""
     ERROR_REASON_STATUS_TRANSITION: _ErrorReason.ValueType  # 22
     """The status change is not allowed from the current status (状态不允许). FAILED_PRECONDITION."""
+    ERROR_REASON_TOO_LARGE: _ErrorReason.ValueType  # 23
+    """The upload exceeds the hub's maximum material size (材料过大). RESOURCE_EXHAUSTED."""
+    ERROR_REASON_CONTENT_MISMATCH: _ErrorReason.ValueType  # 24
+    """The uploaded content does not match the declared size or SHA-256 (内容与清单不符). INVALID_ARGUMENT."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable reason carried in google.rpc.ErrorInfo
@@ -129,6 +133,10 @@ ERROR_REASON_INVALID_CERTIFICATE: ErrorReason.ValueType  # 21
 """A certificate field fails validation (证照数据错误). INVALID_ARGUMENT."""
 ERROR_REASON_STATUS_TRANSITION: ErrorReason.ValueType  # 22
 """The status change is not allowed from the current status (状态不允许). FAILED_PRECONDITION."""
+ERROR_REASON_TOO_LARGE: ErrorReason.ValueType  # 23
+"""The upload exceeds the hub's maximum material size (材料过大). RESOURCE_EXHAUSTED."""
+ERROR_REASON_CONTENT_MISMATCH: ErrorReason.ValueType  # 24
+"""The uploaded content does not match the declared size or SHA-256 (内容与清单不符). INVALID_ARGUMENT."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -10,6 +10,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from xhub.v1 import certificate_pb2 as _certificate_pb2
 from xhub.v1 import envelope_pb2 as _envelope_pb2
+from xhub.v1 import material_pb2 as _material_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -465,6 +466,7 @@ class ChecklistLine(_message.Message):
     SATISFIED_FIELD_NUMBER: _builtins.int
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    EARLIER_MATERIAL_FIELD_NUMBER: _builtins.int
     satisfied: _builtins.bool
     """True when the library already holds something that satisfies it (已共享)."""
     note: _builtins.str
@@ -479,6 +481,10 @@ class ChecklistLine(_message.Message):
         status that disqualifies it), if any (证照).
         """
 
+    @_builtins.property
+    def earlier_material(self) -> _material_pb2.MaterialRef:
+        """An earlier material of the applicant that satisfies it (可复用材料)."""
+
     def __init__(
         self,
         *,
@@ -486,10 +492,11 @@ class ChecklistLine(_message.Message):
         satisfied: _builtins.bool = ...,
         certificate: _certificate_pb2.CertificateRef | None = ...,
         note: _builtins.str = ...,
+        earlier_material: _material_pb2.MaterialRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "material", b"material"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "earlier_material", b"earlier_material", "material", b"material"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "material", b"material", "note", b"note", "satisfied", b"satisfied"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "earlier_material", b"earlier_material", "material", b"material", "note", b"note", "satisfied", b"satisfied"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
