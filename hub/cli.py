@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     key = audit_commands.add_parser("log-key", help="print the log's verifier key")
     _data_dir_arg(key)
 
+    materials = commands.add_parser("materials", help="material library (材料库)")
+    material_commands = materials.add_subparsers(dest="materials_command", required=True)
+    gc = material_commands.add_parser(
+        "gc", help="delete blobs no material references (safe while uploads run)"
+    )
+    _data_dir_arg(gc)
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser("upgrade", help="apply Alembic migrations")
@@ -460,7 +467,35 @@ def cmd_certificates_import(args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
+def cmd_materials_gc(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hub.blobstore import LocalBlobStore
+    from hub.materials import collect_garbage
+
+    config = open_config(args.data_dir)
+    engine = make_engine(config.effective_database_url)
+    try:
+        with tqdm(desc="blobs examined", unit="blob", disable=not sys.stderr.isatty()) as bar:
+
+            def tick(done: int) -> None:
+                bar.update(done - bar.n)
+
+            report = collect_garbage(
+                session_factory(engine), LocalBlobStore(config.paths.blobs), progress=tick
+            )
+    finally:
+        engine.dispose()
+    print(
+        f"examined {report.examined} blobs: deleted {report.deleted}, kept "
+        f"{report.kept_referenced} referenced and {report.kept_in_flight} being uploaded; "
+        f"removed {report.temporaries_removed} stale temporary files"
+    )
+    return 0
+
+
 HANDLERS = {
+    ("materials", "gc"): cmd_materials_gc,
     ("catalog", "load"): cmd_catalog_load,
     ("catalog", "list"): cmd_catalog_list,
     ("certificates", "import"): cmd_certificates_import,
