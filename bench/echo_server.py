@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from hub.config import load_config
 from hub.server import server_credentials, server_options
 
 ECHO_METHOD = "/bench.Echo/Unary"
+SINK_METHOD = "/bench.Echo/Sink"  # client stream of chunks → their total size
+SOURCE_METHOD = "/bench.Echo/Source"  # 8-byte total size → a stream of 1 MiB chunks
 
 
 async def serve(data_dir: str, port: int, response_size: int) -> None:
@@ -24,8 +27,26 @@ async def serve(data_dir: str, port: int, response_size: int) -> None:
     async def unary(request: bytes, context: Any) -> bytes:
         return request[:response_size].ljust(response_size, b"\0")
 
+    async def sink(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        total = 0
+        async for chunk in requests:
+            total += len(chunk)
+        return total.to_bytes(8, "big")
+
+    async def source(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        remaining = int.from_bytes(request, "big")
+        block = b"\x5a" * (1024 * 1024)
+        while remaining > 0:
+            yield block[: min(remaining, len(block))]
+            remaining -= len(block)
+
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}
+        "bench.Echo",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Sink": grpc.stream_unary_rpc_method_handler(sink),
+            "Source": grpc.unary_stream_rpc_method_handler(source),
+        },
     )
     server.add_generic_rpc_handlers((handler,))
     server.add_secure_port(f"127.0.0.1:{port}", server_credentials(config))

@@ -21,6 +21,7 @@ from bench.cert_bench import bench_pull
 from bench.echo_server import ECHO_METHOD
 from bench.harness import Row, measure, print_table, ratio_row, write_results
 from bench.hubproc import process, setup, wait_echo
+from bench.material_bench import bench_materials
 from connectors import HubClient
 from connectors.client import secure_channel
 from hub.bundle import MemberBundle
@@ -142,6 +143,8 @@ def main() -> int:
         stores = [int(s) for s in args.store_sizes.split(",")]
         print(f"certificate pulls as the store grows to {stores}", flush=True)
         rows += bench_pull(Path(tmp) / "pull", args.calls, stores)
+        print("material upload/download vs bare chunk streams", flush=True)
+        rows += bench_materials(Path(tmp) / "materials")
         print("audit append + sequencing (SQLite)", flush=True)
         rows += bench_append(Path(tmp), args.append_entries)
         sizes = [int(s) for s in args.proof_sizes.split(",")]
