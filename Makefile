@@ -53,7 +53,7 @@ lint: $(STAMP) buf-lint
 	$(VENV)/bin/mypy
 
 ## test: the whole suite, as CI runs it
-test: $(STAMP) proto-check buf-lint
+test: $(STAMP) proto-check lint
 	$(VENV)/bin/pytest -q
 
 ## demo: a hub on SQLite plus a real end-to-end exchange

@@ -93,7 +93,7 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_never,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from certificates_store.importer import (
@@ -434,18 +434,21 @@ class IssuerSync:
     ) -> None:
         self.config = config
         self.stop = stop or threading.Event()
+        self.client = client or HubClient.from_bundle(config.bundle, hub_address=config.address)
+        self._own_client = client is None
+        self._issuer: Issuer | None = None
         self.state = SyncState(config.state_path)
         self.source: Engine = create_engine(config.source_url)
         try:
             self.table = Table(config.table, MetaData(), autoload_with=self.source)
+            self._check_columns()
         except SQLAlchemyError as exc:
             self.close()
             raise SyncConfigError(f"source table {config.table!r}: {exc}") from exc
-        self._check_columns()
+        except BaseException:
+            self.close()
+            raise
         self.versioned = config.mapping.column("version") in self.table.c
-        self.client = client or HubClient.from_bundle(config.bundle, hub_address=config.address)
-        self._own_client = client is None
-        self._issuer: Issuer | None = None
 
     def _check_columns(self) -> None:
         columns = set(self.table.c.keys())
@@ -463,7 +466,7 @@ class IssuerSync:
             raise SyncConfigError(f"table {config.table!r} lacks: {', '.join(missing)}")
 
     def close(self) -> None:
-        if getattr(self, "_own_client", False):
+        if self._own_client:
             self.client.close()
         self.source.dispose()
         self.state.close()
@@ -493,10 +496,9 @@ class IssuerSync:
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop,
-            wait=wait_exponential_jitter(
-                initial=self.config.retry_initial_seconds,
-                max=self.config.retry_max_seconds,
-                jitter=self.config.retry_initial_seconds,
+            # Full jitter (random up to the exponential bound): same API on every tenacity.
+            wait=wait_random_exponential(
+                multiplier=self.config.retry_initial_seconds, max=self.config.retry_max_seconds
             ),
             sleep=pause,
             before_sleep=warn,

@@ -177,8 +177,18 @@ def _from_json(value: Any, node: yaml.Node | None) -> Located:
 def parse_document(text: str, *, source: str = "<catalogue>", is_json: bool = False) -> Located:
     """Parse YAML or JSON into a Located tree; syntax errors carry their position."""
     if is_json:
+        duplicates: list[str] = []
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            for key, child in items:
+                if key in seen:
+                    duplicates.append(key)
+                seen[key] = child
+            return seen
+
         try:
-            value = json.loads(text)
+            value = json.loads(text, object_pairs_hook=pairs)
         except json.JSONDecodeError as exc:
             raise CatalogFileError(
                 source, [Problem("", f"not valid JSON: {exc.msg}", exc.lineno, exc.colno)]
@@ -187,6 +197,9 @@ def parse_document(text: str, *, source: str = "<catalogue>", is_json: bool = Fa
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError:
             node = None  # a JSON corner PyYAML does not read: report paths without lines
+        if duplicates:
+            names = ", ".join(sorted(set(duplicates)))
+            raise CatalogFileError(source, [Problem("", f"duplicate key(s) in an object: {names}")])
         return _from_json(value, node)
     loader = yaml.SafeLoader(text)
     try:

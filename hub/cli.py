@@ -392,7 +392,11 @@ def cmd_catalog_load(args: argparse.Namespace) -> int:
     from hub.catalog_file import CatalogFileError, load_catalog, read_known_types
 
     config = open_config(args.data_dir)
-    known = read_known_types(args.known_types) if args.known_types else None
+    try:
+        known = read_known_types(args.known_types) if args.known_types else None
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: --known-types: {exc}", file=sys.stderr)
+        return 2
     engine = make_engine(config.effective_database_url)
     try:
         with session_factory(engine).begin() as session:
@@ -462,7 +466,11 @@ def cmd_certificates_import(args: argparse.Namespace) -> int:
         print(f"line {failure.line}: {failure.reason}")
     print(report.summary())
     if args.report:
-        report.write_csv(args.report)
+        try:
+            report.write_csv(args.report)
+        except OSError as exc:
+            print(f"error: cannot write the report: {exc}", file=sys.stderr)
+            return 2
         print(f"report written to {args.report}")
     return 1 if report.failures else 0
 
