@@ -1,4 +1,4 @@
-"""`xhub` command line: init, member add/list/revoke, serve, db upgrade."""
+"""`xhub` command line: init, member, serve, audit, catalog, certificates, materials, db."""
 
 from __future__ import annotations
 
