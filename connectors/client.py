@@ -9,6 +9,7 @@ UNAVAILABLE / DEADLINE_EXCEEDED, with exponential backoff and jitter.
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from tenacity import (
 from xhub.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    case_pb2,
+    case_pb2_grpc,
     certificate_pb2,
     certificate_pb2_grpc,
     envelope_pb2,
@@ -66,6 +69,7 @@ from hub.signing import KeyVerifier
 M = TypeVar("M", bound=Message)
 
 CertificateStatus: TypeAlias = certificate_pb2.CertificateStatus.ValueType
+CaseStage: TypeAlias = case_pb2.CaseStage.ValueType
 HolderCodeType: TypeAlias = certificate_pb2.HolderCodeType.ValueType
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -149,6 +153,7 @@ class HubClient:
         self.certificates = certificate_pb2_grpc.CertificateServiceStub(self.channel)
         self.intake = intake_pb2_grpc.IntakeServiceStub(self.channel)
         self.materials = material_pb2_grpc.MaterialServiceStub(self.channel)
+        self.cases = case_pb2_grpc.CaseServiceStub(self.channel)
         self.last_receipt: envelope_pb2.AuditReceipt | None = None
         self._issuers: dict[str, registry_pb2.Member] = {}
 
@@ -476,6 +481,151 @@ class HubClient:
             raise _typed(exc) from exc
         finally:
             partial.unlink(missing_ok=True)
+
+    # -- cases ----------------------------------------------------------------
+
+    def submit_case(
+        self,
+        case_id: str,
+        *,
+        purpose: str,
+        certificate_identifiers: list[str] | None = None,
+        material_ids: list[str] | None = None,
+        applicant_name: str = "",
+        form: dict[str, str] | None = None,
+    ) -> case_pb2.CaseReceipt:
+        """Submit a prepared case once; the hub dispatches it to every department."""
+        return self.call(
+            self.cases.SubmitCase,
+            case_pb2.SubmitCaseRequest,
+            case_pb2.CaseSubmission(
+                certificate_identifiers=certificate_identifiers or [],
+                material_ids=material_ids or [],
+                applicant_name=applicant_name,
+                form=form or {},
+            ),
+            case_pb2.CaseReceipt,
+            idempotent=False,
+            case_id=case_id,
+            purpose=purpose,
+        )
+
+    def push_status(
+        self,
+        case_number: str,
+        stage: CaseStage,
+        *,
+        event_id: str,
+        note: str = "",
+        missing_items: list[str] | None = None,
+        certificate_identifier: str = "",
+    ) -> case_pb2.StatusPushResult:
+        """Report a stage change; idempotent by ``event_id``, so retrying is safe."""
+        return self.call(
+            self.cases.PushStatus,
+            case_pb2.PushStatusRequest,
+            case_pb2.StatusPush(
+                case_number=case_number,
+                stage=stage,
+                event_id=event_id,
+                note=note,
+                missing_items=missing_items or [],
+                certificate_identifier=certificate_identifier,
+            ),
+            case_pb2.StatusPushResult,
+            idempotent=True,
+            case_id=case_number,
+        )
+
+    def withdraw_case(
+        self, case_number: str, *, event_id: str, reason: str
+    ) -> case_pb2.StatusPushResult:
+        return self.call(
+            self.cases.WithdrawCase,
+            case_pb2.WithdrawCaseRequest,
+            case_pb2.CaseWithdrawal(case_number=case_number, event_id=event_id, reason=reason),
+            case_pb2.StatusPushResult,
+            idempotent=True,
+            case_id=case_number,
+        )
+
+    def subscribe_cases(
+        self, after_cursor: int = 0, *, timeout: float | None = None
+    ) -> Iterator[case_pb2.DispatchedCase]:
+        """Cases dispatched to this department after ``after_cursor``, each verified."""
+        return self._subscribe(
+            self.cases.SubscribeCases,
+            case_pb2.SubscribeCasesRequest,
+            case_pb2.DispatchedCase,
+            after_cursor,
+            timeout,
+        )
+
+    def subscribe_status(
+        self, after_cursor: int = 0, *, timeout: float | None = None
+    ) -> Iterator[case_pb2.StatusEvent]:
+        """Status events of this platform's cases after ``after_cursor``, each verified."""
+        return self._subscribe(
+            self.cases.SubscribeStatus,
+            case_pb2.SubscribeStatusRequest,
+            case_pb2.StatusEvent,
+            after_cursor,
+            timeout,
+        )
+
+    def subscribe_supervision(
+        self, after_cursor: int = 0, *, timeout: float | None = None
+    ) -> Iterator[case_pb2.SupervisionEvent]:
+        return self._subscribe(
+            self.cases.SubscribeSupervision,
+            case_pb2.SubscribeSupervisionRequest,
+            case_pb2.SupervisionEvent,
+            after_cursor,
+            timeout,
+        )
+
+    def follow(
+        self,
+        subscribe: Callable[..., Iterator[M]],
+        after_cursor: int = 0,
+        *,
+        stop: Callable[[], bool] = lambda: False,
+        max_backoff: float = 5.0,
+    ) -> Iterator[M]:
+        """A subscription that survives hub restarts: resubscribes after the last cursor
+        it delivered, with exponential backoff and jitter while the hub is away."""
+        cursor, delay = after_cursor, 0.1
+        while not stop():
+            try:
+                for event in subscribe(cursor, timeout=30.0):
+                    cursor = getattr(event, "cursor")  # noqa: B009
+                    delay = 0.1
+                    yield event
+                    if stop():
+                        return
+            except (TransportError, XhubError) as exc:
+                if getattr(exc, "code", None) not in RETRYABLE_CODES:
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, max_backoff)
+
+    def _subscribe(
+        self,
+        rpc: Callable[..., Any],
+        request_type: Callable[..., Any],
+        event_type: type[M],
+        after_cursor: int,
+        timeout: float | None,
+    ) -> Iterator[M]:
+        payload = case_pb2.CaseSubscription(after_cursor=after_cursor)
+        envelope = self.seal(payload)
+        try:
+            for message in rpc(request_type(envelope=envelope), timeout=timeout):
+                yield self.open_response(message.envelope, event_type, payload.header.message_id)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return  # a bounded subscription ended: the caller resubscribes by cursor
+            raise _typed(exc) from exc
 
     # -- audit log ------------------------------------------------------------
 

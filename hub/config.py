@@ -99,6 +99,8 @@ class HubConfig:
     sequencer_interval_seconds: float = 0.2
     sequencer_batch: int = 10_000
     max_material_bytes: int = 50 * 1024 * 1024
+    calendar_file: str = ""  # working-day calendar (TOML); default: the bundled 2026 schedule
+    supervision_interval_seconds: float = 60.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -350,3 +350,67 @@ class BlobIntentRow(Base):
     intent_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# -- cases (办件) ---------------------------------------------------------------
+
+
+class CaseRow(Base):
+    """A submitted case; references to certificates and materials, never copies."""
+
+    __tablename__ = "cases"
+
+    case_number: Mapped[str] = mapped_column(String(40), primary_key=True)
+    prepared_case_id: Mapped[str] = mapped_column(String(64), unique=True)
+    item_code: Mapped[str] = mapped_column(String(64))
+    platform_member_id: Mapped[str] = mapped_column(String(128), index=True)
+    applicant_code: Mapped[str] = mapped_column(String(32), index=True)
+    submission: Mapped[bytes] = mapped_column(LargeBinary)
+    dispatch: Mapped[bytes] = mapped_column(LargeBinary)
+    overall: Mapped[int] = mapped_column(Integer)
+    time_limit_days: Mapped[int] = mapped_column(Integer)
+    submitted_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CaseDepartmentRow(Base):
+    """The stage of one case at one handling department, and its time limit."""
+
+    __tablename__ = "case_departments"
+
+    case_number: Mapped[str] = mapped_column(
+        ForeignKey("cases.case_number", ondelete="CASCADE"), primary_key=True
+    )
+    department: Mapped[str] = mapped_column(String(128), primary_key=True)
+    stage: Mapped[int] = mapped_column(Integer)
+    accepted_on: Mapped[str] = mapped_column(String(10))
+    deadline: Mapped[str] = mapped_column(String(10))
+    warned: Mapped[int] = mapped_column(Integer)
+    overdue: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CaseEventRow(Base):
+    """Every dispatch, status change and supervision event, in cursor order.
+
+    Streams read this table by cursor, so delivery survives restarts and works across
+    hub processes; ``(author, event_id)`` is the idempotency key of pushes.
+    """
+
+    __tablename__ = "case_events"
+
+    cursor: Mapped[int] = mapped_column(AuditId, primary_key=True, autoincrement=True)
+    case_number: Mapped[str] = mapped_column(String(40), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(128))
+    author: Mapped[str] = mapped_column(String(128))
+    event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    department: Mapped[str] = mapped_column(String(128))
+    stage: Mapped[int] = mapped_column(Integer)
+    overall: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (
+        Index("ix_case_events_recipient_cursor", "recipient", "kind", "cursor"),
+        Index("uq_case_events_author_event", "author", "event_id", unique=True),
+    )

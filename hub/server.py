@@ -20,6 +20,8 @@ from grpc_reflection.v1alpha import reflection
 from xhub.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    case_pb2,
+    case_pb2_grpc,
     certificate_pb2,
     certificate_pb2_grpc,
     intake_pb2,
@@ -31,10 +33,12 @@ from xhub.v1 import (
 )
 
 from hub.audit.log import TamperedLogError
+from hub.cases.calendar import SAMPLE_CN_2026, WorkCalendar
 from hub.config import HubConfig
 from hub.db import current_revision
 from hub.runtime import HubRuntime
 from hub.services.audit_service import AuditService
+from hub.services.case_service import CaseService
 from hub.services.certificate_service import CertificateService
 from hub.services.intake_service import IntakeService
 from hub.services.material_service import MaterialService
@@ -48,6 +52,7 @@ SERVICE_NAMES = (
     certificate_pb2.DESCRIPTOR.services_by_name["CertificateService"].full_name,
     intake_pb2.DESCRIPTOR.services_by_name["IntakeService"].full_name,
     material_pb2.DESCRIPTOR.services_by_name["MaterialService"].full_name,
+    case_pb2.DESCRIPTOR.services_by_name["CaseService"].full_name,
 )
 
 
@@ -139,6 +144,9 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
     )
     intake_pb2_grpc.add_IntakeServiceServicer_to_server(IntakeService(runtime), server)
     material_pb2_grpc.add_MaterialServiceServicer_to_server(MaterialService(runtime), server)
+    calendar = WorkCalendar.from_file(config.calendar_file or SAMPLE_CN_2026)
+    cases = CaseService(runtime, calendar)
+    case_pb2_grpc.add_CaseServiceServicer_to_server(cases, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -156,6 +164,7 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
     running._tasks = [
         asyncio.create_task(_prune_loop(runtime)),
         asyncio.create_task(_sequencer_loop(runtime)),
+        asyncio.create_task(_supervision_loop(runtime, cases)),
     ]
     log.info("xhub %s serving on %s (port %d)", config.hub_id, address, port)
     return running
@@ -184,6 +193,18 @@ async def _sequencer_loop(runtime: HubRuntime) -> None:
         except Exception:  # keep serving; the next round retries
             log.exception("sequencing the audit log failed")
         await asyncio.sleep(interval)
+
+
+async def _supervision_loop(runtime: HubRuntime, cases: CaseService) -> None:
+    """Time-limit warnings and escalations; safe with several hub processes."""
+    while True:
+        try:
+            published = await runtime.run_blocking(cases.supervise)
+            if published:
+                log.info("published %d time-limit warning(s) / escalation(s)", published)
+        except Exception:
+            log.exception("time-limit supervision failed")
+        await asyncio.sleep(runtime.config.supervision_interval_seconds)
 
 
 async def serve_forever(

@@ -26,6 +26,7 @@ import os
 import random
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -485,6 +486,16 @@ BAD_STREAMS: list[tuple[str, BadStream, Code, str]] = [
         "TOO_LARGE",
     ),
 ]
+
+
+def test_mismatching_uploads_leave_nothing(kit: HubKit) -> None:
+    platform = kit.client("platform")
+    upload(platform, kit.root / "files", content("kept"))
+    before = store_state(kit)
+    for name, build, code, reason in BAD_STREAMS:
+        data = content(f"mismatch-{name}", CHUNK + 100)
+        refused(lambda b=build, d=data: send(platform, b(platform, d)), code, reason)  # type: ignore[misc]
+        assert_nothing_left(kit, before)
 
 
 @pytest.mark.parametrize(
@@ -1132,18 +1143,19 @@ def test_gc_sees_an_upload_that_commits_between_its_checks(kit: HubKit) -> None:
     assert blob_store(kit).exists(digest), "gc deleted a blob a committed material references"
 
 
-def test_gc_racing_uploads(hub_kit: HubKit, tmp_path: Path) -> None:
-    """gc runs in a loop while several platforms' threads upload the same and different
-    content and rows of shared content are being deleted; every material left downloads."""
-    kit = hub_kit
-    load_item(kit)
+UPLOADERS, ROUNDS = 5, 8
+
+
+def test_gc_racing_uploads(kit: HubKit, tmp_path: Path) -> None:
+    """gc runs in a loop while several threads upload the same and different content and
+    rows of shared content are being deleted; every material left downloads and verifies."""
     shared = [content("race-a"), content("race-b", CHUNK + 5)]
     # Content A starts as an unreferenced blob: the collector is busy deleting it.
     first = upload(kit.client("platform"), tmp_path / "seed", shared[0])
     _forget(kit, first.material.material_id)
     sessions = sessions_of(kit)
     stop = threading.Event()
-    errors: list[BaseException] = []
+    errors: list[str] = []
     gc_runs = itertools.count()
     runs = 0
 
@@ -1153,8 +1165,8 @@ def test_gc_racing_uploads(hub_kit: HubKit, tmp_path: Path) -> None:
             while not stop.is_set():
                 materials.collect_garbage(sessions, blob_store(kit))
                 runs = next(gc_runs) + 1
-        except BaseException as exc:
-            errors.append(exc)
+        except BaseException:
+            errors.append(traceback.format_exc())
 
     def forget() -> None:
         rng = random.Random(7)
@@ -1170,22 +1182,22 @@ def test_gc_racing_uploads(hub_kit: HubKit, tmp_path: Path) -> None:
                             delete(MaterialRow).where(MaterialRow.material_id == victim)
                         )
                 time.sleep(0.02)
-        except BaseException as exc:
-            errors.append(exc)
+        except BaseException:
+            errors.append(traceback.format_exc())
 
     def uploader(index: int) -> None:
         client = kit.client("platform")
         folder = tmp_path / f"uploader-{index}"
         try:
-            for round_ in range(6):
+            for round_ in range(ROUNDS):
                 kind = (index + round_) % 3
                 data = shared[kind] if kind < 2 else content(f"race-{index}-{round_}")
                 upload(client, folder, data)
-        except BaseException as exc:
-            errors.append(exc)
+        except BaseException:
+            errors.append(traceback.format_exc())
 
     background = [threading.Thread(target=collect), threading.Thread(target=forget)]
-    workers = [threading.Thread(target=uploader, args=(i,)) for i in range(4)]
+    workers = [threading.Thread(target=uploader, args=(i,)) for i in range(UPLOADERS)]
     for thread in background + workers:
         thread.start()
     for thread in workers:
@@ -1193,7 +1205,7 @@ def test_gc_racing_uploads(hub_kit: HubKit, tmp_path: Path) -> None:
     stop.set()
     for thread in background:
         thread.join(60)
-    assert not errors, errors
+    assert not errors, "\n".join(errors)
     assert runs >= 3, f"gc ran only {runs} times"
 
     with kit.session() as session:

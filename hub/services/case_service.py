@@ -1,0 +1,608 @@
+"""CaseService (办件派发与状态回传): submit once, dispatch to every department, status back.
+
+Every event (dispatch, status, supervision) is a row of ``case_events`` with a global
+cursor. Subscription streams read that table after the subscriber's cursor, so delivery
+is at-least-once, survives a crash of any party, and works across hub processes. Pushes
+are idempotent by the author's event id; the stage machine lives in ``hub.cases.stages``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from xhub.v1 import case_pb2, case_pb2_grpc, envelope_pb2, registry_pb2
+
+from certificates_store import store
+from hub import catalog, materials
+from hub.audit.log import ALLOWED, AuditDraft
+from hub.cases import calendar as workdays
+from hub.cases.stages import Actor, IllegalTransition, Stage, next_stage, overall_status
+from hub.db import CaseDepartmentRow, CaseEventRow, CaseRow, CertificateRow, MemberRow
+from hub.errors import FailedPreconditionError, MalformedError, NotFoundError, PermissionDeniedError
+from hub.runtime import Call, HubRuntime
+from hub.services.intake_service import bound_case, deny_unbound
+
+log = logging.getLogger("xhub.cases")
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE = case_pb2.DESCRIPTOR.services_by_name["CaseService"].full_name
+POLL_SECONDS = 0.2
+PAGE = 100
+SUPERVISION = "supervision"
+M = TypeVar("M", bound=Message)
+
+
+def _stage_error(exc: IllegalTransition) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        str(exc),
+        reason=envelope_pb2.ERROR_REASON_STATUS_TRANSITION,
+        metadata={"current_stage": exc.current.name, "code": exc.reason},
+    )
+
+
+class CaseService(case_pb2_grpc.CaseServiceServicer):
+    def __init__(self, runtime: HubRuntime, calendar: workdays.WorkCalendar | None = None) -> None:
+        self.runtime = runtime
+        self.calendar = calendar or workdays.WorkCalendar.from_file(workdays.SAMPLE_CN_2026)
+
+    # -- platform -------------------------------------------------------------
+
+    async def SubmitCase(
+        self, request: case_pb2.SubmitCaseRequest, context: Context
+    ) -> case_pb2.SubmitCaseResponse:
+        envelope = await self.runtime.unary(
+            context,
+            request.envelope,
+            case_pb2.CaseSubmission,
+            _submit,
+            method=f"/{SERVICE}/SubmitCase",
+            require_role=registry_pb2.ROLE_PLATFORM,
+        )
+        return case_pb2.SubmitCaseResponse(envelope=envelope)
+
+    async def WithdrawCase(
+        self, request: case_pb2.WithdrawCaseRequest, context: Context
+    ) -> case_pb2.WithdrawCaseResponse:
+        envelope = await self.runtime.unary(
+            context,
+            request.envelope,
+            case_pb2.CaseWithdrawal,
+            _withdraw,
+            method=f"/{SERVICE}/WithdrawCase",
+            require_role=registry_pb2.ROLE_PLATFORM,
+        )
+        return case_pb2.WithdrawCaseResponse(envelope=envelope)
+
+    # -- department -----------------------------------------------------------
+
+    async def PushStatus(
+        self, request: case_pb2.PushStatusRequest, context: Context
+    ) -> case_pb2.PushStatusResponse:
+        envelope = await self.runtime.unary(
+            context,
+            request.envelope,
+            case_pb2.StatusPush,
+            self._push,
+            method=f"/{SERVICE}/PushStatus",
+            require_role=registry_pb2.ROLE_DEPARTMENT,
+        )
+        return case_pb2.PushStatusResponse(envelope=envelope)
+
+    def _push(self, call: Call[case_pb2.StatusPush]) -> case_pb2.StatusPushResult:
+        push = call.message
+        call.audit.case_id = push.case_number[:40]
+        if not push.event_id or len(push.event_id) > 64:
+            raise MalformedError("event_id must be 1–64 characters", metadata={"field": "event_id"})
+        first = _first_result(call.session, call.caller.member_id, push.event_id, push.case_number)
+        if first is not None:
+            return first
+        case = _case(call.session, push.case_number)
+        row = call.session.get(CaseDepartmentRow, (case.case_number, call.caller.member_id))
+        if row is None:
+            raise PermissionDeniedError(
+                "this case was not dispatched to you", metadata={"case_number": case.case_number}
+            )
+        try:
+            proposed = Stage(push.stage)
+        except ValueError as exc:
+            raise MalformedError("unknown stage", metadata={"field": "stage"}) from exc
+        now = datetime.now(UTC)
+        try:
+            new = next_stage(
+                Stage(row.stage),
+                proposed,
+                Actor.DEPARTMENT,
+                submitted_at=case.submitted_at,
+                now=now,
+            )
+        except IllegalTransition as exc:
+            raise _stage_error(exc) from exc
+        if new == Stage.SUPPLEMENT_REQUIRED and not push.missing_items:
+            raise MalformedError(
+                "补正 (supplement required) must list the missing items",
+                metadata={"field": "missing_items"},
+            )
+        if push.certificate_identifier:
+            issued = call.session.get(CertificateRow, push.certificate_identifier)
+            if issued is None or issued.issuer_member_id != call.caller.member_id:
+                raise MalformedError(
+                    "certificate_identifier names no certificate you published",
+                    metadata={"field": "certificate_identifier"},
+                )
+        row.stage = int(new)
+        row.updated_at = now
+        if new == Stage.ACCEPTED and not row.accepted_on:
+            accepted = now.date()
+            row.accepted_on = accepted.isoformat()
+            row.deadline = workdays.deadline(
+                accepted, case.time_limit_days, self.calendar
+            ).isoformat()
+        overall = _update_overall(call.session, case)
+        event = case_pb2.StatusEvent(
+            case_number=case.case_number,
+            department=call.caller.member_id,
+            stage=int(new),  # type: ignore[arg-type]
+            overall=int(overall),  # type: ignore[arg-type]
+            event_id=push.event_id,
+            note=push.note,
+            missing_items=push.missing_items,
+            certificate_identifier=push.certificate_identifier,
+            origin=call.admitted.opened.envelope,
+        )
+        event.recorded_at.FromDatetime(now)
+        _add_event(
+            call.session,
+            case,
+            kind="status",
+            recipient=case.platform_member_id,
+            author=call.caller.member_id,
+            event_id=push.event_id,
+            department=call.caller.member_id,
+            stage=new,
+            overall=overall,
+            body=event,
+            now=now,
+        )
+        return case_pb2.StatusPushResult(
+            case_number=case.case_number,
+            stage=int(new),  # type: ignore[arg-type]
+            overall=int(overall),  # type: ignore[arg-type]
+        )
+
+    # -- streams --------------------------------------------------------------
+
+    async def SubscribeCases(
+        self, request: case_pb2.SubscribeCasesRequest, context: Context
+    ) -> AsyncIterator[case_pb2.SubscribeCasesResponse]:
+        async for envelope in self._stream(
+            context,
+            request.envelope,
+            "dispatch",
+            "SubscribeCases",
+            registry_pb2.ROLE_DEPARTMENT,
+            case_pb2.DispatchedCase,
+        ):
+            yield case_pb2.SubscribeCasesResponse(envelope=envelope)
+
+    async def SubscribeStatus(
+        self, request: case_pb2.SubscribeStatusRequest, context: Context
+    ) -> AsyncIterator[case_pb2.SubscribeStatusResponse]:
+        async for envelope in self._stream(
+            context,
+            request.envelope,
+            "status",
+            "SubscribeStatus",
+            registry_pb2.ROLE_PLATFORM,
+            case_pb2.StatusEvent,
+        ):
+            yield case_pb2.SubscribeStatusResponse(envelope=envelope)
+
+    async def SubscribeSupervision(
+        self, request: case_pb2.SubscribeSupervisionRequest, context: Context
+    ) -> AsyncIterator[case_pb2.SubscribeSupervisionResponse]:
+        async for envelope in self._stream(
+            context,
+            request.envelope,
+            SUPERVISION,
+            "SubscribeSupervision",
+            registry_pb2.ROLE_AUDITOR,
+            case_pb2.SupervisionEvent,
+        ):
+            yield case_pb2.SubscribeSupervisionResponse(envelope=envelope)
+
+    async def _stream(
+        self,
+        context: Context,
+        envelope: envelope_pb2.Envelope,
+        kind: str,
+        name: str,
+        role: registry_pb2.Role.ValueType,
+        body_type: type[M],
+    ) -> AsyncIterator[envelope_pb2.Envelope]:
+        """Events for the caller after its cursor, hub-signed, polling the database."""
+        admitted, draft = await self.runtime.admit(
+            context,
+            envelope,
+            case_pb2.CaseSubscription,
+            method=f"/{SERVICE}/{name}",
+            require_role=role,
+        )
+        await self.runtime.run_blocking(
+            lambda: self.runtime.complete(admitted, draft, lambda call: case_pb2.CaseSubscription())
+        )  # the subscription itself is audited once
+        recipient = "" if kind == SUPERVISION else admitted.caller.member_id
+        cursor = admitted.message.after_cursor
+        while not context.done():
+            rows = await self.runtime.run_blocking(partial(self._page, kind, recipient, cursor))
+            for event_cursor, body in rows:
+                message = body_type()
+                message.ParseFromString(body)
+                setattr(message, "cursor", event_cursor)  # noqa: B010 - every streamed body has one
+                yield self.runtime.sign_response(message, admitted.header)
+                cursor = event_cursor
+            if len(rows) < PAGE:
+                await asyncio.sleep(POLL_SECONDS)
+
+    def _page(self, kind: str, recipient: str, after: int) -> list[tuple[int, bytes]]:
+        with self.runtime.sessions() as session:
+            rows = session.execute(
+                select(CaseEventRow.cursor, CaseEventRow.body)
+                .where(
+                    CaseEventRow.kind == kind,
+                    CaseEventRow.recipient == recipient,
+                    CaseEventRow.cursor > after,
+                )
+                .order_by(CaseEventRow.cursor)
+                .limit(PAGE)
+            ).all()
+        return [(int(c), bytes(b)) for c, b in rows]
+
+    # -- time limits ----------------------------------------------------------
+
+    def supervise(self, today: date | None = None) -> int:
+        """Publish warnings and overdue escalations once each (several hubs may run this)."""
+        today = today or datetime.now(UTC).date()
+        published = 0
+        with self.runtime.sessions() as session:
+            open_rows = session.execute(
+                select(CaseDepartmentRow, CaseRow.time_limit_days)
+                .join(CaseRow, CaseRow.case_number == CaseDepartmentRow.case_number)
+                .where(
+                    CaseDepartmentRow.accepted_on != "",
+                    CaseDepartmentRow.stage.in_(
+                        [int(Stage.ACCEPTED), int(Stage.UNDER_REVIEW), int(Stage.APPROVED)]
+                    ),
+                    CaseDepartmentRow.overdue == 0,
+                )
+            ).all()
+        for row, limit in open_rows:
+            state = workdays.status_on(
+                today, date.fromisoformat(row.accepted_on), limit, self.calendar
+            )
+            if state == "ok" or (state == "warning" and row.warned):
+                continue
+            kind = (
+                case_pb2.SUPERVISION_KIND_OVERDUE
+                if state == "overdue"
+                else case_pb2.SUPERVISION_KIND_WARNING
+            )
+            if self._escalate(row.case_number, row.department, kind, row.accepted_on, row.deadline):
+                published += 1
+        return published
+
+    def _escalate(
+        self,
+        case_number: str,
+        department: str,
+        kind: case_pb2.SupervisionKind.ValueType,
+        accepted_on: str,
+        deadline: str,
+    ) -> bool:
+        flag = "overdue" if kind == case_pb2.SUPERVISION_KIND_OVERDUE else "warned"
+        now = datetime.now(UTC)
+        with self.runtime.sessions() as session:
+            claimed = session.execute(
+                update(CaseDepartmentRow)
+                .where(
+                    CaseDepartmentRow.case_number == case_number,
+                    CaseDepartmentRow.department == department,
+                    getattr(CaseDepartmentRow, flag) == 0,
+                )
+                .values({flag: 1, "warned": 1})
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return False  # another hub process published it
+            case = _case(session, case_number)
+            event = case_pb2.SupervisionEvent(
+                case_number=case_number,
+                department=department,
+                kind=kind,
+                deadline=deadline,
+                accepted_on=accepted_on,
+            )
+            _add_event(
+                session,
+                case,
+                kind=SUPERVISION,
+                recipient="",
+                author=self.runtime.identity.hub_id,
+                event_id=f"{flag}:{case_number}:{department}"[:64],
+                department=department,
+                stage=Stage(case.overall),
+                overall=Stage(case.overall),
+                body=event,
+                now=now,
+            )
+            draft = AuditDraft(
+                method=f"/{SERVICE}/Supervision",
+                sender=self.runtime.identity.hub_id,
+                recipient=department,
+                case_id=case_number,
+            )
+            self.runtime.audit.append(
+                session,
+                draft,
+                ALLOWED,
+                case_pb2.SupervisionKind.Name(kind).removeprefix("SUPERVISION_KIND_"),
+            )
+            session.commit()
+        return True
+
+
+# -- handlers ---------------------------------------------------------------------
+
+
+def _case(session: Session, case_number: str) -> CaseRow:
+    case = session.get(CaseRow, case_number)
+    if case is None:
+        raise NotFoundError(
+            f"no case {case_number[:40]!r}", metadata={"case_number": case_number[:40]}
+        )
+    return case
+
+
+def _add_event(
+    session: Session,
+    case: CaseRow,
+    *,
+    kind: str,
+    recipient: str,
+    author: str,
+    event_id: str | None,
+    department: str,
+    stage: Stage,
+    overall: Stage,
+    body: Message,
+    now: datetime,
+) -> None:
+    session.add(
+        CaseEventRow(
+            case_number=case.case_number,
+            kind=kind,
+            recipient=recipient,
+            author=author,
+            event_id=event_id,
+            department=department,
+            stage=int(stage),
+            overall=int(overall),
+            body=body.SerializeToString(),
+            created_at=now,
+        )
+    )
+    session.flush()
+
+
+def _update_overall(session: Session, case: CaseRow) -> Stage:
+    stages = session.scalars(
+        select(CaseDepartmentRow.stage).where(CaseDepartmentRow.case_number == case.case_number)
+    ).all()
+    overall = overall_status(Stage(s) for s in stages)
+    case.overall = int(overall)
+    return overall
+
+
+def _first_result(
+    session: Session, author: str, event_id: str, case_number: str
+) -> case_pb2.StatusPushResult | None:
+    """A repeated push returns the first result and adds nothing."""
+    row = session.execute(
+        select(CaseEventRow.case_number, CaseEventRow.stage, CaseEventRow.overall).where(
+            CaseEventRow.author == author, CaseEventRow.event_id == event_id
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.case_number != case_number:
+        raise MalformedError(
+            "this event_id was already used for another case", metadata={"field": "event_id"}
+        )
+    return case_pb2.StatusPushResult(
+        case_number=row.case_number, stage=row.stage, overall=row.overall, duplicate=True
+    )
+
+
+def _submit(call: Call[case_pb2.CaseSubmission]) -> case_pb2.CaseReceipt:
+    submission = call.message
+    prepared = bound_case(call)
+    call.audit.subject = prepared.applicant_code
+    if call.session.scalar(
+        select(CaseRow.case_number).where(CaseRow.prepared_case_id == prepared.case_id)
+    ):
+        raise FailedPreconditionError(
+            "this prepared case was already submitted",
+            reason=envelope_pb2.ERROR_REASON_STATUS_TRANSITION,
+            metadata={"case_id": prepared.case_id},
+        )
+    item = catalog.get_item(call.session, prepared.item_code)
+    departments = [d for d in item.departments]
+    if not departments:
+        raise FailedPreconditionError(
+            f"item {item.code} names no handling department", metadata={"item_code": item.code}
+        )
+    known = set(
+        call.session.scalars(
+            select(MemberRow.member_id).where(MemberRow.member_id.in_(departments))
+        )
+    )
+    if missing := [d for d in departments if d not in known]:
+        raise FailedPreconditionError(
+            f"handling department(s) {', '.join(missing)} are not registered",
+            metadata={"item_code": item.code},
+        )
+    holders = {prepared.applicant_code, prepared.legal_representative_code} - {""}
+    certificates = []
+    for identifier in submission.certificate_identifiers:
+        row = call.session.get(CertificateRow, identifier)
+        if row is None or row.holder_code not in holders:
+            raise deny_unbound(
+                "a referenced certificate is not the applicant's", case_id=prepared.case_id
+            )
+        certificates.append(store.to_ref(row))
+    used_materials = []
+    for material_id in submission.material_ids:
+        material = materials.get(call.session, material_id)
+        if material.applicant_code != prepared.applicant_code:
+            raise deny_unbound(
+                "a referenced material belongs to another applicant", case_id=prepared.case_id
+            )
+        used_materials.append(materials.to_ref(material))
+    now = datetime.now(UTC)
+    case_number = now.strftime("%Y%m%d") + uuid.uuid4().hex[:12].upper()
+    dispatched = case_pb2.DispatchedCase(
+        case_number=case_number,
+        item=item,
+        applicant_code=prepared.applicant_code,
+        applicant_name=submission.applicant_name[:200],
+        certificates=certificates,
+        materials=used_materials,
+        form=dict(submission.form),
+        submission=call.admitted.opened.envelope,
+        platform=call.caller.member_id,
+        stage=case_pb2.CASE_STAGE_SUBMITTED,
+    )
+    dispatched.submitted_at.FromDatetime(now)
+    case = CaseRow(
+        case_number=case_number,
+        prepared_case_id=prepared.case_id,
+        item_code=item.code,
+        platform_member_id=call.caller.member_id,
+        applicant_code=prepared.applicant_code,
+        submission=call.admitted.opened.envelope.SerializeToString(),
+        dispatch=dispatched.SerializeToString(),
+        overall=int(Stage.SUBMITTED),
+        time_limit_days=item.time_limit_days or 1,
+        submitted_at=now,
+    )
+    call.session.add(case)
+    call.session.flush()
+    call.audit.case_id = case_number
+    for department in departments:
+        call.session.add(
+            CaseDepartmentRow(
+                case_number=case_number,
+                department=department,
+                stage=int(Stage.SUBMITTED),
+                accepted_on="",
+                deadline="",
+                warned=0,
+                overdue=0,
+                updated_at=now,
+            )
+        )
+        _add_event(
+            call.session,
+            case,
+            kind="dispatch",
+            recipient=department,
+            author=call.caller.member_id,
+            event_id=None,
+            department=department,
+            stage=Stage.SUBMITTED,
+            overall=Stage.SUBMITTED,
+            body=dispatched,
+            now=now,
+        )
+    return case_pb2.CaseReceipt(case_number=case_number, departments=departments)
+
+
+def _withdraw(call: Call[case_pb2.CaseWithdrawal]) -> case_pb2.StatusPushResult:
+    request = call.message
+    call.audit.case_id = request.case_number[:40]
+    if not request.event_id or len(request.event_id) > 64:
+        raise MalformedError("event_id must be 1–64 characters", metadata={"field": "event_id"})
+    first = _first_result(
+        call.session, call.caller.member_id, request.event_id, request.case_number
+    )
+    if first is not None:
+        return first
+    case = _case(call.session, request.case_number)
+    if case.platform_member_id != call.caller.member_id:
+        raise PermissionDeniedError(
+            "another platform's case", metadata={"case_number": case.case_number}
+        )
+    now = datetime.now(UTC)
+    rows = call.session.scalars(
+        select(CaseDepartmentRow).where(CaseDepartmentRow.case_number == case.case_number)
+    ).all()
+    try:
+        for row in rows:  # check all first: withdrawal is all or nothing
+            next_stage(
+                Stage(row.stage),
+                Stage.WITHDRAWN,
+                Actor.PLATFORM,
+                submitted_at=case.submitted_at,
+                now=now,
+            )
+    except IllegalTransition as exc:
+        raise _stage_error(exc) from exc
+    for index, row in enumerate(rows):
+        row.stage = int(Stage.WITHDRAWN)
+        row.updated_at = now
+        event = case_pb2.StatusEvent(
+            case_number=case.case_number,
+            department=row.department,
+            stage=case_pb2.CASE_STAGE_WITHDRAWN,
+            overall=case_pb2.CASE_STAGE_WITHDRAWN,
+            event_id=request.event_id,
+            note=request.reason,
+            origin=call.admitted.opened.envelope,
+        )
+        event.recorded_at.FromDatetime(now)
+        # The platform's stream and each department's stream both learn of it.
+        for recipient, kind in ((case.platform_member_id, "status"), (row.department, "dispatch")):
+            _add_event(
+                call.session,
+                case,
+                kind=kind,
+                recipient=recipient,
+                author=call.caller.member_id,
+                event_id=request.event_id if (index == 0 and kind == "status") else None,
+                department=row.department,
+                stage=Stage.WITHDRAWN,
+                overall=Stage.WITHDRAWN,
+                body=event if kind == "status" else _withdrawn_dispatch(case),
+                now=now,
+            )
+    case.overall = int(Stage.WITHDRAWN)
+    return case_pb2.StatusPushResult(
+        case_number=case.case_number,
+        stage=case_pb2.CASE_STAGE_WITHDRAWN,
+        overall=case_pb2.CASE_STAGE_WITHDRAWN,
+    )
+
+
+def _withdrawn_dispatch(case: CaseRow) -> case_pb2.DispatchedCase:
+    """A department learns of a withdrawal on its own stream: the case, marked withdrawn."""
+    dispatched = case_pb2.DispatchedCase()
+    dispatched.ParseFromString(case.dispatch)
+    dispatched.stage = case_pb2.CASE_STAGE_WITHDRAWN
+    return dispatched
