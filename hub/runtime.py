@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
@@ -70,6 +70,7 @@ class Call(Generic[M]):
     admitted: Admitted[M]
     session: Session
     audit: AuditDraft
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def message(self) -> M:
@@ -82,6 +83,40 @@ class Call(Generic[M]):
     @property
     def caller(self) -> Caller:
         return self.admitted.caller
+
+
+class Notifier:
+    """Wakes waiting streams in this process when something they serve was committed.
+
+    Other processes' commits are found by polling; this only cuts the latency of the
+    common case where the writer and the stream share a process.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        """Thread-safe: called from worker threads after a commit."""
+        if self._loop is not None and self._event is not None:
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> None:
+        if self._event is None:
+            await asyncio.sleep(timeout)
+            return
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return
+        # Every waiter has seen this wake-up once it returns; arm the next one.
+        if event is self._event:
+            self._event = asyncio.Event()
 
 
 class HubRuntime:
@@ -103,6 +138,7 @@ class HubRuntime:
             subject_key=config.paths.subject_key.read_bytes(),
             merge_delay=timedelta(seconds=config.audit_merge_delay_seconds),
         )
+        self.notifier = Notifier()
         self.executor = ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix="xhub-worker"
         )
@@ -142,13 +178,16 @@ class HubRuntime:
                             f"{registry_pb2.Role.Name(require_role)} role",
                             metadata={"required_role": registry_pb2.Role.Name(require_role)},
                         )
-                    response = handler(Call(admitted, session, draft))
+                    call = Call(admitted, session, draft)
+                    response = handler(call)
                     self.gate.record(session, admitted)
                     receipt = None
                     if self.config.audit_enabled:
                         # Same transaction as the business effect: both land or neither.
                         receipt = self.audit.append(session, draft, ALLOWED).receipt
                     session.commit()
+                    for hook in call.after_commit:
+                        hook()
                 return self.sign_response(response, admitted.header, receipt)
             except XhubError as exc:
                 self._refused(draft, exc.reason_name, exc, admitted)
@@ -226,11 +265,14 @@ class HubRuntime:
     ) -> envelope_pb2.Envelope:
         """Run a streaming call's effect with its audit entry in one transaction; sign."""
         with self.sessions() as session:
-            response = effect(Call(admitted, session, draft))
+            call = Call(admitted, session, draft)
+            response = effect(call)
             receipt = None
             if self.config.audit_enabled:
                 receipt = self.audit.append(session, draft, ALLOWED).receipt
             session.commit()
+            for hook in call.after_commit:
+                hook()
         return self.sign_response(response, admitted.header, receipt)
 
     def audit_refusal(self, draft: AuditDraft, reason: str) -> None:

@@ -157,6 +157,7 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
     if port == 0:
         runtime.close()
         raise StartupError(f"cannot listen on {address}")
+    runtime.notifier.bind(asyncio.get_running_loop())
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

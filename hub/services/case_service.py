@@ -8,10 +8,9 @@ are idempotent by the author's event id; the stage machine lives in ``hub.cases.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -63,7 +62,7 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
             context,
             request.envelope,
             case_pb2.CaseSubmission,
-            _submit,
+            self._notifying(_submit),
             method=f"/{SERVICE}/SubmitCase",
             require_role=registry_pb2.ROLE_PLATFORM,
         )
@@ -76,11 +75,20 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
             context,
             request.envelope,
             case_pb2.CaseWithdrawal,
-            _withdraw,
+            self._notifying(_withdraw),
             method=f"/{SERVICE}/WithdrawCase",
             require_role=registry_pb2.ROLE_PLATFORM,
         )
         return case_pb2.WithdrawCaseResponse(envelope=envelope)
+
+    def _notifying(self, handler: Callable[[Call[M]], Message]) -> Callable[[Call[M]], Message]:
+        """Wake this process's streams once the handler's events are committed."""
+
+        def run(call: Call[M]) -> Message:
+            call.after_commit.append(self.runtime.notifier.notify)
+            return handler(call)
+
+        return run
 
     # -- department -----------------------------------------------------------
 
@@ -91,7 +99,7 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
             context,
             request.envelope,
             case_pb2.StatusPush,
-            self._push,
+            self._notifying(self._push),
             method=f"/{SERVICE}/PushStatus",
             require_role=registry_pb2.ROLE_DEPARTMENT,
         )
@@ -250,7 +258,7 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
                 yield self.runtime.sign_response(message, admitted.header)
                 cursor = event_cursor
             if len(rows) < PAGE:
-                await asyncio.sleep(POLL_SECONDS)
+                await self.runtime.notifier.wait(POLL_SECONDS)
 
     def _page(self, kind: str, recipient: str, after: int) -> list[tuple[int, bytes]]:
         with self.runtime.sessions() as session:
