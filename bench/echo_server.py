@@ -18,6 +18,7 @@ from hub.server import server_credentials, server_options
 ECHO_METHOD = "/bench.Echo/Unary"
 SINK_METHOD = "/bench.Echo/Sink"  # client stream of chunks → their total size
 SOURCE_METHOD = "/bench.Echo/Source"  # 8-byte total size → a stream of 1 MiB chunks
+EVENTS_METHOD = "/bench.Echo/Events"  # (count, size) → a stream of ``count`` messages
 
 
 async def serve(data_dir: str, port: int, response_size: int) -> None:
@@ -40,12 +41,19 @@ async def serve(data_dir: str, port: int, response_size: int) -> None:
             yield block[: min(remaining, len(block))]
             remaining -= len(block)
 
+    async def events(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        count, size = int.from_bytes(request[:8], "big"), int.from_bytes(request[8:16], "big")
+        message = b"\x01" * size
+        for _ in range(count):
+            yield message
+
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo",
         {
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "Sink": grpc.stream_unary_rpc_method_handler(sink),
             "Source": grpc.unary_stream_rpc_method_handler(source),
+            "Events": grpc.unary_stream_rpc_method_handler(events),
         },
     )
     server.add_generic_rpc_handlers((handler,))

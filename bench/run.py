@@ -17,6 +17,7 @@ import grpc
 from xhub.v1 import registry_pb2
 
 from bench.audit_bench import bench_append, bench_proofs
+from bench.case_bench import bench_status_stream
 from bench.cert_bench import bench_pull
 from bench.echo_server import ECHO_METHOD
 from bench.harness import Row, measure, print_table, ratio_row, write_results
@@ -145,6 +146,8 @@ def main() -> int:
         rows += bench_pull(Path(tmp) / "pull", args.calls, stores)
         print("material upload/download vs bare chunk streams", flush=True)
         rows += bench_materials(Path(tmp) / "materials")
+        print("status events: department push → platform stream", flush=True)
+        rows += bench_status_stream(Path(tmp) / "cases")
         print("audit append + sequencing (SQLite)", flush=True)
         rows += bench_append(Path(tmp), args.append_entries)
         sizes = [int(s) for s in args.proof_sizes.split(",")]
