@@ -157,8 +157,11 @@ class LocalBlobStore:
     def stale_temporaries(self, older_than: float) -> Iterator[Path]:
         """Temp files of uploads that died (crash) — safe to delete after a while."""
         for path in self._tmp.iterdir():
-            if path.stat().st_mtime < older_than:
-                yield path
+            try:
+                if path.stat().st_mtime < older_than:
+                    yield path
+            except FileNotFoundError:
+                continue  # an upload just renamed it into place
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -10,6 +11,9 @@ from xhub.v1 import intake_pb2
 
 from hub.db import ItemRow
 from hub.errors import NotFoundError
+
+# Item, material and material-type codes: one pattern for the catalogue file and uploads.
+CODE_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.\-]{0,63}$")
 
 
 def put_items(session: Session, items: Iterable[intake_pb2.Item]) -> int:

@@ -45,11 +45,11 @@ from sqlalchemy.orm import Session
 from xhub.v1 import intake_pb2, registry_pb2
 
 from certificates_store.identifier import IdentifierError, make_identifier
-from hub.catalog import put_items
+from hub.catalog import CODE_RE, put_items
 from hub.db import ItemRow, MemberRow
 from hub.registry import ACTIVE
 
-ITEM_CODE_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.\-]{0,63}$")
+ITEM_CODE_RE = CODE_RE
 MATERIAL_CODE_RE = ITEM_CODE_RE
 MAX_TIME_LIMIT_DAYS = 3650
 HOLDERS = {

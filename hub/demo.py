@@ -49,26 +49,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def running_hub(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    log = open(data_dir / "hub.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield process
-    finally:
+class HubProcess:
+    """`xhub serve` as a real process that the demo can stop and start again."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    def start(self) -> None:
+        with open(self.data_dir / "hub.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hub.cli",
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> int:
+        """SIGTERM: health NOT_SERVING, drain, exit."""
+        process = self.process
+        if process is None:
+            return 0
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -76,7 +87,23 @@ def running_hub(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        log.close()
+        self.process = None
+        self.returncode = process.returncode
+        return process.returncode
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process else 0
+
+
+@contextmanager
+def running_hub(data_dir: Path, port: int) -> Iterator[HubProcess]:
+    hub = HubProcess(data_dir, port)
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
 
 
 def refusal(exc: BaseException) -> str:
@@ -108,11 +135,11 @@ def run(data_dir: Path) -> int:
             f"  [{member.roles}; signs with {member.signing_alg}]"
         )
 
-    with running_hub(data_dir, port) as process:
+    with running_hub(data_dir, port) as hub:
         clients = {key: HubClient.from_bundle(path) for key, path in bundles.items()}
         try:
             clients["lw_center"].wait_until_serving(timeout=30)
-            say(f"\nhub serving on 127.0.0.1:{port} over mutual TLS (pid {process.pid})")
+            say(f"\nhub serving on 127.0.0.1:{port} over mutual TLS (pid {hub.pid})")
             say(
                 "\n-- signed round trips between levels (request signed by the member, "
                 "response signed by the hub, both verified)"
@@ -180,7 +207,7 @@ def run(data_dir: Path) -> int:
             for client in clients.values():
                 client.close()
         say("\nstopping hub (SIGTERM: health NOT_SERVING, then drain)")
-    code = process.returncode
+    code = hub.returncode
     say(f"hub exited with status {code}")
     if code != 0:
         say("demo FAILED: hub did not stop cleanly")

@@ -113,9 +113,17 @@ def collect_garbage(
         if not blobs.hide(sha256):
             continue
         with sessions() as session:
-            used = _referenced(session, sha256)
-            announced = session.scalar(select(exists().where(BlobIntentRow.sha256 == sha256)))
-        if used or announced:
+            # One statement, one snapshot: an upload commits its row and drops its intent
+            # together, so this sees at least one of them.
+            in_use = session.scalar(
+                select(
+                    or_(
+                        exists().where(BlobIntentRow.sha256 == sha256),
+                        exists().where(MaterialRow.sha256 == sha256),
+                    )
+                )
+            )
+        if in_use:
             blobs.restore(sha256)
             in_flight += 1
             continue

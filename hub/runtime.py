@@ -253,7 +253,10 @@ class HubRuntime:
         exc: XhubError,
     ) -> None:
         """Audit a refusal found after admission (bad content, binding) and abort the RPC."""
-        await self.run_blocking(lambda: self._refused(draft, exc.reason_name, exc, None))
+        # Shielded: the call may be cancelled already (client gone); the record must land.
+        await asyncio.shield(
+            self.run_blocking(lambda: self._refused(draft, exc.reason_name, exc, None))
+        )
         log.info("refused %s: %s", draft.method, exc)
         await context.abort_with_status(exc.to_status())
 

@@ -94,7 +94,7 @@ def test_demo_file_loads_and_lists(hub_kit: HubKit, run: Run) -> None:
     health = hub_kit.add_member(HEALTH).member_id
     code, out, err = run("catalog", "load", DEMO_FILE, "--data-dir", data_dir)
     assert code == 0, err
-    assert "loaded 2 items" in out
+    assert "loaded 3 items" in out
 
     with hub_kit.session() as session:
         food = catalog.get_item(session, "FOOD-BIZ-NEW")
@@ -123,7 +123,7 @@ def test_demo_file_loads_and_lists(hub_kit: HubKit, run: Run) -> None:
     code, out, _err = run("catalog", "list", "--data-dir", data_dir)
     assert code == 0
     assert "FOOD-BIZ-NEW  食品经营许可(新办)  10 working days" in out
-    assert "荔湾区卫生健康局" in out and "2 item(s)" in out
+    assert "荔湾区卫生健康局" in out and "3 item(s)" in out
 
 
 def test_department_by_member_id(hub_kit: HubKit, run: Run, tmp_path: Path) -> None:

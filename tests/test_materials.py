@@ -494,7 +494,7 @@ def test_mismatching_uploads_leave_nothing(kit: HubKit) -> None:
     before = store_state(kit)
     for name, build, code, reason in BAD_STREAMS:
         data = content(f"mismatch-{name}", CHUNK + 100)
-        refused(lambda b=build, d=data: send(platform, b(platform, d)), code, reason)  # type: ignore[misc]
+        refused(lambda b=build, d=data: send(platform, b(platform, d)), code, reason)
         assert_nothing_left(kit, before)
 
 
@@ -572,8 +572,8 @@ def test_upload_needs_the_platform_role(library: Library, member: str) -> None:
 
 BAD_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("type-empty", {"material_type": ""}, "material_type"),
-    ("type-lowercase", {"material_type": "floor_plan"}, "material_type"),
-    ("type-leading-digit", {"material_type": "1PLAN"}, "material_type"),
+    ("type-space", {"material_type": "FLOOR PLAN"}, "material_type"),
+    ("type-leading-dash", {"material_type": "-PLAN"}, "material_type"),
     ("type-too-long", {"material_type": "P" * 65}, "material_type"),
     ("sha256-empty", {"sha256": b""}, "sha256"),
     ("sha256-31-bytes", {"sha256": b"\x01" * 31}, "sha256"),
@@ -683,7 +683,7 @@ def _interrupt(library: Library, how: str) -> str:
             with pytest.raises(grpc.RpcError) as caught:
                 future.result(timeout=10)
             expected = Code.UNKNOWN if how == "generator-raises" else Code.DEADLINE_EXCEEDED
-            assert caught.value.code() == expected  # type: ignore[attr-defined]
+            assert caught.value.code() == expected
     finally:
         release.set()
     # The hub notices and throws the temporary away.
@@ -989,8 +989,8 @@ def test_a_corrupted_blob_fails_the_sdk_check(
     applicant = fresh_applicant()
     data = content(f"corrupt-{applicant}", CHUNK + 999)
     receipt = library.upload(data, applicant_code=applicant)
-    store = blob_store(library.kit)
-    corrupt(store._path(sha(data)))
+    digest = sha(data)
+    corrupt(library.kit.config.paths.blobs / digest[:2] / digest[2:4] / digest)  # ab/cd/<sha256>
     checklist = library.prepare(applicant)
     destination = tmp_path / "plan.pdf"
     refused(
@@ -1155,18 +1155,18 @@ def test_gc_racing_uploads(kit: HubKit, tmp_path: Path) -> None:
     _forget(kit, first.material.material_id)
     sessions = sessions_of(kit)
     stop = threading.Event()
+    gc_errors: list[str] = []
     errors: list[str] = []
-    gc_runs = itertools.count()
     runs = 0
 
     def collect() -> None:
         nonlocal runs
-        try:
-            while not stop.is_set():
+        while not stop.is_set():
+            try:
                 materials.collect_garbage(sessions, blob_store(kit))
-                runs = next(gc_runs) + 1
-        except BaseException:
-            errors.append(traceback.format_exc())
+                runs += 1
+            except Exception:  # keep collecting: the invariants below still have to hold
+                gc_errors.append(traceback.format_exc())
 
     def forget() -> None:
         rng = random.Random(7)
@@ -1206,28 +1206,28 @@ def test_gc_racing_uploads(kit: HubKit, tmp_path: Path) -> None:
     for thread in background:
         thread.join(60)
     assert not errors, "\n".join(errors)
-    assert runs >= 3, f"gc ran only {runs} times"
 
+    # Every material's blob is there, and downloads verify.
     with kit.session() as session:
-        rows = [
-            (r.material_id, r.sha256, r.applicant_code)
-            for r in session.scalars(select(MaterialRow))
-        ]
+        rows = [(r.material_id, r.sha256) for r in session.scalars(select(MaterialRow))]
     store = blob_store(kit)
-    missing = [(mid, digest) for mid, digest, _ in rows if not store.exists(digest)]
+    missing = [(material_id, digest) for material_id, digest in rows if not store.exists(digest)]
     assert not missing, f"materials whose blob gc deleted: {missing}"
     platform = kit.client("platform")
     checklist = platform.prepare_case(ITEM_CODE, COMPANY, purpose=PURPOSE)
     out = tmp_path / "out"
     out.mkdir()
-    for material_id, digest, _ in rows:
+    for material_id, digest in rows:
         destination = out / material_id
         ref = platform.download_material(
             checklist.case_id, material_id, destination, purpose=PURPOSE
         )
         assert sha(destination.read_bytes()) == digest == ref.sha256.hex()
+    # gc itself never failed while uploads ran, and ran often enough to matter.
+    assert not gc_errors, f"{len(gc_errors)} gc run(s) failed; first:\n{gc_errors[0]}"
+    assert runs >= 3, f"gc ran only {runs} times"
     # Quiet now: one more run leaves exactly the referenced blobs, and nothing temporary.
     materials.collect_garbage(sessions, store)
     state = store_state(kit)
-    assert state.blobs == {digest for _, digest, _ in rows}
+    assert state.blobs == {digest for _, digest in rows}
     assert (state.intents, state.temporaries, state.trash) == (0, (), ())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
@@ -13,6 +14,7 @@ from xhub.v1 import envelope_pb2, material_pb2, material_pb2_grpc, registry_pb2
 from certificates_store.model import CertificateDataError, validate_holder
 from hub import catalog, materials
 from hub.blobstore import CHUNK, BlobWriter, LocalBlobStore
+from hub.catalog import CODE_RE
 from hub.db import MaterialRow
 from hub.errors import (
     FailedPreconditionError,
@@ -26,7 +28,6 @@ from hub.services.intake_service import bound_case, deny_unbound
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE = material_pb2.DESCRIPTOR.services_by_name["MaterialService"].full_name
-TYPE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 R = envelope_pb2
 
@@ -63,7 +64,8 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
         writer: BlobWriter | None = None
         try:
             # 2. The manifest is sound and within limits, before any content is read.
-            self._check_manifest(manifest)
+            applicant = self._check_manifest(manifest)
+            draft.subject = applicant
             # 3. Content streams to a temporary file; more than declared stops it at once.
             writer = self.blobs.begin()
             async for message in request_iterator:
@@ -81,7 +83,7 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
                 raise _mismatch("content SHA-256 differs from the manifest")
             done = writer
             envelope = await self.runtime.run_blocking(
-                lambda: self._store(admitted, draft, done, manifest)
+                lambda: self._store(admitted, draft, done, manifest, applicant)
             )
         except XhubError as exc:
             if writer is not None:
@@ -92,11 +94,14 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
             # The client went away or something broke: leave nothing behind, log the attempt.
             if writer is not None:
                 writer.discard()
-            await self.runtime.run_blocking(lambda: self.runtime.audit_refusal(draft, "ABORTED"))
+            await asyncio.shield(
+                self.runtime.run_blocking(lambda: self.runtime.audit_refusal(draft, "ABORTED"))
+            )
             raise
         return material_pb2.UploadResponse(envelope=envelope)
 
-    def _check_manifest(self, manifest: material_pb2.MaterialManifest) -> None:
+    def _check_manifest(self, manifest: material_pb2.MaterialManifest) -> str:
+        """Refuse a bad manifest; returns the applicant code in its normalised form."""
         if manifest.size > self.max_bytes:
             raise ResourceExhaustedError(
                 f"{manifest.size} bytes exceeds the maximum material size {self.max_bytes}",
@@ -105,7 +110,7 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
         problems = {
             "size": manifest.size == 0,
             "sha256": len(manifest.sha256) != 32,
-            "material_type": not TYPE_RE.match(manifest.material_type),
+            "material_type": not CODE_RE.match(manifest.material_type),
             "media_type": not (0 < len(manifest.media_type) <= 100),
             "name": len(manifest.name) > 200,
             "source_case": len(manifest.source_case) > 64,
@@ -117,7 +122,7 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
                     f"manifest field {field} is invalid", metadata={"field": field}
                 )
         try:
-            validate_holder(manifest.applicant_code, manifest.applicant_code_type)
+            return validate_holder(manifest.applicant_code, manifest.applicant_code_type)
         except CertificateDataError as exc:
             raise MalformedError(str(exc), metadata={"field": "applicant_code"}) from exc
 
@@ -127,6 +132,7 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
         draft: Any,
         writer: BlobWriter,
         manifest: material_pb2.MaterialManifest,
+        applicant: str,
     ) -> envelope_pb2.Envelope:
         sha256 = writer.sha256()
         intent = materials.add_intent(self.runtime.sessions, sha256)
@@ -141,7 +147,7 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
                 media_type=manifest.media_type,
                 material_type=manifest.material_type,
                 name=manifest.name or manifest.material_type,
-                applicant_code=manifest.applicant_code,
+                applicant_code=applicant,
                 source_case=manifest.source_case,
                 uploader=call.caller.member_id,
                 uploaded_at=datetime.now(UTC),
