@@ -112,7 +112,15 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransportError | XhubError) and code in RETRYABLE_CODES
 
 
-def secure_channel(bundle: MemberBundle, *, address: str | None = None) -> grpc.Channel:
+def secure_channel(
+    bundle: MemberBundle,
+    *,
+    address: str | None = None,
+    reconnect_initial: float = 0.2,
+    reconnect_max: float = 5.0,
+) -> grpc.Channel:
+    """An mTLS channel to the hub. gRPC's own reconnect backoff is bounded (its default grows
+    to 120 s, so calls would keep failing long after a hub came back)."""
     root, key, chain = bundle.tls_credentials()
     credentials = grpc.ssl_channel_credentials(
         root_certificates=root, private_key=key, certificate_chain=chain
@@ -125,6 +133,9 @@ def secure_channel(bundle: MemberBundle, *, address: str | None = None) -> grpc.
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.initial_reconnect_backoff_ms", max(50, int(reconnect_initial * 1000))),
+            ("grpc.min_reconnect_backoff_ms", max(50, int(reconnect_initial * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(100, int(reconnect_max * 1000))),
         ],
     )
 
@@ -591,13 +602,15 @@ class HubClient:
         *,
         stop: Callable[[], bool] = lambda: False,
         max_backoff: float = 5.0,
+        window: float = 300.0,
     ) -> Iterator[M]:
         """A subscription that survives hub restarts: resubscribes after the last cursor
         it delivered, with exponential backoff and jitter while the hub is away."""
         cursor, delay = after_cursor, 0.1
         while not stop():
             try:
-                for event in subscribe(cursor, timeout=30.0):
+                # Each window is one audited subscription; a new one resumes by cursor.
+                for event in subscribe(cursor, timeout=window):
                     cursor = getattr(event, "cursor")  # noqa: B009
                     delay = 0.1
                     yield event

@@ -714,6 +714,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status = commands.add_parser("sync-status", help="show the watermark and rows in error")
     status.add_argument("config", type=Path)
+    run = commands.add_parser(
+        "run", help="receive cases and send approval status back (办件接收与状态回传)"
+    )
+    run.add_argument("config", type=Path, help="connector TOML (see connectors/department.py)")
+    run.add_argument(
+        "--once", action="store_true", help="one pass and exit (default: keep running)"
+    )
     return parser
 
 
@@ -737,6 +744,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "run":
+        from connectors.department import run_command  # imports this module: load it late
+
+        return run_command(args.config, once=args.once)
     try:
         config = load_sync_config(args.config)
         if args.command == "sync-status":

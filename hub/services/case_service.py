@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from xhub.v1 import case_pb2, case_pb2_grpc, envelope_pb2, registry_pb2
 
@@ -27,7 +28,13 @@ from hub.audit.log import ALLOWED, AuditDraft
 from hub.cases import calendar as workdays
 from hub.cases.stages import Actor, IllegalTransition, Stage, next_stage, overall_status
 from hub.db import CaseDepartmentRow, CaseEventRow, CaseRow, CertificateRow, MemberRow
-from hub.errors import FailedPreconditionError, MalformedError, NotFoundError, PermissionDeniedError
+from hub.errors import (
+    FailedPreconditionError,
+    MalformedError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from hub.runtime import Call, HubRuntime
 from hub.services.intake_service import bound_case, deny_unbound
 
@@ -37,6 +44,7 @@ SERVICE = case_pb2.DESCRIPTOR.services_by_name["CaseService"].full_name
 POLL_SECONDS = 0.2
 PAGE = 100
 SUPERVISION = "supervision"
+EVENT_ORDER_LOCK = 0x78687562  # "xhub": the advisory lock that orders case_events cursors
 M = TypeVar("M", bound=Message)
 
 
@@ -110,6 +118,7 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
         call.audit.case_id = push.case_number[:40]
         if not push.event_id or len(push.event_id) > 64:
             raise MalformedError("event_id must be 1–64 characters", metadata={"field": "event_id"})
+        _lock_case(call.session, push.case_number)
         first = _first_result(call.session, call.caller.member_id, push.event_id, push.case_number)
         if first is not None:
             return first
@@ -117,7 +126,9 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
         row = call.session.get(CaseDepartmentRow, (case.case_number, call.caller.member_id))
         if row is None:
             raise PermissionDeniedError(
-                "this case was not dispatched to you", metadata={"case_number": case.case_number}
+                "this case was not dispatched to you",
+                reason=envelope_pb2.ERROR_REASON_NOT_YOUR_CASE,
+                metadata={"case_number": case.case_number},
             )
         try:
             proposed = Stage(push.stage)
@@ -141,9 +152,15 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
             )
         if push.certificate_identifier:
             issued = call.session.get(CertificateRow, push.certificate_identifier)
-            if issued is None or issued.issuer_member_id != call.caller.member_id:
+            if (
+                new != Stage.COMPLETED
+                or issued is None
+                or issued.issuer_member_id != call.caller.member_id
+                or issued.holder_code != case.applicant_code
+            ):
                 raise MalformedError(
-                    "certificate_identifier names no certificate you published",
+                    "certificate_identifier: only on COMPLETED, naming a certificate you "
+                    "issued to the applicant",
                     metadata={"field": "certificate_identifier"},
                 )
         row.stage = int(new)
@@ -392,6 +409,11 @@ def _add_event(
     body: Message,
     now: datetime,
 ) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        # Cursors are assigned at insert but rows become visible at commit; holding one lock
+        # until commit makes cursor order equal commit order, so a stream that moved past
+        # cursor N can never miss an N-1 that commits later.
+        session.execute(select(func.pg_advisory_xact_lock(EVENT_ORDER_LOCK)))
     session.add(
         CaseEventRow(
             case_number=case.case_number,
@@ -406,7 +428,24 @@ def _add_event(
             created_at=now,
         )
     )
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # The same event id is being applied by a concurrent call (a client retry racing
+        # its first attempt): let the client retry and receive the first result.
+        raise UnavailableError(
+            "a push with this event id is being applied; retry to get its result",
+            metadata={"event_id": event_id or ""},
+        ) from exc
+
+
+def _lock_case(session: Session, case_number: str) -> None:
+    """Serialize every change to one case: a no-op UPDATE takes PostgreSQL's row lock and
+    SQLite's write lock, so the duplicate check, the stage check and the write that follow
+    see each other's effects (concurrent retries become duplicates, not double applies)."""
+    session.execute(
+        update(CaseRow).where(CaseRow.case_number == case_number).values(overall=CaseRow.overall)
+    )
 
 
 def _update_overall(session: Session, case: CaseRow) -> Stage:
@@ -547,6 +586,7 @@ def _withdraw(call: Call[case_pb2.CaseWithdrawal]) -> case_pb2.StatusPushResult:
     call.audit.case_id = request.case_number[:40]
     if not request.event_id or len(request.event_id) > 64:
         raise MalformedError("event_id must be 1–64 characters", metadata={"field": "event_id"})
+    _lock_case(call.session, request.case_number)
     first = _first_result(
         call.session, call.caller.member_id, request.event_id, request.case_number
     )
@@ -555,7 +595,9 @@ def _withdraw(call: Call[case_pb2.CaseWithdrawal]) -> case_pb2.StatusPushResult:
     case = _case(call.session, request.case_number)
     if case.platform_member_id != call.caller.member_id:
         raise PermissionDeniedError(
-            "another platform's case", metadata={"case_number": case.case_number}
+            "another platform's case",
+            reason=envelope_pb2.ERROR_REASON_NOT_YOUR_CASE,
+            metadata={"case_number": case.case_number},
         )
     now = datetime.now(UTC)
     rows = call.session.scalars(

@@ -80,6 +80,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The upload exceeds the hub's maximum material size (材料过大). RESOURCE_EXHAUSTED."""
     ERROR_REASON_CONTENT_MISMATCH: _ErrorReason.ValueType  # 24
     """The uploaded content does not match the declared size or SHA-256 (内容与清单不符). INVALID_ARGUMENT."""
+    ERROR_REASON_NOT_YOUR_CASE: _ErrorReason.ValueType  # 25
+    """The case was not dispatched to the calling department (非本部门办件). PERMISSION_DENIED."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable reason carried in google.rpc.ErrorInfo
@@ -137,6 +139,8 @@ ERROR_REASON_TOO_LARGE: ErrorReason.ValueType  # 23
 """The upload exceeds the hub's maximum material size (材料过大). RESOURCE_EXHAUSTED."""
 ERROR_REASON_CONTENT_MISMATCH: ErrorReason.ValueType  # 24
 """The uploaded content does not match the declared size or SHA-256 (内容与清单不符). INVALID_ARGUMENT."""
+ERROR_REASON_NOT_YOUR_CASE: ErrorReason.ValueType  # 25
+"""The case was not dispatched to the calling department (非本部门办件). PERMISSION_DENIED."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
