@@ -548,6 +548,31 @@ class HubClient:
             case_id=case_number,
         )
 
+    def resubmit_case(
+        self,
+        case_number: str,
+        *,
+        event_id: str,
+        certificate_identifiers: list[str] | None = None,
+        material_ids: list[str] | None = None,
+        note: str = "",
+    ) -> case_pb2.StatusPushResult:
+        """Answer a supplement request (补正): the departments receive the case again."""
+        return self.call(
+            self.cases.ResubmitCase,
+            case_pb2.ResubmitCaseRequest,
+            case_pb2.CaseResubmission(
+                case_number=case_number,
+                event_id=event_id,
+                certificate_identifiers=certificate_identifiers or [],
+                material_ids=material_ids or [],
+                note=note,
+            ),
+            case_pb2.StatusPushResult,
+            idempotent=True,
+            case_id=case_number,
+        )
+
     def withdraw_case(
         self, case_number: str, *, event_id: str, reason: str
     ) -> case_pb2.StatusPushResult:

@@ -1414,3 +1414,36 @@ def test_only_auditors_subscribe_to_supervision(desk: Desk, member: str) -> None
         Code.PERMISSION_DENIED,
         "ROLE_REQUIRED",
     )
+
+
+# -- 补正后重新提交 (resubmission after a supplement request) ----------------------------
+
+
+def test_resubmission_returns_the_case_to_the_department_that_asked(desk: Desk) -> None:
+    case_number = desk.submit().case_number
+    desk.department.push_status(
+        case_number, SUPPLEMENT, event_id="ask-1", missing_items=["场所平面图"]
+    )
+    before = count_events(desk.kit, CaseEventRow.case_number == case_number)
+    result = desk.platform.resubmit_case(case_number, event_id="again-1", note="已补交平面图")
+    assert (result.stage, result.duplicate) == (SUBMITTED, False)
+    # A repeat is a duplicate and adds nothing.
+    assert desk.platform.resubmit_case(case_number, event_id="again-1").duplicate
+    dispatched = [
+        case
+        for case in desk.department.subscribe_cases(0, timeout=2)
+        if case.case_number == case_number
+    ]
+    assert [case.stage for case in dispatched] == [SUBMITTED, SUBMITTED]
+    # The department can accept the resubmitted case.
+    accepted = desk.department.push_status(case_number, ACCEPTED, event_id="acc-after")
+    assert accepted.stage == ACCEPTED
+    assert count_events(desk.kit, CaseEventRow.case_number == case_number) == before + 3
+
+
+def test_resubmission_needs_a_supplement_request(desk: Desk) -> None:
+    case_number = desk.submit().case_number
+    with pytest.raises(XhubError) as caught:
+        desk.platform.resubmit_case(case_number, event_id="early")
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.metadata["current_stage"] == "SUBMITTED"

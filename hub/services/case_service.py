@@ -27,7 +27,14 @@ from hub import catalog, materials
 from hub.audit.log import ALLOWED, AuditDraft
 from hub.cases import calendar as workdays
 from hub.cases.stages import Actor, IllegalTransition, Stage, next_stage, overall_status
-from hub.db import CaseDepartmentRow, CaseEventRow, CaseRow, CertificateRow, MemberRow
+from hub.db import (
+    CaseDepartmentRow,
+    CaseEventRow,
+    CaseRow,
+    CertificateRow,
+    MemberRow,
+    PreparedCaseRow,
+)
 from hub.errors import (
     FailedPreconditionError,
     MalformedError,
@@ -97,6 +104,19 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
             return handler(call)
 
         return run
+
+    async def ResubmitCase(
+        self, request: case_pb2.ResubmitCaseRequest, context: Context
+    ) -> case_pb2.ResubmitCaseResponse:
+        envelope = await self.runtime.unary(
+            context,
+            request.envelope,
+            case_pb2.CaseResubmission,
+            self._notifying(_resubmit),
+            method=f"/{SERVICE}/ResubmitCase",
+            require_role=registry_pb2.ROLE_PLATFORM,
+        )
+        return case_pb2.ResubmitCaseResponse(envelope=envelope)
 
     # -- department -----------------------------------------------------------
 
@@ -647,6 +667,119 @@ def _withdraw(call: Call[case_pb2.CaseWithdrawal]) -> case_pb2.StatusPushResult:
         case_number=case.case_number,
         stage=case_pb2.CASE_STAGE_WITHDRAWN,
         overall=case_pb2.CASE_STAGE_WITHDRAWN,
+    )
+
+
+def _resubmit(call: Call[case_pb2.CaseResubmission]) -> case_pb2.StatusPushResult:
+    """补正后重新提交: the departments that asked get the case again, at SUBMITTED."""
+    request = call.message
+    call.audit.case_id = request.case_number[:40]
+    if not request.event_id or len(request.event_id) > 64:
+        raise MalformedError("event_id must be 1–64 characters", metadata={"field": "event_id"})
+    _lock_case(call.session, request.case_number)
+    first = _first_result(
+        call.session, call.caller.member_id, request.event_id, request.case_number
+    )
+    if first is not None:
+        return first
+    case = _case(call.session, request.case_number)
+    if case.platform_member_id != call.caller.member_id:
+        raise PermissionDeniedError(
+            "another platform's case",
+            reason=envelope_pb2.ERROR_REASON_NOT_YOUR_CASE,
+            metadata={"case_number": case.case_number},
+        )
+    call.audit.subject = case.applicant_code
+    asking = call.session.scalars(
+        select(CaseDepartmentRow).where(
+            CaseDepartmentRow.case_number == case.case_number,
+            CaseDepartmentRow.stage == int(Stage.SUPPLEMENT_REQUIRED),
+        )
+    ).all()
+    if not asking:
+        raise FailedPreconditionError(
+            f"no department asked for a supplement; the case is at {Stage(case.overall).label}",
+            reason=envelope_pb2.ERROR_REASON_STATUS_TRANSITION,
+            metadata={"current_stage": Stage(case.overall).name},
+        )
+    prepared = call.session.get(PreparedCaseRow, case.prepared_case_id)
+    holders = {case.applicant_code} | (
+        {prepared.legal_representative_code} - {""} if prepared else set()
+    )
+    dispatched = case_pb2.DispatchedCase()
+    dispatched.ParseFromString(case.dispatch)
+    for identifier in request.certificate_identifiers:
+        certificate = call.session.get(CertificateRow, identifier)
+        if certificate is None or certificate.holder_code not in holders:
+            raise deny_unbound(
+                "a referenced certificate is not the applicant's", case_id=case.case_number
+            )
+        dispatched.certificates.append(store.to_ref(certificate))
+    for material_id in request.material_ids:
+        material = materials.get(call.session, material_id)
+        if material.applicant_code != case.applicant_code:
+            raise deny_unbound(
+                "a referenced material belongs to another applicant", case_id=case.case_number
+            )
+        dispatched.materials.append(materials.to_ref(material))
+    dispatched.stage = case_pb2.CASE_STAGE_SUBMITTED
+    case.dispatch = dispatched.SerializeToString()
+    now = datetime.now(UTC)
+    for row in asking:
+        try:
+            next_stage(
+                Stage(row.stage),
+                Stage.SUBMITTED,
+                Actor.PLATFORM,
+                submitted_at=case.submitted_at,
+                now=now,
+            )
+        except IllegalTransition as exc:
+            raise _stage_error(exc) from exc
+        row.stage = int(Stage.SUBMITTED)
+        row.updated_at = now
+    overall = _update_overall(call.session, case)
+    for index, row in enumerate(asking):
+        _add_event(
+            call.session,
+            case,
+            kind="dispatch",
+            recipient=row.department,
+            author=call.caller.member_id,
+            event_id=None,
+            department=row.department,
+            stage=Stage.SUBMITTED,
+            overall=overall,
+            body=dispatched,
+            now=now,
+        )
+        event = case_pb2.StatusEvent(
+            case_number=case.case_number,
+            department=row.department,
+            stage=case_pb2.CASE_STAGE_SUBMITTED,
+            overall=int(overall),  # type: ignore[arg-type]
+            event_id=request.event_id,
+            note=request.note,
+            origin=call.admitted.opened.envelope,
+        )
+        event.recorded_at.FromDatetime(now)
+        _add_event(
+            call.session,
+            case,
+            kind="status",
+            recipient=case.platform_member_id,
+            author=call.caller.member_id,
+            event_id=request.event_id if index == 0 else None,
+            department=row.department,
+            stage=Stage.SUBMITTED,
+            overall=overall,
+            body=event,
+            now=now,
+        )
+    return case_pb2.StatusPushResult(
+        case_number=case.case_number,
+        stage=case_pb2.CASE_STAGE_SUBMITTED,
+        overall=int(overall),  # type: ignore[arg-type]
     )
 
 

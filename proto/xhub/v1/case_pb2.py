@@ -29,7 +29,7 @@ from xhub.v1 import intake_pb2 as xhub_dot_v1_dot_intake__pb2
 from xhub.v1 import material_pb2 as xhub_dot_v1_dot_material__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12xhub/v1/case.proto\x12\x07xhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19xhub/v1/certificate.proto\x1a\x16xhub/v1/envelope.proto\x1a\x14xhub/v1/intake.proto\x1a\x16xhub/v1/material.proto\"8\n\x11SubmitCaseRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"9\n\x12SubmitCaseResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\":\n\x13WithdrawCaseRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\";\n\x14WithdrawCaseResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"8\n\x11PushStatusRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"9\n\x12PushStatusResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"<\n\x15SubscribeCasesRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"=\n\x16SubscribeCasesResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"=\n\x16SubscribeStatusRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\">\n\x17SubscribeStatusResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"B\n\x1bSubscribeSupervisionRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"C\n\x1cSubscribeSupervisionResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"\xde\x01\n\x0e\x43\x61seSubmission\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1f\n\x17\x63\x65rtificate_identifiers\x18\x02 \x03(\t\x12\x14\n\x0cmaterial_ids\x18\x03 \x03(\t\x12\x16\n\x0e\x61pplicant_name\x18\x04 \x01(\t\x12/\n\x04\x66orm\x18\x05 \x03(\x0b\x32!.xhub.v1.CaseSubmission.FormEntry\x1a+\n\tFormEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x0b\x43\x61seReceipt\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65partments\x18\x03 \x03(\t\"\xe7\x03\n\x0e\x44ispatchedCase\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61se_number\x18\x03 \x01(\t\x12\x1b\n\x04item\x18\x04 \x01(\x0b\x32\r.xhub.v1.Item\x12\x16\n\x0e\x61pplicant_code\x18\x05 \x01(\t\x12\x16\n\x0e\x61pplicant_name\x18\x06 \x01(\t\x12-\n\x0c\x63\x65rtificates\x18\x07 \x03(\x0b\x32\x17.xhub.v1.CertificateRef\x12\'\n\tmaterials\x18\x08 \x03(\x0b\x32\x14.xhub.v1.MaterialRef\x12/\n\x04\x66orm\x18\t \x03(\x0b\x32!.xhub.v1.DispatchedCase.FormEntry\x12\x30\n\x0csubmitted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\nsubmission\x18\x0b \x01(\x0b\x32\x11.xhub.v1.Envelope\x12\x10\n\x08platform\x18\x0c \x01(\t\x12!\n\x05stage\x18\r \x01(\x0e\x32\x12.xhub.v1.CaseStage\x1a+\n\tFormEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x01\n\nStatusPush\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12!\n\x05stage\x18\x03 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x0c\n\x04note\x18\x05 \x01(\t\x12\x15\n\rmissing_items\x18\x06 \x03(\t\x12\x1e\n\x16\x63\x65rtificate_identifier\x18\x07 \x01(\t\"h\n\x0e\x43\x61seWithdrawal\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xa3\x01\n\x10StatusPushResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12!\n\x05stage\x18\x03 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12#\n\x07overall\x18\x04 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"I\n\x10\x43\x61seSubscription\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04\"\xda\x02\n\x0bStatusEvent\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61se_number\x18\x03 \x01(\t\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12!\n\x05stage\x18\x05 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12#\n\x07overall\x18\x06 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\x12\x15\n\rmissing_items\x18\t \x03(\t\x12\x1e\n\x16\x63\x65rtificate_identifier\x18\n \x01(\t\x12/\n\x0brecorded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x06origin\x18\x0c \x01(\x0b\x32\x11.xhub.v1.Envelope\"\xbb\x01\n\x10SupervisionEvent\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61se_number\x18\x03 \x01(\t\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12&\n\x04kind\x18\x05 \x01(\x0e\x32\x18.xhub.v1.SupervisionKind\x12\x10\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65pted_on\x18\x07 \x01(\t*\xb8\x02\n\tCaseStage\x12\x1a\n\x16\x43\x41SE_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41SE_STAGE_SUBMITTED\x10\x01\x12\x17\n\x13\x43\x41SE_STAGE_ACCEPTED\x10\x02\x12\x1b\n\x17\x43\x41SE_STAGE_NOT_ACCEPTED\x10\x03\x12\x1b\n\x17\x43\x41SE_STAGE_UNDER_REVIEW\x10\x04\x12\"\n\x1e\x43\x41SE_STAGE_SUPPLEMENT_REQUIRED\x10\x05\x12\x17\n\x13\x43\x41SE_STAGE_APPROVED\x10\x06\x12\x17\n\x13\x43\x41SE_STAGE_REJECTED\x10\x07\x12\x18\n\x14\x43\x41SE_STAGE_COMPLETED\x10\x08\x12\x18\n\x14\x43\x41SE_STAGE_DELIVERED\x10\t\x12\x18\n\x14\x43\x41SE_STAGE_WITHDRAWN\x10\n*o\n\x0fSupervisionKind\x12 \n\x1cSUPERVISION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SUPERVISION_KIND_WARNING\x10\x01\x12\x1c\n\x18SUPERVISION_KIND_OVERDUE\x10\x02\x32\xfc\x03\n\x0b\x43\x61seService\x12\x45\n\nSubmitCase\x12\x1a.xhub.v1.SubmitCaseRequest\x1a\x1b.xhub.v1.SubmitCaseResponse\x12K\n\x0cWithdrawCase\x12\x1c.xhub.v1.WithdrawCaseRequest\x1a\x1d.xhub.v1.WithdrawCaseResponse\x12\x45\n\nPushStatus\x12\x1a.xhub.v1.PushStatusRequest\x1a\x1b.xhub.v1.PushStatusResponse\x12S\n\x0eSubscribeCases\x12\x1e.xhub.v1.SubscribeCasesRequest\x1a\x1f.xhub.v1.SubscribeCasesResponse0\x01\x12V\n\x0fSubscribeStatus\x12\x1f.xhub.v1.SubscribeStatusRequest\x1a .xhub.v1.SubscribeStatusResponse0\x01\x12\x65\n\x14SubscribeSupervision\x12$.xhub.v1.SubscribeSupervisionRequest\x1a%.xhub.v1.SubscribeSupervisionResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12xhub/v1/case.proto\x12\x07xhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19xhub/v1/certificate.proto\x1a\x16xhub/v1/envelope.proto\x1a\x14xhub/v1/intake.proto\x1a\x16xhub/v1/material.proto\"8\n\x11SubmitCaseRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"9\n\x12SubmitCaseResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\":\n\x13WithdrawCaseRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\";\n\x14WithdrawCaseResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\":\n\x13ResubmitCaseRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\";\n\x14ResubmitCaseResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"\x9f\x01\n\x10\x43\x61seResubmission\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x1f\n\x17\x63\x65rtificate_identifiers\x18\x04 \x03(\t\x12\x14\n\x0cmaterial_ids\x18\x05 \x03(\t\x12\x0c\n\x04note\x18\x06 \x01(\t\"8\n\x11PushStatusRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"9\n\x12PushStatusResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"<\n\x15SubscribeCasesRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"=\n\x16SubscribeCasesResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"=\n\x16SubscribeStatusRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\">\n\x17SubscribeStatusResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"B\n\x1bSubscribeSupervisionRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"C\n\x1cSubscribeSupervisionResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"\xde\x01\n\x0e\x43\x61seSubmission\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1f\n\x17\x63\x65rtificate_identifiers\x18\x02 \x03(\t\x12\x14\n\x0cmaterial_ids\x18\x03 \x03(\t\x12\x16\n\x0e\x61pplicant_name\x18\x04 \x01(\t\x12/\n\x04\x66orm\x18\x05 \x03(\x0b\x32!.xhub.v1.CaseSubmission.FormEntry\x1a+\n\tFormEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x0b\x43\x61seReceipt\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65partments\x18\x03 \x03(\t\"\xe7\x03\n\x0e\x44ispatchedCase\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61se_number\x18\x03 \x01(\t\x12\x1b\n\x04item\x18\x04 \x01(\x0b\x32\r.xhub.v1.Item\x12\x16\n\x0e\x61pplicant_code\x18\x05 \x01(\t\x12\x16\n\x0e\x61pplicant_name\x18\x06 \x01(\t\x12-\n\x0c\x63\x65rtificates\x18\x07 \x03(\x0b\x32\x17.xhub.v1.CertificateRef\x12\'\n\tmaterials\x18\x08 \x03(\x0b\x32\x14.xhub.v1.MaterialRef\x12/\n\x04\x66orm\x18\t \x03(\x0b\x32!.xhub.v1.DispatchedCase.FormEntry\x12\x30\n\x0csubmitted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\nsubmission\x18\x0b \x01(\x0b\x32\x11.xhub.v1.Envelope\x12\x10\n\x08platform\x18\x0c \x01(\t\x12!\n\x05stage\x18\r \x01(\x0e\x32\x12.xhub.v1.CaseStage\x1a+\n\tFormEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x01\n\nStatusPush\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12!\n\x05stage\x18\x03 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x0c\n\x04note\x18\x05 \x01(\t\x12\x15\n\rmissing_items\x18\x06 \x03(\t\x12\x1e\n\x16\x63\x65rtificate_identifier\x18\x07 \x01(\t\"h\n\x0e\x43\x61seWithdrawal\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xa3\x01\n\x10StatusPushResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0b\x63\x61se_number\x18\x02 \x01(\t\x12!\n\x05stage\x18\x03 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12#\n\x07overall\x18\x04 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"I\n\x10\x43\x61seSubscription\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x14\n\x0c\x61\x66ter_cursor\x18\x02 \x01(\x04\"\xda\x02\n\x0bStatusEvent\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61se_number\x18\x03 \x01(\t\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12!\n\x05stage\x18\x05 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12#\n\x07overall\x18\x06 \x01(\x0e\x32\x12.xhub.v1.CaseStage\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\x12\x15\n\rmissing_items\x18\t \x03(\t\x12\x1e\n\x16\x63\x65rtificate_identifier\x18\n \x01(\t\x12/\n\x0brecorded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x06origin\x18\x0c \x01(\x0b\x32\x11.xhub.v1.Envelope\"\xbb\x01\n\x10SupervisionEvent\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61se_number\x18\x03 \x01(\t\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12&\n\x04kind\x18\x05 \x01(\x0e\x32\x18.xhub.v1.SupervisionKind\x12\x10\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65pted_on\x18\x07 \x01(\t*\xb8\x02\n\tCaseStage\x12\x1a\n\x16\x43\x41SE_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41SE_STAGE_SUBMITTED\x10\x01\x12\x17\n\x13\x43\x41SE_STAGE_ACCEPTED\x10\x02\x12\x1b\n\x17\x43\x41SE_STAGE_NOT_ACCEPTED\x10\x03\x12\x1b\n\x17\x43\x41SE_STAGE_UNDER_REVIEW\x10\x04\x12\"\n\x1e\x43\x41SE_STAGE_SUPPLEMENT_REQUIRED\x10\x05\x12\x17\n\x13\x43\x41SE_STAGE_APPROVED\x10\x06\x12\x17\n\x13\x43\x41SE_STAGE_REJECTED\x10\x07\x12\x18\n\x14\x43\x41SE_STAGE_COMPLETED\x10\x08\x12\x18\n\x14\x43\x41SE_STAGE_DELIVERED\x10\t\x12\x18\n\x14\x43\x41SE_STAGE_WITHDRAWN\x10\n*o\n\x0fSupervisionKind\x12 \n\x1cSUPERVISION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SUPERVISION_KIND_WARNING\x10\x01\x12\x1c\n\x18SUPERVISION_KIND_OVERDUE\x10\x02\x32\xc9\x04\n\x0b\x43\x61seService\x12\x45\n\nSubmitCase\x12\x1a.xhub.v1.SubmitCaseRequest\x1a\x1b.xhub.v1.SubmitCaseResponse\x12K\n\x0cWithdrawCase\x12\x1c.xhub.v1.WithdrawCaseRequest\x1a\x1d.xhub.v1.WithdrawCaseResponse\x12K\n\x0cResubmitCase\x12\x1c.xhub.v1.ResubmitCaseRequest\x1a\x1d.xhub.v1.ResubmitCaseResponse\x12\x45\n\nPushStatus\x12\x1a.xhub.v1.PushStatusRequest\x1a\x1b.xhub.v1.PushStatusResponse\x12S\n\x0eSubscribeCases\x12\x1e.xhub.v1.SubscribeCasesRequest\x1a\x1f.xhub.v1.SubscribeCasesResponse0\x01\x12V\n\x0fSubscribeStatus\x12\x1f.xhub.v1.SubscribeStatusRequest\x1a .xhub.v1.SubscribeStatusResponse0\x01\x12\x65\n\x14SubscribeSupervision\x12$.xhub.v1.SubscribeSupervisionRequest\x1a%.xhub.v1.SubscribeSupervisionResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,10 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CASESUBMISSION_FORMENTRY']._serialized_options = b'8\001'
   _globals['_DISPATCHEDCASE_FORMENTRY']._loaded_options = None
   _globals['_DISPATCHEDCASE_FORMENTRY']._serialized_options = b'8\001'
-  _globals['_CASESTAGE']._serialized_start=2788
-  _globals['_CASESTAGE']._serialized_end=3100
-  _globals['_SUPERVISIONKIND']._serialized_start=3102
-  _globals['_SUPERVISIONKIND']._serialized_end=3213
+  _globals['_CASESTAGE']._serialized_start=3071
+  _globals['_CASESTAGE']._serialized_end=3383
+  _globals['_SUPERVISIONKIND']._serialized_start=3385
+  _globals['_SUPERVISIONKIND']._serialized_end=3496
   _globals['_SUBMITCASEREQUEST']._serialized_start=161
   _globals['_SUBMITCASEREQUEST']._serialized_end=217
   _globals['_SUBMITCASERESPONSE']._serialized_start=219
@@ -52,44 +52,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WITHDRAWCASEREQUEST']._serialized_end=336
   _globals['_WITHDRAWCASERESPONSE']._serialized_start=338
   _globals['_WITHDRAWCASERESPONSE']._serialized_end=397
-  _globals['_PUSHSTATUSREQUEST']._serialized_start=399
-  _globals['_PUSHSTATUSREQUEST']._serialized_end=455
-  _globals['_PUSHSTATUSRESPONSE']._serialized_start=457
-  _globals['_PUSHSTATUSRESPONSE']._serialized_end=514
-  _globals['_SUBSCRIBECASESREQUEST']._serialized_start=516
-  _globals['_SUBSCRIBECASESREQUEST']._serialized_end=576
-  _globals['_SUBSCRIBECASESRESPONSE']._serialized_start=578
-  _globals['_SUBSCRIBECASESRESPONSE']._serialized_end=639
-  _globals['_SUBSCRIBESTATUSREQUEST']._serialized_start=641
-  _globals['_SUBSCRIBESTATUSREQUEST']._serialized_end=702
-  _globals['_SUBSCRIBESTATUSRESPONSE']._serialized_start=704
-  _globals['_SUBSCRIBESTATUSRESPONSE']._serialized_end=766
-  _globals['_SUBSCRIBESUPERVISIONREQUEST']._serialized_start=768
-  _globals['_SUBSCRIBESUPERVISIONREQUEST']._serialized_end=834
-  _globals['_SUBSCRIBESUPERVISIONRESPONSE']._serialized_start=836
-  _globals['_SUBSCRIBESUPERVISIONRESPONSE']._serialized_end=903
-  _globals['_CASESUBMISSION']._serialized_start=906
-  _globals['_CASESUBMISSION']._serialized_end=1128
-  _globals['_CASESUBMISSION_FORMENTRY']._serialized_start=1085
-  _globals['_CASESUBMISSION_FORMENTRY']._serialized_end=1128
-  _globals['_CASERECEIPT']._serialized_start=1130
-  _globals['_CASERECEIPT']._serialized_end=1218
-  _globals['_DISPATCHEDCASE']._serialized_start=1221
-  _globals['_DISPATCHEDCASE']._serialized_end=1708
-  _globals['_DISPATCHEDCASE_FORMENTRY']._serialized_start=1085
-  _globals['_DISPATCHEDCASE_FORMENTRY']._serialized_end=1128
-  _globals['_STATUSPUSH']._serialized_start=1711
-  _globals['_STATUSPUSH']._serialized_end=1899
-  _globals['_CASEWITHDRAWAL']._serialized_start=1901
-  _globals['_CASEWITHDRAWAL']._serialized_end=2005
-  _globals['_STATUSPUSHRESULT']._serialized_start=2008
-  _globals['_STATUSPUSHRESULT']._serialized_end=2171
-  _globals['_CASESUBSCRIPTION']._serialized_start=2173
-  _globals['_CASESUBSCRIPTION']._serialized_end=2246
-  _globals['_STATUSEVENT']._serialized_start=2249
-  _globals['_STATUSEVENT']._serialized_end=2595
-  _globals['_SUPERVISIONEVENT']._serialized_start=2598
-  _globals['_SUPERVISIONEVENT']._serialized_end=2785
-  _globals['_CASESERVICE']._serialized_start=3216
-  _globals['_CASESERVICE']._serialized_end=3724
+  _globals['_RESUBMITCASEREQUEST']._serialized_start=399
+  _globals['_RESUBMITCASEREQUEST']._serialized_end=457
+  _globals['_RESUBMITCASERESPONSE']._serialized_start=459
+  _globals['_RESUBMITCASERESPONSE']._serialized_end=518
+  _globals['_CASERESUBMISSION']._serialized_start=521
+  _globals['_CASERESUBMISSION']._serialized_end=680
+  _globals['_PUSHSTATUSREQUEST']._serialized_start=682
+  _globals['_PUSHSTATUSREQUEST']._serialized_end=738
+  _globals['_PUSHSTATUSRESPONSE']._serialized_start=740
+  _globals['_PUSHSTATUSRESPONSE']._serialized_end=797
+  _globals['_SUBSCRIBECASESREQUEST']._serialized_start=799
+  _globals['_SUBSCRIBECASESREQUEST']._serialized_end=859
+  _globals['_SUBSCRIBECASESRESPONSE']._serialized_start=861
+  _globals['_SUBSCRIBECASESRESPONSE']._serialized_end=922
+  _globals['_SUBSCRIBESTATUSREQUEST']._serialized_start=924
+  _globals['_SUBSCRIBESTATUSREQUEST']._serialized_end=985
+  _globals['_SUBSCRIBESTATUSRESPONSE']._serialized_start=987
+  _globals['_SUBSCRIBESTATUSRESPONSE']._serialized_end=1049
+  _globals['_SUBSCRIBESUPERVISIONREQUEST']._serialized_start=1051
+  _globals['_SUBSCRIBESUPERVISIONREQUEST']._serialized_end=1117
+  _globals['_SUBSCRIBESUPERVISIONRESPONSE']._serialized_start=1119
+  _globals['_SUBSCRIBESUPERVISIONRESPONSE']._serialized_end=1186
+  _globals['_CASESUBMISSION']._serialized_start=1189
+  _globals['_CASESUBMISSION']._serialized_end=1411
+  _globals['_CASESUBMISSION_FORMENTRY']._serialized_start=1368
+  _globals['_CASESUBMISSION_FORMENTRY']._serialized_end=1411
+  _globals['_CASERECEIPT']._serialized_start=1413
+  _globals['_CASERECEIPT']._serialized_end=1501
+  _globals['_DISPATCHEDCASE']._serialized_start=1504
+  _globals['_DISPATCHEDCASE']._serialized_end=1991
+  _globals['_DISPATCHEDCASE_FORMENTRY']._serialized_start=1368
+  _globals['_DISPATCHEDCASE_FORMENTRY']._serialized_end=1411
+  _globals['_STATUSPUSH']._serialized_start=1994
+  _globals['_STATUSPUSH']._serialized_end=2182
+  _globals['_CASEWITHDRAWAL']._serialized_start=2184
+  _globals['_CASEWITHDRAWAL']._serialized_end=2288
+  _globals['_STATUSPUSHRESULT']._serialized_start=2291
+  _globals['_STATUSPUSHRESULT']._serialized_end=2454
+  _globals['_CASESUBSCRIPTION']._serialized_start=2456
+  _globals['_CASESUBSCRIPTION']._serialized_end=2529
+  _globals['_STATUSEVENT']._serialized_start=2532
+  _globals['_STATUSEVENT']._serialized_end=2878
+  _globals['_SUPERVISIONEVENT']._serialized_start=2881
+  _globals['_SUPERVISIONEVENT']._serialized_end=3068
+  _globals['_CASESERVICE']._serialized_start=3499
+  _globals['_CASESERVICE']._serialized_end=4084
 # @@protoc_insertion_point(module_scope)

@@ -201,6 +201,102 @@ class WithdrawCaseResponse(_message.Message):
 Global___WithdrawCaseResponse: _TypeAlias = WithdrawCaseResponse  # noqa: Y015
 
 @_typing.final
+class ResubmitCaseRequest(_message.Message):
+    """ResubmitCaseRequest carries a signed CaseResubmission."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.CaseResubmission"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResubmitCaseRequest: _TypeAlias = ResubmitCaseRequest  # noqa: Y015
+
+@_typing.final
+class ResubmitCaseResponse(_message.Message):
+    """ResubmitCaseResponse carries a hub-signed StatusPushResult."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.StatusPushResult"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResubmitCaseResponse: _TypeAlias = ResubmitCaseResponse  # noqa: Y015
+
+@_typing.final
+class CaseResubmission(_message.Message):
+    """CaseResubmission hands in what a supplement request asked for (补正材料)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    MATERIAL_IDS_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    case_number: _builtins.str
+    """Case number (办件编号)."""
+    event_id: _builtins.str
+    """Idempotency key (事件标识)."""
+    note: _builtins.str
+    """Note to the departments (补正说明)."""
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头)."""
+
+    @_builtins.property
+    def certificate_identifiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Further certificates used, by identifier (补充证照)."""
+
+    @_builtins.property
+    def material_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Further materials used, by id (补充材料)."""
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+        case_number: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        certificate_identifiers: _abc.Iterable[_builtins.str] | None = ...,
+        material_ids: _abc.Iterable[_builtins.str] | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "certificate_identifiers", b"certificate_identifiers", "event_id", b"event_id", "header", b"header", "material_ids", b"material_ids", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseResubmission: _TypeAlias = CaseResubmission  # noqa: Y015
+
+@_typing.final
 class PushStatusRequest(_message.Message):
     """PushStatusRequest carries a signed StatusPush."""
 

@@ -48,6 +48,11 @@ class CaseServiceStub:
                 request_serializer=xhub_dot_v1_dot_case__pb2.WithdrawCaseRequest.SerializeToString,
                 response_deserializer=xhub_dot_v1_dot_case__pb2.WithdrawCaseResponse.FromString,
                 _registered_method=True)
+        self.ResubmitCase = channel.unary_unary(
+                '/xhub.v1.CaseService/ResubmitCase',
+                request_serializer=xhub_dot_v1_dot_case__pb2.ResubmitCaseRequest.SerializeToString,
+                response_deserializer=xhub_dot_v1_dot_case__pb2.ResubmitCaseResponse.FromString,
+                _registered_method=True)
         self.PushStatus = channel.unary_unary(
                 '/xhub.v1.CaseService/PushStatus',
                 request_serializer=xhub_dot_v1_dot_case__pb2.PushStatusRequest.SerializeToString,
@@ -88,6 +93,15 @@ class CaseServiceServicer:
     def WithdrawCase(self, request, context):
         """WithdrawCase withdraws a case for the applicant (撤回); platform only.
         Request payload: CaseWithdrawal; response payload: StatusPushResult.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResubmitCase(self, request, context):
+        """ResubmitCase answers a supplement request (补正后重新提交): the departments that asked
+        receive the case again at SUBMITTED with the added references; platform only.
+        Request payload: CaseResubmission; response payload: StatusPushResult.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +151,11 @@ def add_CaseServiceServicer_to_server(servicer, server):
                     servicer.WithdrawCase,
                     request_deserializer=xhub_dot_v1_dot_case__pb2.WithdrawCaseRequest.FromString,
                     response_serializer=xhub_dot_v1_dot_case__pb2.WithdrawCaseResponse.SerializeToString,
+            ),
+            'ResubmitCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResubmitCase,
+                    request_deserializer=xhub_dot_v1_dot_case__pb2.ResubmitCaseRequest.FromString,
+                    response_serializer=xhub_dot_v1_dot_case__pb2.ResubmitCaseResponse.SerializeToString,
             ),
             'PushStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.PushStatus,
@@ -217,6 +236,33 @@ class CaseService:
             '/xhub.v1.CaseService/WithdrawCase',
             xhub_dot_v1_dot_case__pb2.WithdrawCaseRequest.SerializeToString,
             xhub_dot_v1_dot_case__pb2.WithdrawCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResubmitCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xhub.v1.CaseService/ResubmitCase',
+            xhub_dot_v1_dot_case__pb2.ResubmitCaseRequest.SerializeToString,
+            xhub_dot_v1_dot_case__pb2.ResubmitCaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

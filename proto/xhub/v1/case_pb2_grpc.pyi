@@ -45,6 +45,11 @@ class CaseServiceStub:
     """WithdrawCase withdraws a case for the applicant (撤回); platform only.
     Request payload: CaseWithdrawal; response payload: StatusPushResult.
     """
+    ResubmitCase: _grpc.UnaryUnaryMultiCallable[_case_pb2.ResubmitCaseRequest, _case_pb2.ResubmitCaseResponse]
+    """ResubmitCase answers a supplement request (补正后重新提交): the departments that asked
+    receive the case again at SUBMITTED with the added references; platform only.
+    Request payload: CaseResubmission; response payload: StatusPushResult.
+    """
     PushStatus: _grpc.UnaryUnaryMultiCallable[_case_pb2.PushStatusRequest, _case_pb2.PushStatusResponse]
     """PushStatus reports a department's stage change (状态回传); idempotent by event id.
     Request payload: StatusPush; response payload: StatusPushResult.
@@ -78,6 +83,11 @@ class CaseServiceAsyncStub(CaseServiceStub):
     WithdrawCase: _aio.UnaryUnaryMultiCallable[_case_pb2.WithdrawCaseRequest, _case_pb2.WithdrawCaseResponse]  # type: ignore[assignment]
     """WithdrawCase withdraws a case for the applicant (撤回); platform only.
     Request payload: CaseWithdrawal; response payload: StatusPushResult.
+    """
+    ResubmitCase: _aio.UnaryUnaryMultiCallable[_case_pb2.ResubmitCaseRequest, _case_pb2.ResubmitCaseResponse]  # type: ignore[assignment]
+    """ResubmitCase answers a supplement request (补正后重新提交): the departments that asked
+    receive the case again at SUBMITTED with the added references; platform only.
+    Request payload: CaseResubmission; response payload: StatusPushResult.
     """
     PushStatus: _aio.UnaryUnaryMultiCallable[_case_pb2.PushStatusRequest, _case_pb2.PushStatusResponse]  # type: ignore[assignment]
     """PushStatus reports a department's stage change (状态回传); idempotent by event id.
@@ -121,6 +131,17 @@ class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_case_pb2.WithdrawCaseResponse, _abc.Awaitable[_case_pb2.WithdrawCaseResponse]]:
         """WithdrawCase withdraws a case for the applicant (撤回); platform only.
         Request payload: CaseWithdrawal; response payload: StatusPushResult.
+        """
+
+    @_abc_1.abstractmethod
+    def ResubmitCase(
+        self,
+        request: _case_pb2.ResubmitCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_case_pb2.ResubmitCaseResponse, _abc.Awaitable[_case_pb2.ResubmitCaseResponse]]:
+        """ResubmitCase answers a supplement request (补正后重新提交): the departments that asked
+        receive the case again at SUBMITTED with the added references; platform only.
+        Request payload: CaseResubmission; response payload: StatusPushResult.
         """
 
     @_abc_1.abstractmethod
