@@ -533,7 +533,7 @@ def normalize_division(code: str, *, field: str = "division_code") -> str:
 
 
 def division_level(code: str) -> Level:
-    """Level of a division code: XX0000 province, XXXX00 municipal, else district."""
+    """Level of a division code: pp0000 province, ppcc00 municipal, otherwise district."""
     text = normalize_division(code)
     if text[2:] == "0000":
         return Level.PROVINCE
