@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Protocol, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 from xhub.v1 import certificate_pb2, envelope_pb2
 
@@ -135,23 +136,66 @@ def change_status(
     return previous, status
 
 
+class CertificateView(Protocol):
+    """What references and status checks read: a stored row or a ``HeldCertificate``."""
+
+    @property
+    def identifier(self) -> str: ...
+    @property
+    def type_code(self) -> str: ...
+    @property
+    def type_name(self) -> str: ...
+    @property
+    def issuer_name(self) -> str: ...
+    @property
+    def issuer_member_id(self) -> str: ...
+    @property
+    def valid_from(self) -> str: ...
+    @property
+    def valid_until(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class HeldCertificate:
+    """The columns a checklist or a pull needs, read without ORM loading (hot path)."""
+
+    identifier: str
+    type_code: str
+    type_name: str
+    issuer_name: str
+    issuer_member_id: str
+    valid_from: str
+    valid_until: str
+    status: int
+    raw_status_code: str
+    envelope: bytes
+
+
+_certificates = cast(Table, CertificateRow.__table__)
+# Built once: every pull and checklist line runs it.
+_LATEST_FOR_HOLDER = (
+    select(*(_certificates.c[name] for name in HeldCertificate.__dataclass_fields__))
+    .where(
+        _certificates.c.holder_code == bindparam("holder_code"),
+        _certificates.c.type_code.in_(bindparam("type_codes", expanding=True)),
+        _certificates.c.is_latest == 1,
+    )
+    .order_by(_certificates.c.valid_from.desc())
+)
+
+
 def latest_for_holder(
     session: Session, holder_code: str, type_codes: Sequence[str]
-) -> list[CertificateRow]:
+) -> list[HeldCertificate]:
     """Latest version of each of the holder's certificates of these types (index-backed)."""
     if not type_codes:
         return []
-    return list(
-        session.scalars(
-            select(CertificateRow)
-            .where(
-                CertificateRow.holder_code == holder_code,
-                CertificateRow.type_code.in_(list(type_codes)),
-                CertificateRow.is_latest == 1,
-            )
-            .order_by(CertificateRow.valid_from.desc())
-        )
+    result = session.execute(
+        _LATEST_FOR_HOLDER, {"holder_code": holder_code, "type_codes": list(type_codes)}
     )
+    return [HeldCertificate(*row) for row in result]
 
 
 def find(
@@ -174,11 +218,11 @@ def find(
     return row
 
 
-def status_of(row: CertificateRow, today: date | None = None) -> Status:
+def status_of(row: CertificateView, today: date | None = None) -> Status:
     return effective_status(row.status, row.valid_until, today or datetime.now(UTC).date())
 
 
-def to_ref(row: CertificateRow, today: date | None = None) -> certificate_pb2.CertificateRef:
+def to_ref(row: CertificateView, today: date | None = None) -> certificate_pb2.CertificateRef:
     """A reference without the holder's personal fields."""
     return certificate_pb2.CertificateRef(
         identifier=row.identifier,

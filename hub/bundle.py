@@ -7,6 +7,7 @@ separate message-signing key. Written by ``xhub member add``, read by the SDK.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +55,11 @@ class MemberBundle:
     signing_key: PrivateKey
     log_key: str = ""  # the audit log's note verifier key, pinned at registration
 
-    @property
+    @functools.cached_property
     def signer(self) -> KeySigner:
         return KeySigner(self.signing_key)
 
-    @property
+    @functools.cached_property
     def hub_verifier(self) -> KeyVerifier:
         key = self.hub_signing_cert.public_key()
         return KeyVerifier(key)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from xhub.v1 import intake_pb2
 
@@ -35,12 +36,16 @@ def put_items(session: Session, items: Iterable[intake_pb2.Item]) -> int:
     return count
 
 
+# Built once: every checklist, pull and submission reads its item.
+_ITEM_BYTES = select(ItemRow.item).where(ItemRow.code == bindparam("code"))
+
+
 def get_item(session: Session, code: str) -> intake_pb2.Item:
-    row = session.get(ItemRow, code)
-    if row is None:
+    data = session.execute(_ITEM_BYTES, {"code": code}).scalar()
+    if data is None:
         raise NotFoundError(
             f"no item {code[:64]!r} in the catalogue", metadata={"item_code": code[:64]}
         )
     item = intake_pb2.Item()
-    item.ParseFromString(row.item)
+    item.ParseFromString(data)
     return item

@@ -9,6 +9,7 @@ that verified.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,11 +178,14 @@ HEADER_LIMITS = {
 }
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _check_header_fields(header: envelope_pb2.Header) -> None:
     """Bounded, printable header strings and a representable time: refused before any use."""
     for name, limit in HEADER_LIMITS.items():
         value: str = getattr(header, name)
-        if len(value) > limit or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        if len(value) > limit or _CONTROL_CHARACTER.search(value):
             raise MalformedError(
                 f"header {name} must be at most {limit} printable characters",
                 reason=envelope_pb2.ERROR_REASON_MALFORMED_PAYLOAD,

@@ -7,6 +7,7 @@ as one more implementation without touching callers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ class KeySigner:
 
     private_key: PrivateKey
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         return key_id_for(self.private_key.public_key())
 
@@ -105,7 +106,7 @@ class KeyVerifier:
     def __post_init__(self) -> None:
         algorithm_of(self.public_key)  # refuse curves we do not support up front
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         return key_id_for(self.public_key)
 

@@ -66,6 +66,18 @@ envelopes_table = cast(Table, AuditEnvelopeRow.__table__)
 subjects_table = cast(Table, AuditSubjectRow.__table__)
 checkpoints_table = cast(Table, AuditCheckpointRow.__table__)
 
+# Built once: the append path runs on every call, and building a statement costs more
+# than executing it.
+_INSERT_ENTRIES = insert(entries).returning(entries.c.id, sort_by_parameter_order=True)
+_INSERT_ENTRY = insert(entries).returning(entries.c.id)
+_INSERT_ENVELOPES = insert(envelopes_table)
+_INSERT_SUBJECTS = insert(subjects_table)
+
+
+def _parameters(rows: list[dict[str, object]]) -> dict[str, object] | list[dict[str, object]]:
+    """One row as a plain execute (the common case, cheaper); several as executemany."""
+    return rows[0] if len(rows) == 1 else rows
+
 
 def load_log_signer(origin: str, key_path: Path) -> NoteSigner:
     """The hub's Ed25519 log key, named by the log origin (the C2SP key name)."""
@@ -233,24 +245,25 @@ class AuditLog:
                 }
             )
         connection = session.connection()
-        result = connection.execute(
-            insert(entries).returning(entries.c.id, sort_by_parameter_order=True), rows
-        )
-        entry_ids = [int(entry_id) for entry_id in result.scalars()]
+        if len(rows) == 1:
+            entry_ids = [int(connection.execute(_INSERT_ENTRY, rows[0]).scalar_one())]
+        else:
+            result = connection.execute(_INSERT_ENTRIES, rows)
+            entry_ids = [int(entry_id) for entry_id in result.scalars()]
         envelopes = [
             {"entry_id": entry_id, "envelope": draft.envelope_bytes}
             for entry_id, (draft, _, _) in zip(entry_ids, items, strict=True)
             if draft.envelope_bytes
         ]
         if envelopes:
-            connection.execute(insert(envelopes_table), envelopes)
+            connection.execute(_INSERT_ENVELOPES, _parameters(envelopes))
         subjects = [
             {"entry_id": entry_id, "subject": draft.subject}
             for entry_id, (draft, _, _) in zip(entry_ids, items, strict=True)
             if draft.subject
         ]
         if subjects:
-            connection.execute(insert(subjects_table), subjects)
+            connection.execute(_INSERT_SUBJECTS, _parameters(subjects))
         logged = []
         for entry_id, row, (draft, _, _) in zip(entry_ids, rows, items, strict=True):
             leaf = cast(bytes, row["leaf_hash"])

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import grpc
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from xhub.v1 import (
     certificate_pb2,
     envelope_pb2,
@@ -185,10 +186,34 @@ def deny_unbound(message: str, **metadata: str) -> PermissionDeniedError:
     )
 
 
-def bound_case(call: Call[Any]) -> PreparedCaseRow:
+@dataclass(frozen=True)
+class BoundCase:
+    """The prepared case a request is bound to (read without ORM loading: every pull)."""
+
+    case_id: str
+    item_code: str
+    platform_member_id: str
+    applicant_code: str
+    legal_representative_code: str
+    purpose: str
+    expires_at: datetime
+
+
+_prepared = cast(Table, PreparedCaseRow.__table__)
+_BOUND_CASE = select(*(_prepared.c[name] for name in BoundCase.__dataclass_fields__)).where(
+    _prepared.c.case_id == bindparam("case_id")
+)
+
+
+def bound_case(call: Call[Any]) -> BoundCase:
     """Purpose binding shared by certificate pulls and material reuse (steps 1–2)."""
     # 1. The request names a prepared case, and the caller is the platform that prepared it.
-    case = call.session.get(PreparedCaseRow, call.header.case_id) if call.header.case_id else None
+    row = (
+        call.session.execute(_BOUND_CASE, {"case_id": call.header.case_id}).first()
+        if call.header.case_id
+        else None
+    )
+    case = BoundCase(*row) if row is not None else None
     if case is None:
         raise deny_unbound(
             "the request names no prepared case (case_id)", case_id=call.header.case_id[:64]
