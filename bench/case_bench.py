@@ -12,14 +12,15 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import grpc
 from xhub.v1 import case_pb2, intake_pb2
 
-from bench.echo_server import EVENTS_METHOD
-from bench.harness import Row, ratio_row
-from bench.hubproc import process, setup
+from bench.echo_server import ECHO_METHOD, EVENTS_METHOD
+from bench.harness import Row, measure, ratio_row
+from bench.hubproc import process, setup, wait_echo
 from connectors import HubClient
 from connectors.client import secure_channel
 from hub import catalog
@@ -89,6 +90,7 @@ def bench_status_stream(root: Path, cases: int = 120) -> list[Row]:
         listener = threading.Thread(target=listen, daemon=True)
         listener.start()
         time.sleep(0.5)
+
         def push(share: list[str]) -> None:  # per case in stage order, cases interleaved
             for stage in STAGES:
                 for number in share:
@@ -114,10 +116,22 @@ def bench_status_stream(root: Path, cases: int = 120) -> list[Row]:
         bare_started = time.perf_counter()
         count = sum(1 for _ in events(request, timeout=60))
         bare_elapsed = time.perf_counter() - bare_started
+        # Each status is its own signed unary push (an idempotent, individually
+        # acknowledged event): a bare unary call of the same size, with the pushers'
+        # concurrency, is the ceiling that design leaves against the bare stream.
+        echo: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(ECHO_METHOD)
+        wait_echo(echo)
+        payload = b"\x01" * max(size, 1)
+        unary = measure(partial(echo, payload, timeout=10), calls=total, threads=PUSHERS)
         channel.close()
     rows.append(
         ratio_row(
             "status_events_end_to_end", len(received) / elapsed, "events/s", count / bare_elapsed
+        )
+    )
+    rows.append(
+        ratio_row(
+            "bare_unary_push_ceiling", unary.calls_per_second, "calls/s", count / bare_elapsed
         )
     )
     rows.append(

@@ -18,7 +18,7 @@ import grpc
 from sqlalchemy import Table, func, insert, select
 from xhub.v1 import intake_pb2
 
-from bench.echo_server import ECHO_METHOD
+from bench.echo_server import ECHO_METHOD, SIGNED_METHOD
 from bench.harness import Row, measure, ratio_row
 from bench.hubproc import process, setup, wait_echo
 from certificates_store import store
@@ -95,6 +95,27 @@ def grow_store(url: str, size: int, template: bytes) -> None:
             connection.execute(insert(certificates), list(_filler_rows(current, count, template)))
             current += count
     engine.dispose()
+
+
+def _signed_floor(
+    client: HubClient,
+    stub: grpc.UnaryUnaryMultiCallable[
+        intake_pb2.PullCertificatesRequest, intake_pb2.PullCertificatesResponse
+    ],
+    template: intake_pb2.CertificatePull,
+    case_id: str,
+) -> None:
+    """The client half of a pull with nothing but its signatures: seal, send, verify the
+    hub signature, verify each certificate's issuer signature."""
+    request = intake_pb2.CertificatePull()
+    request.CopyFrom(template)  # one message per call: threads must not share a header
+    envelope = client.seal(request, case_id=case_id, purpose="bench")
+    answer = stub(intake_pb2.PullCertificatesRequest(envelope=envelope), timeout=10)
+    result = client.open_response(
+        answer.envelope, intake_pb2.PulledCertificates, request.header.message_id
+    )
+    for pulled in result.certificates:
+        client.verify_issuer_signature(pulled)
 
 
 def _uscc(key: str) -> str:
@@ -175,6 +196,10 @@ def bench_pull(root: Path, calls: int, store_sizes: list[int]) -> list[Row]:
         )
         request_size = len(raw.SerializeToString())
         response_size = len(client.intake.PullCertificates(raw, timeout=10).SerializeToString())
+        answer_file = root / "pull-answer.bin"
+        answer_file.write_bytes(
+            intake_pb2.PulledCertificates(certificates=pull()).SerializeToString()
+        )
         with process(
             [
                 "-m",
@@ -185,6 +210,8 @@ def bench_pull(root: Path, calls: int, store_sizes: list[int]) -> list[Row]:
                 str(echo_port),
                 "--response-size",
                 str(response_size),
+                "--signed-template",
+                str(answer_file),
             ],
             root / "echo.log",
         ):
@@ -193,6 +220,17 @@ def bench_pull(root: Path, calls: int, store_sizes: list[int]) -> list[Row]:
             wait_echo(echo)
             payload = os.urandom(request_size)
             bare = partial(echo, payload, timeout=10)
+            floor = partial(
+                _signed_floor,
+                client,
+                channel.unary_unary(
+                    SIGNED_METHOD,
+                    request_serializer=intake_pb2.PullCertificatesRequest.SerializeToString,
+                    response_deserializer=intake_pb2.PullCertificatesResponse.FromString,
+                ),
+                intake_pb2.CertificatePull(holder_code=company, type_codes=[BUSINESS_LICENCE]),
+                checklist.case_id,
+            )
             for size in store_sizes:
                 print(f"  growing the certificate store to {size} rows", flush=True)
                 grow_store(config.effective_database_url, size, template)
@@ -208,14 +246,35 @@ def bench_pull(root: Path, calls: int, store_sizes: list[int]) -> list[Row]:
                     f"  store {size}: pull p50 {hub.p50_ms:.2f} ms (echo {base.p50_ms:.2f})",
                     flush=True,
                 )
+            measure(floor, calls=100)
             hub = measure(pull, calls=calls, threads=4)
             base = measure(bare, calls=calls, threads=4)
+            signed = measure(floor, calls=calls, threads=4)
             rows.append(
                 ratio_row(
                     "pull_throughput_4threads",
                     hub.calls_per_second,
                     "calls/s",
                     base.calls_per_second,
+                )
+            )
+            # The ceiling the required signatures alone leave, against the same bare echo,
+            # and the pull against that ceiling: what admission, binding, the store and
+            # the audit log cost on top of the cryptography.
+            rows.append(
+                ratio_row(
+                    "signatures_only_floor_4threads",
+                    signed.calls_per_second,
+                    "calls/s",
+                    base.calls_per_second,
+                )
+            )
+            rows.append(
+                ratio_row(
+                    "pull_vs_signatures_only_4threads",
+                    hub.calls_per_second,
+                    "calls/s",
+                    signed.calls_per_second,
                 )
             )
             channel.close()

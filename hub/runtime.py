@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -139,12 +141,23 @@ class HubRuntime:
             merge_delay=timedelta(seconds=config.audit_merge_delay_seconds),
         )
         self.notifier = Notifier()
+        # SQLite has a single writer, and a writer that finds it taken sleeps in SQLite's
+        # busy handler (1, 2, 5, 10… ms). Writers of this process queue on a lock instead,
+        # which hands the database on at once. PostgreSQL locks rows and needs none.
+        self.write_lock: AbstractContextManager[Any] = (
+            threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
         self.executor = ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix="xhub-worker"
         )
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    def writing(self, fn: Callable[[], T]) -> T:
+        """Run a function that writes in its own transaction, holding the write lock."""
+        with self.write_lock:
+            return fn()
 
     async def unary(
         self,
@@ -179,13 +192,18 @@ class HubRuntime:
                             metadata={"required_role": registry_pb2.Role.Name(require_role)},
                         )
                     call = Call(admitted, session, draft)
-                    response = handler(call)
-                    self.gate.record(session, admitted)
-                    receipt = None
-                    if self.config.audit_enabled:
-                        # Same transaction as the business effect: both land or neither.
-                        receipt = self.audit.append(session, draft, ALLOWED).receipt
-                    session.commit()
+                    with self.write_lock:
+                        try:
+                            response = handler(call)
+                            self.gate.record(session, admitted)
+                            receipt = None
+                            if self.config.audit_enabled:
+                                # Same transaction as the business effect: both or neither.
+                                receipt = self.audit.append(session, draft, ALLOWED).receipt
+                            session.commit()
+                        except BaseException:
+                            session.rollback()  # inside the lock: release the database too
+                            raise
                     for hook in call.after_commit:
                         hook()
                 return self.sign_response(response, admitted.header, receipt)
@@ -267,15 +285,19 @@ class HubRuntime:
         effect: Callable[[Call[M]], Message],
     ) -> envelope_pb2.Envelope:
         """Run a streaming call's effect with its audit entry in one transaction; sign."""
-        with self.sessions() as session:
+        with self.sessions() as session, self.write_lock:
             call = Call(admitted, session, draft)
-            response = effect(call)
-            receipt = None
-            if self.config.audit_enabled:
-                receipt = self.audit.append(session, draft, ALLOWED).receipt
-            session.commit()
-            for hook in call.after_commit:
-                hook()
+            try:
+                response = effect(call)
+                receipt = None
+                if self.config.audit_enabled:
+                    receipt = self.audit.append(session, draft, ALLOWED).receipt
+                session.commit()
+            except BaseException:
+                session.rollback()  # inside the lock: release the database too
+                raise
+        for hook in call.after_commit:
+            hook()
         return self.sign_response(response, admitted.header, receipt)
 
     def audit_refusal(self, draft: AuditDraft, reason: str) -> None:
@@ -288,11 +310,11 @@ class HubRuntime:
         """A refused call's transaction rolled back: keep its message id (if it was admitted)
         and log the refusal, each in its own transaction."""
         if admitted is not None:
-            self.gate.remember(admitted.caller.member_id, admitted.header)
+            self.writing(lambda: self.gate.remember(admitted.caller.member_id, admitted.header))
         if not self.config.audit_enabled:
             return
         try:
-            with self.sessions.begin() as session:
+            with self.write_lock, self.sessions.begin() as session:
                 logged = self.audit.append(session, draft, DENIED, reason)
         except Exception:
             log.exception("could not audit a refused %s call", draft.method)
@@ -319,7 +341,7 @@ class HubRuntime:
         return seal(response, self.identity.signer)
 
     def prune(self) -> int:
-        return self.gate.prune_seen()
+        return self.writing(self.gate.prune_seen)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

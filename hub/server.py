@@ -100,7 +100,7 @@ class RunningHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         # Leave nothing pending that an in-flight call logged during the drain.
-        await self.runtime.run_blocking(self.runtime.audit.sequence)
+        await self.runtime.run_blocking(lambda: self.runtime.writing(self.runtime.audit.sequence))
         self.runtime.close()
 
 
@@ -187,9 +187,13 @@ async def _sequencer_loop(runtime: HubRuntime) -> None:
     """Every hub process runs one; the database lock lets one sequence at a time."""
     interval = runtime.config.sequencer_interval_seconds
     batch = runtime.config.sequencer_batch
+
+    def sequence() -> int:
+        return runtime.writing(lambda: runtime.audit.sequence(batch))
+
     while True:
         try:
-            while await runtime.run_blocking(lambda: runtime.audit.sequence(batch)) >= batch:
+            while await runtime.run_blocking(sequence) >= batch:
                 pass  # a full batch: more may be waiting
         except Exception:  # keep serving; the next round retries
             log.exception("sequencing the audit log failed")
@@ -200,7 +204,7 @@ async def _supervision_loop(runtime: HubRuntime, cases: CaseService) -> None:
     """Time-limit warnings and escalations; safe with several hub processes."""
     while True:
         try:
-            published = await runtime.run_blocking(cases.supervise)
+            published = await runtime.run_blocking(lambda: runtime.writing(cases.supervise))
             if published:
                 log.info("published %d time-limit warning(s) / escalation(s)", published)
         except Exception:

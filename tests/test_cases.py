@@ -443,11 +443,18 @@ def test_a_case_walks_the_happy_path_and_the_platform_sees_each_step(any_desk: D
         (case, s, s) for s in HAPPY_PATH
     ]
     assert all(e.department == desk.kit.member_id("department") for e in events)
+    calendar = workdays.WorkCalendar.from_file(workdays.SAMPLE_CN_2026)
     with desk.kit.session() as session:
         row = session.get(CaseDepartmentRow, (case, desk.kit.member_id("department")))
         assert row is not None
         assert row.accepted_on == datetime.now(UTC).date().isoformat()
-        assert row.deadline > row.accepted_on
+        # Set once on acceptance (10 working days), kept through the later stages.
+        accepted = date.fromisoformat(row.accepted_on)
+        assert row.deadline == workdays.deadline(accepted, 10, calendar).isoformat()
+        assert row.stage == DELIVERED
+        assert abs(datetime.now(UTC) - row.updated_at) < timedelta(minutes=5)
+        stored = session.get(CaseRow, case)
+        assert stored is not None and stored.overall == DELIVERED
 
 
 @pytest.mark.parametrize(

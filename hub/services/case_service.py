@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from xhub.v1 import case_pb2, case_pb2_grpc, envelope_pb2, registry_pb2
@@ -28,6 +28,7 @@ from hub.audit.log import ALLOWED, AuditDraft
 from hub.cases import calendar as workdays
 from hub.cases.stages import Actor, IllegalTransition, Stage, next_stage, overall_status
 from hub.db import (
+    Base,
     CaseDepartmentRow,
     CaseEventRow,
     CaseRow,
@@ -53,6 +54,86 @@ PAGE = 100
 SUPERVISION = "supervision"
 EVENT_ORDER_LOCK = 0x78687562  # "xhub": the advisory lock that orders case_events cursors
 M = TypeVar("M", bound=Message)
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    if not isinstance(table, Table):  # pragma: no cover - every model here maps one table
+        raise TypeError(f"{model.__name__} is not mapped to a single table")
+    return table
+
+
+# Statements of the per-event paths (PushStatus, the stream polls), built once: building a
+# statement per call costs far more CPU than the database takes to run it. They are Core
+# statements on the tables, run on the call's connection, so nothing is loaded into the ORM.
+_CASES = _table(CaseRow)
+_DEPARTMENTS = _table(CaseDepartmentRow)
+_EVENTS = _table(CaseEventRow)
+_CERTIFICATES = _table(CertificateRow)
+
+_LOCK_CASE = (
+    update(_CASES)
+    .where(_CASES.c.case_number == bindparam("number"))
+    .values(overall=_CASES.c.overall)
+)
+_FIRST_RESULT = select(_EVENTS.c.case_number, _EVENTS.c.stage, _EVENTS.c.overall).where(
+    _EVENTS.c.author == bindparam("author"), _EVENTS.c.event_id == bindparam("event_id")
+)
+# The case with one row per handling department (one round trip instead of three).
+_CASE_AT_DEPARTMENTS = (
+    select(
+        _CASES.c.case_number,
+        _CASES.c.platform_member_id,
+        _CASES.c.applicant_code,
+        _CASES.c.overall,
+        _CASES.c.time_limit_days,
+        _CASES.c.submitted_at,
+        _DEPARTMENTS.c.department,
+        _DEPARTMENTS.c.stage,
+        _DEPARTMENTS.c.accepted_on,
+    )
+    .select_from(_CASES.outerjoin(_DEPARTMENTS, _DEPARTMENTS.c.case_number == _CASES.c.case_number))
+    .where(_CASES.c.case_number == bindparam("number"))
+)
+_AT_DEPARTMENT = (
+    _DEPARTMENTS.c.case_number == bindparam("number"),
+    _DEPARTMENTS.c.department == bindparam("at_department"),
+)
+_SET_STAGE = (
+    update(_DEPARTMENTS)
+    .where(*_AT_DEPARTMENT)
+    .values(stage=bindparam("new_stage"), updated_at=bindparam("now"))
+)
+_SET_STAGE_ACCEPTED = (
+    update(_DEPARTMENTS)
+    .where(*_AT_DEPARTMENT)
+    .values(
+        stage=bindparam("new_stage"),
+        updated_at=bindparam("now"),
+        accepted_on=bindparam("new_accepted_on"),
+        deadline=bindparam("new_deadline"),
+    )
+)
+_SET_OVERALL = (
+    update(_CASES)
+    .where(_CASES.c.case_number == bindparam("number"))
+    .values(overall=bindparam("new_overall"))
+)
+_ISSUED = select(_CERTIFICATES.c.issuer_member_id, _CERTIFICATES.c.holder_code).where(
+    _CERTIFICATES.c.identifier == bindparam("identifier")
+)
+_EVENT_ORDER = select(func.pg_advisory_xact_lock(EVENT_ORDER_LOCK))
+_ADD_EVENT = insert(_EVENTS)
+_PAGE = (
+    select(_EVENTS.c.cursor, _EVENTS.c.body)
+    .where(
+        _EVENTS.c.kind == bindparam("kind"),
+        _EVENTS.c.recipient == bindparam("recipient"),
+        _EVENTS.c.cursor > bindparam("after"),
+    )
+    .order_by(_EVENTS.c.cursor)
+    .limit(PAGE)
+)
 
 
 def _stage_error(exc: IllegalTransition) -> FailedPreconditionError:
@@ -138,17 +219,24 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
         call.audit.case_id = push.case_number[:40]
         if not push.event_id or len(push.event_id) > 64:
             raise MalformedError("event_id must be 1–64 characters", metadata={"field": "event_id"})
+        department = call.caller.member_id
         _lock_case(call.session, push.case_number)
-        first = _first_result(call.session, call.caller.member_id, push.event_id, push.case_number)
+        first = _first_result(call.session, department, push.event_id, push.case_number)
         if first is not None:
             return first
-        case = _case(call.session, push.case_number)
-        row = call.session.get(CaseDepartmentRow, (case.case_number, call.caller.member_id))
+        # Core reads under the case lock: the case and every department's stage at once.
+        connection = call.session.connection()
+        rows = connection.execute(_CASE_AT_DEPARTMENTS, {"number": push.case_number}).all()
+        if not rows:
+            raise _no_such_case(push.case_number)
+        case = rows[0]
+        case_number: str = case.case_number
+        row = next((r for r in rows if r.department == department), None)
         if row is None:
             raise PermissionDeniedError(
                 "this case was not dispatched to you",
                 reason=envelope_pb2.ERROR_REASON_NOT_YOUR_CASE,
-                metadata={"case_number": case.case_number},
+                metadata={"case_number": case_number},
             )
         try:
             proposed = Stage(push.stage)
@@ -171,11 +259,13 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
                 metadata={"field": "missing_items"},
             )
         if push.certificate_identifier:
-            issued = call.session.get(CertificateRow, push.certificate_identifier)
+            issued = connection.execute(
+                _ISSUED, {"identifier": push.certificate_identifier}
+            ).first()
             if (
                 new != Stage.COMPLETED
                 or issued is None
-                or issued.issuer_member_id != call.caller.member_id
+                or issued.issuer_member_id != department
                 or issued.holder_code != case.applicant_code
             ):
                 raise MalformedError(
@@ -183,18 +273,21 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
                     "issued to the applicant",
                     metadata={"field": "certificate_identifier"},
                 )
-        row.stage = int(new)
-        row.updated_at = now
+        at = {"number": case_number, "at_department": department, "new_stage": int(new), "now": now}
         if new == Stage.ACCEPTED and not row.accepted_on:
             accepted = now.date()
-            row.accepted_on = accepted.isoformat()
-            row.deadline = workdays.deadline(
-                accepted, case.time_limit_days, self.calendar
-            ).isoformat()
-        overall = _update_overall(call.session, case)
+            limit = workdays.deadline(accepted, case.time_limit_days, self.calendar)
+            at["new_accepted_on"] = accepted.isoformat()
+            at["new_deadline"] = limit.isoformat()
+            connection.execute(_SET_STAGE_ACCEPTED, at)
+        else:
+            connection.execute(_SET_STAGE, at)
+        overall = overall_status(new if r is row else Stage(r.stage) for r in rows)
+        if int(overall) != case.overall:
+            connection.execute(_SET_OVERALL, {"number": case_number, "new_overall": int(overall)})
         event = case_pb2.StatusEvent(
-            case_number=case.case_number,
-            department=call.caller.member_id,
+            case_number=case_number,
+            department=department,
             stage=int(new),  # type: ignore[arg-type]
             overall=int(overall),  # type: ignore[arg-type]
             event_id=push.event_id,
@@ -206,19 +299,19 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
         event.recorded_at.FromDatetime(now)
         _add_event(
             call.session,
-            case,
+            case_number,
             kind="status",
             recipient=case.platform_member_id,
-            author=call.caller.member_id,
+            author=department,
             event_id=push.event_id,
-            department=call.caller.member_id,
+            department=department,
             stage=new,
             overall=overall,
             body=event,
             now=now,
         )
         return case_pb2.StatusPushResult(
-            case_number=case.case_number,
+            case_number=case_number,
             stage=int(new),  # type: ignore[arg-type]
             overall=int(overall),  # type: ignore[arg-type]
         )
@@ -298,16 +391,10 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
                 await self.runtime.notifier.wait(POLL_SECONDS)
 
     def _page(self, kind: str, recipient: str, after: int) -> list[tuple[int, bytes]]:
-        with self.runtime.sessions() as session:
-            rows = session.execute(
-                select(CaseEventRow.cursor, CaseEventRow.body)
-                .where(
-                    CaseEventRow.kind == kind,
-                    CaseEventRow.recipient == recipient,
-                    CaseEventRow.cursor > after,
-                )
-                .order_by(CaseEventRow.cursor)
-                .limit(PAGE)
+        # Polled by every open stream: one prebuilt read on a bare connection, no session.
+        with self.runtime.engine.connect() as connection:
+            rows = connection.execute(
+                _PAGE, {"kind": kind, "recipient": recipient, "after": after}
             ).all()
         return [(int(c), bytes(b)) for c, b in rows]
 
@@ -376,7 +463,7 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
             )
             _add_event(
                 session,
-                case,
+                case_number,
                 kind=SUPERVISION,
                 recipient="",
                 author=self.runtime.identity.hub_id,
@@ -406,18 +493,22 @@ class CaseService(case_pb2_grpc.CaseServiceServicer):
 # -- handlers ---------------------------------------------------------------------
 
 
+def _no_such_case(case_number: str) -> NotFoundError:
+    return NotFoundError(
+        f"no case {case_number[:40]!r}", metadata={"case_number": case_number[:40]}
+    )
+
+
 def _case(session: Session, case_number: str) -> CaseRow:
     case = session.get(CaseRow, case_number)
     if case is None:
-        raise NotFoundError(
-            f"no case {case_number[:40]!r}", metadata={"case_number": case_number[:40]}
-        )
+        raise _no_such_case(case_number)
     return case
 
 
 def _add_event(
     session: Session,
-    case: CaseRow,
+    case_number: str,
     *,
     kind: str,
     recipient: str,
@@ -429,27 +520,27 @@ def _add_event(
     body: Message,
     now: datetime,
 ) -> None:
-    if session.get_bind().dialect.name == "postgresql":
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
         # Cursors are assigned at insert but rows become visible at commit; holding one lock
         # until commit makes cursor order equal commit order, so a stream that moved past
         # cursor N can never miss an N-1 that commits later.
-        session.execute(select(func.pg_advisory_xact_lock(EVENT_ORDER_LOCK)))
-    session.add(
-        CaseEventRow(
-            case_number=case.case_number,
-            kind=kind,
-            recipient=recipient,
-            author=author,
-            event_id=event_id,
-            department=department,
-            stage=int(stage),
-            overall=int(overall),
-            body=body.SerializeToString(),
-            created_at=now,
-        )
-    )
+        connection.execute(_EVENT_ORDER)
+    event = {
+        "case_number": case_number,
+        "kind": kind,
+        "recipient": recipient,
+        "author": author,
+        "event_id": event_id,
+        "department": department,
+        "stage": int(stage),
+        "overall": int(overall),
+        "body": body.SerializeToString(),
+        "created_at": now,
+    }
     try:
-        session.flush()
+        session.flush()  # the ORM changes of the colder handlers land first, as before
+        connection.execute(_ADD_EVENT, event)
     except IntegrityError as exc:
         # The same event id is being applied by a concurrent call (a client retry racing
         # its first attempt): let the client retry and receive the first result.
@@ -463,9 +554,7 @@ def _lock_case(session: Session, case_number: str) -> None:
     """Serialize every change to one case: a no-op UPDATE takes PostgreSQL's row lock and
     SQLite's write lock, so the duplicate check, the stage check and the write that follow
     see each other's effects (concurrent retries become duplicates, not double applies)."""
-    session.execute(
-        update(CaseRow).where(CaseRow.case_number == case_number).values(overall=CaseRow.overall)
-    )
+    session.connection().execute(_LOCK_CASE, {"number": case_number})
 
 
 def _update_overall(session: Session, case: CaseRow) -> Stage:
@@ -481,11 +570,11 @@ def _first_result(
     session: Session, author: str, event_id: str, case_number: str
 ) -> case_pb2.StatusPushResult | None:
     """A repeated push returns the first result and adds nothing."""
-    row = session.execute(
-        select(CaseEventRow.case_number, CaseEventRow.stage, CaseEventRow.overall).where(
-            CaseEventRow.author == author, CaseEventRow.event_id == event_id
-        )
-    ).first()
+    row = (
+        session.connection()
+        .execute(_FIRST_RESULT, {"author": author, "event_id": event_id})
+        .first()
+    )
     if row is None:
         return None
     if row.case_number != case_number:
@@ -587,7 +676,7 @@ def _submit(call: Call[case_pb2.CaseSubmission]) -> case_pb2.CaseReceipt:
         )
         _add_event(
             call.session,
-            case,
+            case.case_number,
             kind="dispatch",
             recipient=department,
             author=call.caller.member_id,
@@ -651,7 +740,7 @@ def _withdraw(call: Call[case_pb2.CaseWithdrawal]) -> case_pb2.StatusPushResult:
         for recipient, kind in ((case.platform_member_id, "status"), (row.department, "dispatch")):
             _add_event(
                 call.session,
-                case,
+                case.case_number,
                 kind=kind,
                 recipient=recipient,
                 author=call.caller.member_id,
@@ -742,7 +831,7 @@ def _resubmit(call: Call[case_pb2.CaseResubmission]) -> case_pb2.StatusPushResul
     for index, row in enumerate(asking):
         _add_event(
             call.session,
-            case,
+            case.case_number,
             kind="dispatch",
             recipient=row.department,
             author=call.caller.member_id,
@@ -765,7 +854,7 @@ def _resubmit(call: Call[case_pb2.CaseResubmission]) -> case_pb2.StatusPushResul
         event.recorded_at.FromDatetime(now)
         _add_event(
             call.session,
-            case,
+            case.case_number,
             kind="status",
             recipient=case.platform_member_id,
             author=call.caller.member_id,
