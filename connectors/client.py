@@ -167,6 +167,7 @@ class HubClient:
         self.cases = case_pb2_grpc.CaseServiceStub(self.channel)
         self.last_receipt: envelope_pb2.AuditReceipt | None = None
         self._issuers: dict[str, registry_pb2.Member] = {}
+        self._issuer_keys: dict[bytes, KeyVerifier] = {}
 
     @classmethod
     def from_bundle(
@@ -371,10 +372,12 @@ class HubClient:
             self._issuers[pulled.issuer_member_id] = issuer
         for key in issuer.signing_keys:
             if key.key_id == pulled.certificate.signatures[0].key_id:
+                verifier = self._issuer_keys.get(key.public_key_der)
+                if verifier is None:
+                    verifier = KeyVerifier.from_der(key.public_key_der)
+                    self._issuer_keys[key.public_key_der] = verifier
                 try:
-                    cert = open_certificate(
-                        pulled.certificate, KeyVerifier.from_der(key.public_key_der)
-                    )
+                    cert = open_certificate(pulled.certificate, verifier)
                 except (MalformedError, AuthenticationError) as exc:
                     raise BadResponseError(f"pulled certificate fails verification: {exc}") from exc
                 if cert.issuer_code != issuer.uscc:
@@ -413,12 +416,9 @@ class HubClient:
         Never holds the whole file in memory. Not retried (an upload is not idempotent
         at the protocol level, though identical content is stored once).
         """
-        digest = hashlib.sha256()
-        size = 0
         with path.open("rb") as source:
-            while block := source.read(chunk_size):
-                digest.update(block)
-                size += len(block)
+            digest = hashlib.file_digest(source, "sha256")
+            size = source.tell()  # what was hashed, even if the file grows meanwhile
         manifest = material_pb2.MaterialManifest(
             material_type=material_type,
             applicant_code=applicant_code,
@@ -479,11 +479,12 @@ class HubClient:
             size = 0
             with partial.open("wb") as out:
                 for message in stream:
-                    digest.update(message.chunk)
-                    size += len(message.chunk)
+                    chunk = message.chunk  # each access copies the bytes: read it once
+                    size += len(chunk)
                     if size > descriptor.material.size:
                         raise BadResponseError("download is longer than the material")
-                    out.write(message.chunk)
+                    digest.update(chunk)
+                    out.write(chunk)
             if size != descriptor.material.size or digest.digest() != descriptor.material.sha256:
                 raise BadResponseError("downloaded content does not match the signed descriptor")
             partial.replace(destination)

@@ -630,6 +630,27 @@ def test_valid_until_is_optional(library: Library) -> None:
     assert receipt.material.valid_until == ""
 
 
+@pytest.mark.parametrize("chunk_size", [1, 127, 128, 16383, 16385, CHUNK])
+def test_any_sdk_chunk_size_uploads_and_downloads_intact(
+    library: Library, chunk_size: int, tmp_path: Path
+) -> None:
+    """The SDK sends chunks pre-encoded (tag, varint length, bytes) and reads downloaded
+    chunks out of the raw response: lengths of one, two and three varint bytes."""
+    applicant = fresh_applicant()
+    data = content(f"chunked-{chunk_size}", 600 if chunk_size < 128 else 2 * chunk_size + 99)
+    receipt = library.upload(data, applicant_code=applicant, chunk_size=chunk_size)
+    assert (receipt.material.size, receipt.material.sha256) == (
+        len(data),
+        hashlib.sha256(data).digest(),
+    )
+    checklist = library.prepare(applicant)
+    destination = tmp_path / "plan.pdf"
+    library.platform.download_material(
+        checklist.case_id, receipt.material.material_id, destination, purpose=PURPOSE
+    )
+    assert destination.read_bytes() == data
+
+
 # == An interrupted upload ======================================================================
 
 
@@ -1001,6 +1022,61 @@ def test_a_corrupted_blob_fails_the_sdk_check(
         "BAD_RESPONSE",
     )
     assert list(tmp_path.iterdir()) == []  # no destination, no .part
+
+
+# == The blob store's writer =====================================================================
+
+
+def test_a_large_blob_is_written_whole_across_writeback_windows(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    data = content("windows", 9 * CHUNK + 5)  # past the 8 MiB writeback window
+    writer = store.begin()
+    for start in range(0, len(data), CHUNK):
+        writer.write(data[start : start + CHUNK])
+    assert (writer.size, writer.sha256()) == (len(data), sha(data))
+    assert store.place(writer) == sha(data)
+    with store.open(sha(data)) as blob:
+        assert blob.read() == data
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_discarded_writer_refuses_further_writes(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    writer = store.begin()
+    writer.write(b"half an upload")
+    writer.discard()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with pytest.raises(ValueError):
+        writer.write(b"late chunk from a worker thread")
+    with pytest.raises(ValueError):
+        store.place(writer)
+    writer.discard()  # twice is fine
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_discard_while_a_worker_thread_writes(tmp_path: Path) -> None:
+    """What the hub does when a client goes away mid-upload: the discard waits for the write
+    in progress, the writes after it fail, and nothing is left in tmp/."""
+    store = LocalBlobStore(tmp_path)
+    writer = store.begin()
+    started = threading.Event()
+    outcome: list[BaseException] = []
+
+    def keep_writing() -> None:
+        try:
+            while True:
+                writer.write(b"\x01" * CHUNK)
+                started.set()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=keep_writing)
+    worker.start()
+    assert started.wait(10)
+    writer.discard()
+    worker.join(10)
+    assert [type(e) for e in outcome] == [ValueError]
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 # == Garbage collection ==========================================================================

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -68,17 +69,10 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
             draft.subject = applicant
             # 3. Content streams to a temporary file; more than declared stops it at once.
             writer = self.blobs.begin()
-            async for message in request_iterator:
-                if not message.HasField("chunk"):
-                    raise MalformedError("after the manifest only chunks may follow")
-                if len(message.chunk) > CHUNK:
-                    raise MalformedError(f"a chunk may hold at most {CHUNK} bytes")
-                if writer.size + len(message.chunk) > manifest.size:
-                    raise _mismatch(f"more content than the declared {manifest.size} bytes")
-                await self.runtime.run_blocking(lambda data=message.chunk: writer.write(data))  # type: ignore[misc]
+            received = await self._receive(request_iterator, writer, manifest.size)
             # 4. Size and hash must match the manifest before the material becomes visible.
-            if writer.size != manifest.size:
-                raise _mismatch(f"received {writer.size} of the declared {manifest.size} bytes")
+            if received != manifest.size:
+                raise _mismatch(f"received {received} of the declared {manifest.size} bytes")
             if writer.sha256() != manifest.sha256.hex():
                 raise _mismatch("content SHA-256 differs from the manifest")
             done = writer
@@ -87,18 +81,53 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
             )
         except XhubError as exc:
             if writer is not None:
-                writer.discard()
+                await self._discard(writer)
             await self.runtime.refuse(context, draft, exc)
             raise AssertionError("unreachable") from exc
         except BaseException:
             # The client went away or something broke: leave nothing behind, log the attempt.
             if writer is not None:
-                writer.discard()
+                await self._discard(writer)
             await asyncio.shield(
                 self.runtime.run_blocking(lambda: self.runtime.audit_refusal(draft, "ABORTED"))
             )
             raise
         return material_pb2.UploadResponse(envelope=envelope)
+
+    async def _receive(
+        self,
+        requests: AsyncIterator[material_pb2.UploadRequest],
+        writer: BlobWriter,
+        declared: int,
+    ) -> int:
+        """Write the chunks after the manifest; returns how many bytes came.
+
+        One chunk is hashed and written on a worker thread while the next is received, so
+        network and disk overlap and at most two chunks are held. A write may still run
+        when this raises: ``BlobWriter.discard`` waits for it.
+        """
+        received = 0
+        pending: Future[None] | None = None
+        async for message in requests:
+            if not message.HasField("chunk"):
+                raise MalformedError("after the manifest only chunks may follow")
+            chunk = message.chunk  # every access copies: read it once
+            if len(chunk) > CHUNK:
+                raise MalformedError(f"a chunk may hold at most {CHUNK} bytes")
+            received += len(chunk)
+            if received > declared:
+                raise _mismatch(f"more content than the declared {declared} bytes")
+            if pending is not None:
+                await asyncio.wrap_future(pending)
+            pending = self.runtime.executor.submit(writer.write, chunk)
+        if pending is not None:
+            await asyncio.wrap_future(pending)
+        return received
+
+    async def _discard(self, writer: BlobWriter) -> None:
+        """Throw the temporary away, on a worker: it may wait for a write still running.
+        Shielded: a cancelled call (client gone) must still leave nothing behind."""
+        await asyncio.shield(self.runtime.run_blocking(writer.discard))
 
     def _check_manifest(self, manifest: material_pb2.MaterialManifest) -> str:
         """Refuse a bad manifest; returns the applicant code in its normalised form."""
@@ -195,11 +224,14 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
         blob = await self.runtime.run_blocking(
             lambda: self.blobs.open(descriptor.material.sha256.hex())
         )
+        # The next chunk is read on a worker thread while this one is sent.
+        ahead = self.runtime.executor.submit(blob.read, CHUNK)
         try:
-            while chunk := await self.runtime.run_blocking(lambda: blob.read(CHUNK)):
+            while chunk := await asyncio.wrap_future(ahead):
+                ahead = self.runtime.executor.submit(blob.read, CHUNK)
                 yield material_pb2.DownloadResponse(chunk=chunk)
         finally:
-            blob.close()
+            ahead.add_done_callback(lambda _: blob.close())  # once no read runs any more
 
 
 def _is_date(value: str) -> bool:
