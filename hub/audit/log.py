@@ -49,6 +49,7 @@ from hub.db import (
     AuditSubjectRow,
     AuditTreeRow,
     MerkleNodeRow,
+    bulk_execute,
 )
 from hub.signing import load_private_key
 
@@ -68,15 +69,19 @@ checkpoints_table = cast(Table, AuditCheckpointRow.__table__)
 
 # Built once: the append path runs on every call, and building a statement costs more
 # than executing it.
-_INSERT_ENTRIES = insert(entries).returning(entries.c.id, sort_by_parameter_order=True)
+# Rows come back matched by leaf hash, not by position: asking for parameter order makes
+# SQLAlchemy insert one row at a time on SQLite. Entries with the same leaf hash have the
+# same bytes (and so the same envelope hash and subject), so either id serves either.
+_INSERT_ENTRIES = insert(entries).returning(entries.c.id, entries.c.leaf_hash)
 _INSERT_ENTRY = insert(entries).returning(entries.c.id)
 _INSERT_ENVELOPES = insert(envelopes_table)
 _INSERT_SUBJECTS = insert(subjects_table)
-
-
-def _parameters(rows: list[dict[str, object]]) -> dict[str, object] | list[dict[str, object]]:
-    """One row as a plain execute (the common case, cheaper); several as executemany."""
-    return rows[0] if len(rows) == 1 else rows
+_INSERT_NODES = insert(nodes_table)
+_SET_LEAF_INDEX = (
+    update(entries)
+    .where(entries.c.id == bindparam("entry_id"))
+    .values(leaf_index=bindparam("new_index"))
+)
 
 
 def load_log_signer(origin: str, key_path: Path) -> NoteSigner:
@@ -164,7 +169,17 @@ class AuditDraft:
 class LoggedEntry:
     entry_id: int
     leaf_hash: bytes
-    receipt: envelope_pb2.AuditReceipt
+    logged_at: datetime
+    include_by: datetime
+    log_origin: str
+
+    @property
+    def receipt(self) -> envelope_pb2.AuditReceipt:
+        """The signed-response receipt (built on demand: batch appends rarely need one)."""
+        receipt = envelope_pb2.AuditReceipt(leaf_hash=self.leaf_hash, log_origin=self.log_origin)
+        receipt.logged_at.FromDatetime(self.logged_at)
+        receipt.include_by.FromDatetime(self.include_by)
+        return receipt
 
 
 class AuditLog:
@@ -248,30 +263,34 @@ class AuditLog:
         if len(rows) == 1:
             entry_ids = [int(connection.execute(_INSERT_ENTRY, rows[0]).scalar_one())]
         else:
-            result = connection.execute(_INSERT_ENTRIES, rows)
-            entry_ids = [int(entry_id) for entry_id in result.scalars()]
+            ids_by_leaf: dict[bytes, list[int]] = {}
+            for entry_id, leaf in connection.execute(_INSERT_ENTRIES, rows):
+                ids_by_leaf.setdefault(bytes(leaf), []).append(int(entry_id))
+            entry_ids = [ids_by_leaf[cast(bytes, row["leaf_hash"])].pop() for row in rows]
         envelopes = [
             {"entry_id": entry_id, "envelope": draft.envelope_bytes}
             for entry_id, (draft, _, _) in zip(entry_ids, items, strict=True)
             if draft.envelope_bytes
         ]
         if envelopes:
-            connection.execute(_INSERT_ENVELOPES, _parameters(envelopes))
+            bulk_execute(connection, _INSERT_ENVELOPES, envelopes)
         subjects = [
             {"entry_id": entry_id, "subject": draft.subject}
             for entry_id, (draft, _, _) in zip(entry_ids, items, strict=True)
             if draft.subject
         ]
         if subjects:
-            connection.execute(_INSERT_SUBJECTS, _parameters(subjects))
-        logged = []
-        for entry_id, row, (draft, _, _) in zip(entry_ids, rows, items, strict=True):
-            leaf = cast(bytes, row["leaf_hash"])
-            receipt = envelope_pb2.AuditReceipt(leaf_hash=leaf, log_origin=self.origin)
-            receipt.logged_at.FromDatetime(draft.time)
-            receipt.include_by.FromDatetime(draft.time + self.merge_delay)
-            logged.append(LoggedEntry(entry_id, leaf, receipt))
-        return logged
+            bulk_execute(connection, _INSERT_SUBJECTS, subjects)
+        return [
+            LoggedEntry(
+                entry_id,
+                cast(bytes, row["leaf_hash"]),
+                draft.time,
+                draft.time + self.merge_delay,
+                self.origin,
+            )
+            for entry_id, row, (draft, _, _) in zip(entry_ids, rows, items, strict=True)
+        ]
 
     # -- sequencer ------------------------------------------------------------
 
@@ -296,16 +315,16 @@ class AuditLog:
             ).all()
             if not pending:
                 return 0
-            connection.execute(
-                update(entries)
-                .where(entries.c.id == bindparam("entry_id"))
-                .values(leaf_index=bindparam("new_index")),
+            bulk_execute(
+                connection,
+                _SET_LEAF_INDEX,
                 [{"entry_id": row.id, "new_index": size + i} for i, row in enumerate(pending)],
             )
             reader = SqlNodeReader(connection)
             new_nodes = merkle.nodes_to_store(size, [row.leaf_hash for row in pending], reader)
-            connection.execute(
-                insert(nodes_table),
+            bulk_execute(
+                connection,
+                _INSERT_NODES,
                 [{"level": lv, "index": ix, "hash": h} for lv, ix, h in new_nodes],
             )
             new_size = size + len(pending)
