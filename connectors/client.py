@@ -360,30 +360,108 @@ class HubClient:
         self.last_receipt = receipt
         return list(result.certificates)
 
+    def member_verifier(self, member_id: str, key_id: str) -> KeyVerifier:
+        """The registered signing key ``key_id`` of ``member_id``: looked up once (signed by
+        the hub, certificate chained to our hub CA), then from the cache, so later checks
+        work offline."""
+        member = self._issuers.get(member_id)
+        if member is None:
+            member = self.get_member(member_id)
+            self.verified_certificate(member)
+            self._issuers[member_id] = member
+        for key in member.signing_keys:
+            if key.key_id == key_id:
+                verifier = self._issuer_keys.get(key.public_key_der)
+                if verifier is None:
+                    verifier = KeyVerifier.from_der(key.public_key_der)
+                    self._issuer_keys[key.public_key_der] = verifier
+                return verifier
+        raise BadResponseError(f"{key_id[:64]!r} is not a registered key of {member_id}")
+
     def verify_issuer_signature(
         self, pulled: certificate_pb2.PulledCertificate
     ) -> certificate_pb2.ElectronicCertificate:
         """Check a pulled certificate against its issuer's registered keys (works offline
         once the issuer's member record is cached)."""
-        issuer = self._issuers.get(pulled.issuer_member_id)
-        if issuer is None:
-            issuer = self.get_member(pulled.issuer_member_id)
-            self.verified_certificate(issuer)
-            self._issuers[pulled.issuer_member_id] = issuer
-        for key in issuer.signing_keys:
-            if key.key_id == pulled.certificate.signatures[0].key_id:
-                verifier = self._issuer_keys.get(key.public_key_der)
-                if verifier is None:
-                    verifier = KeyVerifier.from_der(key.public_key_der)
-                    self._issuer_keys[key.public_key_der] = verifier
-                try:
-                    cert = open_certificate(pulled.certificate, verifier)
-                except (MalformedError, AuthenticationError) as exc:
-                    raise BadResponseError(f"pulled certificate fails verification: {exc}") from exc
-                if cert.issuer_code != issuer.uscc:
-                    raise BadResponseError("certificate names another issuer than its signer")
-                return cert
-        raise BadResponseError("pulled certificate is not signed by a key of its issuer")
+        if not pulled.certificate.signatures:
+            raise BadResponseError("pulled certificate carries no signature")
+        try:
+            verifier = self.member_verifier(
+                pulled.issuer_member_id, pulled.certificate.signatures[0].key_id
+            )
+        except BadResponseError as exc:
+            raise BadResponseError(
+                f"pulled certificate is not signed by a key of its issuer: {exc}"
+            ) from exc
+        try:
+            cert = open_certificate(pulled.certificate, verifier)
+        except (MalformedError, AuthenticationError) as exc:
+            raise BadResponseError(f"pulled certificate fails verification: {exc}") from exc
+        if cert.issuer_code != self._issuers[pulled.issuer_member_id].uscc:
+            raise BadResponseError("certificate names another issuer than its signer")
+        return cert
+
+    def verify_submission(self, case: case_pb2.DispatchedCase) -> case_pb2.CaseSubmission:
+        """End-to-end check of a dispatched case (端到端核验): what the hub forwards is what
+        the platform signed, so not even the hub can alter an application unnoticed.
+
+        1. The submission and every resubmission verify against the platform's own
+           registered key and were addressed by that platform to this hub.
+        2. Each resubmission names this case.
+        3. Applicant name and form are the submission's.
+        4. The certificate and material references are exactly those the platform's
+           signed messages name.
+        """
+        # 1. signatures and senders
+        submission = self._open_platform_message(
+            case.platform, case.submission, case_pb2.CaseSubmission
+        )
+        resubmissions = [
+            self._open_platform_message(case.platform, envelope, case_pb2.CaseResubmission)
+            for envelope in case.resubmissions
+        ]
+        # 2. each resubmission is for this case
+        if any(r.case_number != case.case_number for r in resubmissions):
+            raise BadResponseError(f"case {case.case_number}: a resubmission names another case")
+        # 3. the application's content
+        if case.applicant_name != submission.applicant_name[:200] or dict(case.form) != dict(
+            submission.form
+        ):
+            raise BadResponseError(
+                f"case {case.case_number}: applicant or form differs from the platform's "
+                "signed submission"
+            )
+        # 4. the references
+        certificates = list(submission.certificate_identifiers)
+        materials = list(submission.material_ids)
+        for resubmission in resubmissions:
+            certificates.extend(resubmission.certificate_identifiers)
+            materials.extend(resubmission.material_ids)
+        if [c.identifier for c in case.certificates] != certificates or [
+            m.material_id for m in case.materials
+        ] != materials:
+            raise BadResponseError(
+                f"case {case.case_number}: certificate or material references differ from "
+                "the platform's signed messages"
+            )
+        return submission
+
+    def _open_platform_message(
+        self, platform: str, envelope: envelope_pb2.Envelope, message_type: type[M]
+    ) -> M:
+        try:
+            check_shape(envelope, payload_type_of(message_type))
+            verifier = self.member_verifier(platform, envelope.signatures[0].key_id)
+            verify_signature_by(envelope, verifier)
+            message = parse_verified(envelope, message_type)
+        except (MalformedError, AuthenticationError) as exc:
+            raise BadResponseError(f"the platform's signed message is invalid: {exc}") from exc
+        header: envelope_pb2.Header = getattr(message, "header")  # noqa: B009
+        if header.sender != platform or header.recipient != self.hub_id:
+            raise BadResponseError(
+                f"the platform's message was sent by {header.sender!r} to {header.recipient!r}"
+            )
+        return message
 
     def verify_certificate(
         self, *, identifier: str = "", number: str = "", type_code: str = ""

@@ -50,6 +50,13 @@ Configuration (TOML; relative paths are relative to the file, SQLAlchemy URLs ar
     path = "department-state.sqlite"   # cursor, watermark and outbox (local SQLite file)
     keep_sent_days = 30                # sent pushes are kept this long for inspection
 
+Receiving cases: every dispatched case is checked end to end before it reaches the inbox
+(端到端核验, ``HubClient.verify_submission``): the platform's signed submission and
+resubmissions travel with the case, and its applicant, form and references must be the ones
+the platform signed. A case that fails is kept out of the inbox, logged as an error and
+reported (``PassResult.unverified``; ``--once`` exits 1); the cursor moves past it, since
+the hub would only deliver the same bytes again.
+
 Stages a department may report: ACCEPTED 受理, NOT_ACCEPTED 不予受理, UNDER_REVIEW 审核,
 SUPPLEMENT_REQUIRED 补正, APPROVED 审批通过, REJECTED 不予许可, COMPLETED 办结, DELIVERED 出件.
 
@@ -136,7 +143,7 @@ from connectors.issuer_sync import (
 from hub.bundle import BundleError, MemberBundle
 from hub.cases.stages import TRANSITIONS, Actor, Stage
 from hub.db import make_engine
-from hub.errors import XhubError
+from hub.errors import BadResponseError, XhubError
 
 log = logging.getLogger("xhub.connector.department")
 T = TypeVar("T")
@@ -707,6 +714,7 @@ class PassResult:
     ignored: int = 0
     foreign: int = 0
     skipped: list[RowError] = field(default_factory=list)
+    unverified: list[RowError] = field(default_factory=list)  # cases kept out of the inbox
     sent: int = 0
     failed: list[OutboxEntry] = field(default_factory=list)
     pending: int = 0
@@ -719,6 +727,8 @@ class PassResult:
             f"{self.sent} sent, {len(self.failed)} refused, {self.pending} waiting in the "
             f"outbox; {len(self.skipped)} row(s) skipped"
         )
+        if self.unverified:
+            text += f"; {len(self.unverified)} case(s) failed end-to-end verification"
         if self.unreachable:
             text += f"; hub unreachable: {self.unreachable}"
         return text
@@ -829,8 +839,17 @@ class DepartmentConnector:
     def receive(self, case: case_pb2.DispatchedCase, result: PassResult | None = None) -> str:
         """Write one dispatched case to the inbox, then save its cursor (at-least-once).
 
-        Returns "new", "updated" (resubmitted after 补正), "withdrawn" or "duplicate".
+        Returns "new", "updated" (resubmitted after 补正), "withdrawn", "duplicate" or
+        "unverified" (it fails the end-to-end check and stays out of the inbox).
         """
+        try:
+            self._hub().verify_submission(case)
+        except BadResponseError as exc:
+            log.error("case %s kept out of the inbox (端到端核验失败): %s", case.case_number, exc)
+            self.state.advance_cursor(case.cursor)
+            if result is not None:
+                result.unverified.append(RowError(case.case_number, exc.message))
+            return "unverified"
         outcome = self._store_case(case)
         resubmitted = (
             case.case_number
@@ -1232,6 +1251,8 @@ def run_command(config_path: Path, *, once: bool) -> int:
                 result = connector.run_once()
                 for row in result.skipped:
                     print(f"status row {row.key}: {row.reason}")
+                for row in result.unverified:
+                    print(f"case {row.key} failed end-to-end verification: {row.reason}")
                 refused = {entry.seq for entry in result.failed}
                 for entry in connector.state.outbox(FAILED):
                     if entry.seq in refused:
@@ -1242,7 +1263,7 @@ def run_command(config_path: Path, *, once: bool) -> int:
                 print(result.summary())
                 if result.unreachable:
                     return 3
-                return 1 if result.failed else 0
+                return 1 if result.failed or result.unverified else 0
             stop = threading.Event()
 
             def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -44,7 +44,7 @@ from hub import catalog
 from hub.cases import calendar as workdays
 from hub.codes import make_uscc
 from hub.db import CaseDepartmentRow, CaseEventRow, CaseRow, SeenMessageRow
-from hub.envelope import parse_verified, verify_signature_by
+from hub.envelope import parse_verified, seal, verify_signature_by
 from hub.errors import AuthenticationError
 from hub.services.case_service import CaseService
 from hub.signing import ED25519, KeyVerifier
@@ -1446,6 +1446,77 @@ def test_resubmission_returns_the_case_to_the_department_that_asked(desk: Desk) 
     accepted = desk.department.push_status(case_number, ACCEPTED, event_id="acc-after")
     assert accepted.stage == ACCEPTED
     assert count_events(desk.kit, CaseEventRow.case_number == case_number) == before + 3
+
+
+# -- 端到端核验: a department checks what the hub forwards against the platform's signature --
+
+
+def _dispatched_pair(desk: Desk, tmp_path: Path) -> tuple[case_pb2.DispatchedCase, ...]:
+    """A case dispatched, then dispatched again after a supplement with one more material."""
+    licence = certificate(desk.kit, "issuer", number="440101000777666")
+    desk.kit.client("issuer").publish_certificate(licence)
+    plan = upload(desk, tmp_path, b"%PDF plan " + uuid.uuid4().bytes, COMPANY)
+    case_number = desk.submit(
+        certificate_identifiers=[licence.identifier],
+        material_ids=[plan],
+        form={"经营场所": "广州市荔湾区示例路1号"},
+    ).case_number
+    desk.department.push_status(
+        case_number, SUPPLEMENT, event_id=event_id(), missing_items=["场所平面图"]
+    )
+    extra = upload(desk, tmp_path, b"%PDF floor plan " + uuid.uuid4().bytes, COMPANY)
+    desk.platform.resubmit_case(case_number, event_id=event_id(), material_ids=[extra])
+    first, again = drain(desk.department.subscribe_cases)
+    assert [m.material_id for m in again.materials] == [plan, extra]
+    return first, again
+
+
+def test_a_department_verifies_a_dispatched_case_end_to_end(desk: Desk, tmp_path: Path) -> None:
+    first, again = _dispatched_pair(desk, tmp_path)
+    for dispatched in (first, again):
+        submission = desk.department.verify_submission(dispatched)
+        assert dict(submission.form) == {"经营场所": "广州市荔湾区示例路1号"}
+        assert submission.applicant_name == COMPANY_NAME
+    assert len(first.resubmissions) == 0 and len(again.resubmissions) == 1
+
+
+def _other_members_message(desk: Desk, case: case_pb2.DispatchedCase) -> None:
+    """The same submission, signed by a department key instead of the platform's."""
+    payload = case_pb2.CaseSubmission.FromString(case.submission.payload)
+    case.submission.CopyFrom(seal(payload, desk.kit.bundle("department").signer))
+
+
+TAMPERING: dict[str, Callable[[Desk, case_pb2.DispatchedCase], object]] = {
+    "form changed": lambda desk, case: case.form.__setitem__("经营场所", "另一地址"),
+    "applicant renamed": lambda desk, case: setattr(case, "applicant_name", "冒名公司"),
+    "certificate added": lambda desk, case: case.certificates.add(identifier="1.2.156.x"),
+    "material dropped": lambda desk, case: case.materials.pop(),
+    "resubmission dropped": lambda desk, case: case.resubmissions.pop(),
+    "another platform named": lambda desk, case: setattr(
+        case, "platform", desk.kit.member_id("department")
+    ),
+    "payload edited": lambda desk, case: setattr(
+        case.submission, "payload", case.submission.payload[:-1] + b"\x00"
+    ),
+    "signed by another member": _other_members_message,
+    "foreign message as resubmission": lambda desk, case: case.resubmissions.append(
+        case.submission
+    ),
+}
+
+
+@pytest.mark.parametrize("tampering", sorted(TAMPERING))
+def test_a_case_altered_after_the_platform_signed_it_is_refused(
+    desk: Desk, tmp_path: Path, tampering: str
+) -> None:
+    _, again = _dispatched_pair(desk, tmp_path)
+    altered = case_pb2.DispatchedCase()
+    altered.CopyFrom(again)
+    TAMPERING[tampering](desk, altered)
+    assert altered != again
+    with pytest.raises(BadResponseError):
+        desk.department.verify_submission(altered)
+    desk.department.verify_submission(again)  # the genuine case still verifies
 
 
 def test_resubmission_needs_a_supplement_request(desk: Desk) -> None:

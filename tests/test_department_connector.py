@@ -46,6 +46,7 @@ from connectors.department import (
     SENT,
     DepartmentConfigError,
     DepartmentConnector,
+    PassResult,
     load_department_config,
     parse_missing_items,
 )
@@ -273,6 +274,29 @@ def test_dispatched_cases_land_in_the_inbox(world: World) -> None:
     # Caught up: the next pass resumes after the saved cursor and receives nothing.
     result = connector.run_once()
     assert (result.received, result.withdrawn, result.duplicates) == (0, 0, 0)
+
+
+def test_a_case_failing_end_to_end_verification_stays_out_of_the_inbox(world: World) -> None:
+    genuine = world.submit(经营场所="荔湾区示例路1号")
+    (dispatched,) = list(world.kit.client("department").subscribe_cases(0, timeout=0.5))
+    # As if the hub (or anyone between) rewrote the application after the platform signed it.
+    altered = case_pb2.DispatchedCase()
+    altered.CopyFrom(dispatched)
+    altered.form["经营场所"] = "另一地址"
+    connector = world.connector()
+    result = PassResult()
+    assert connector.receive(altered, result) == "unverified"
+    assert world.db.inbox() == {}
+    assert [row.key for row in result.unverified] == [genuine]
+    assert "signed submission" in result.unverified[0].reason
+    assert "end-to-end" in result.summary()
+    assert connector.state.cursor() == altered.cursor  # the same bytes would only come again
+    # The stream moves on past it; the genuine bytes are received as usual.
+    fresh = world.submit()
+    assert connector.run_once().received == 1
+    assert set(world.db.inbox()) == {fresh}
+    assert connector.receive(dispatched) == "new"
+    assert set(world.db.inbox()) == {fresh, genuine}
 
 
 def test_duplicate_delivery_is_harmless(world: World, tmp_path: Path) -> None:

@@ -811,6 +811,7 @@ def _resubmit(call: Call[case_pb2.CaseResubmission]) -> case_pb2.StatusPushResul
                 "a referenced material belongs to another applicant", case_id=case.case_number
             )
         dispatched.materials.append(materials.to_ref(material))
+    dispatched.resubmissions.append(call.admitted.opened.envelope)
     dispatched.stage = case_pb2.CASE_STAGE_SUBMITTED
     case.dispatch = dispatched.SerializeToString()
     now = datetime.now(UTC)

@@ -627,6 +627,7 @@ class DispatchedCase(_message.Message):
     SUBMISSION_FIELD_NUMBER: _builtins.int
     PLATFORM_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
+    RESUBMISSIONS_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Stream cursor; resume after it (游标)."""
     case_number: _builtins.str
@@ -669,6 +670,12 @@ class DispatchedCase(_message.Message):
     def submission(self) -> _envelope_pb2.Envelope:
         """The platform's signed submission, byte for byte (原始提交报文)."""
 
+    @_builtins.property
+    def resubmissions(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Envelope]:
+        """The platform's signed resubmissions, byte for byte, oldest first (补正提交报文): with
+        `submission` they let a department check every reference end to end (端到端核验).
+        """
+
     def __init__(
         self,
         *,
@@ -685,10 +692,11 @@ class DispatchedCase(_message.Message):
         submission: _envelope_pb2.Envelope | None = ...,
         platform: _builtins.str = ...,
         stage: Global___CaseStage.ValueType = ...,
+        resubmissions: _abc.Iterable[_envelope_pb2.Envelope] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "item", b"item", "submission", b"submission", "submitted_at", b"submitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant_code", b"applicant_code", "applicant_name", b"applicant_name", "case_number", b"case_number", "certificates", b"certificates", "cursor", b"cursor", "form", b"form", "header", b"header", "item", b"item", "materials", b"materials", "platform", b"platform", "stage", b"stage", "submission", b"submission", "submitted_at", b"submitted_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant_code", b"applicant_code", "applicant_name", b"applicant_name", "case_number", b"case_number", "certificates", b"certificates", "cursor", b"cursor", "form", b"form", "header", b"header", "item", b"item", "materials", b"materials", "platform", b"platform", "resubmissions", b"resubmissions", "stage", b"stage", "submission", b"submission", "submitted_at", b"submitted_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
