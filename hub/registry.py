@@ -10,11 +10,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 from xhub.v1 import registry_pb2
 
@@ -295,45 +296,10 @@ def revoke_member(
     return row
 
 
-def member_to_proto(row: MemberRow) -> registry_pb2.Member:
-    return registry_pb2.Member(
-        member_id=row.member_id,
-        name=row.name,
-        uscc=row.uscc,
-        division_code=row.division_code,
-        level=row.level,  # type: ignore[arg-type]
-        roles=sorted(r.role for r in row.roles),  # type: ignore[misc]
-        subsystem=row.subsystem,
-        status=row.status,  # type: ignore[arg-type]
-        certificate_der=row.certificate_der,
-        signing_keys=[
-            registry_pb2.PublicKey(
-                key_id=k.key_id,
-                algorithm=k.algorithm,  # type: ignore[arg-type]
-                public_key_der=k.public_key_der,
-            )
-            for k in row.keys
-        ],
-    )
-
-
-def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
-    """One member as proto, by three small Core queries (the lookup hot path)."""
-    connection = session.connection()
-    members = MemberRow.__table__
-    row = connection.execute(
-        select(members).where(members.c.member_id == member_id, members.c.uscc != "")
-    ).first()
-    if row is None:
-        raise NotFoundError(f"no member {member_id!r}", metadata={"member_id": member_id[:128]})
-    roles = connection.execute(
-        select(MemberRoleRow.role).where(MemberRoleRow.member_id == member_id)
-    ).scalars()
-    keys = connection.execute(
-        select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der).where(
-            MemberKeyRow.member_id == member_id
-        )
-    ).all()
+def _member_message(
+    row: Any, roles: Iterable[int], keys: Iterable[tuple[str, int, bytes]]
+) -> registry_pb2.Member:
+    """The one place a member becomes its proto, from an ORM row or a Core row alike."""
     return registry_pb2.Member(
         member_id=row.member_id,
         name=row.name,
@@ -346,13 +312,44 @@ def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
         certificate_der=row.certificate_der,
         signing_keys=[
             registry_pb2.PublicKey(
-                key_id=k,
-                algorithm=a,  # type: ignore[arg-type]
-                public_key_der=d,
+                key_id=key_id,
+                algorithm=algorithm,  # type: ignore[arg-type]
+                public_key_der=der,
             )
-            for k, a, d in keys
+            for key_id, algorithm, der in keys
         ],
     )
+
+
+def member_to_proto(row: MemberRow) -> registry_pb2.Member:
+    return _member_message(
+        row,
+        (r.role for r in row.roles),
+        ((k.key_id, k.algorithm, k.public_key_der) for k in row.keys),
+    )
+
+
+_members = cast(Table, MemberRow.__table__)
+# Built once: every lookup (and so every first contact between two members) runs them.
+_MEMBER = select(_members).where(
+    _members.c.member_id == bindparam("member_id"), _members.c.uscc != ""
+)
+_ROLES = select(MemberRoleRow.role).where(MemberRoleRow.member_id == bindparam("member_id"))
+_KEYS = select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der).where(
+    MemberKeyRow.member_id == bindparam("member_id")
+)
+
+
+def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
+    """One member as proto, by three small Core queries (the lookup hot path)."""
+    connection = session.connection()
+    found = {"member_id": member_id}
+    row = connection.execute(_MEMBER, found).first()
+    if row is None:
+        raise NotFoundError(f"no member {member_id!r}", metadata={"member_id": member_id[:128]})
+    roles = connection.execute(_ROLES, found).scalars()
+    keys = connection.execute(_KEYS, found).tuples()
+    return _member_message(row, roles, keys)
 
 
 def has_role(row: MemberRow, role: registry_pb2.Role.ValueType) -> bool:
