@@ -348,7 +348,7 @@ def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
     if row is None:
         raise NotFoundError(f"no member {member_id!r}", metadata={"member_id": member_id[:128]})
     roles = connection.execute(_ROLES, found).scalars()
-    keys = connection.execute(_KEYS, found).tuples()
+    keys = connection.execute(_KEYS, found).all()
     return _member_message(row, roles, keys)
 
 
