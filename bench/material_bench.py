@@ -9,6 +9,7 @@ a 50 MiB upload, which must stay far below 50 MiB (content is streamed to disk).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -84,6 +85,22 @@ def bench_materials(root: Path, size_mib: int = 50, repeat: int = 3) -> list[Row
         def bare_download() -> object:
             return sum(len(c) for c in source(size.to_bytes(8, "big"), timeout=120))
 
+        # Floors: the least any client of this protocol must do besides the transfer. An
+        # upload's signed manifest declares the SHA-256, so the file is hashed before the
+        # first byte is sent; a download is hashed and written before it is trusted.
+        def floor_upload(path: Path) -> object:
+            with path.open("rb") as content:
+                hashlib.file_digest(content, "sha256")
+            return bare_upload()
+
+        def floor_download() -> object:
+            digest = hashlib.sha256()
+            with (root / "floor.bin").open("wb") as out:
+                for chunk in source(size.to_bytes(8, "big"), timeout=120):
+                    digest.update(chunk)
+                    out.write(chunk)
+            return digest.digest()
+
         files = []
         for i in range(repeat + 1):  # distinct content each time: no deduplication shortcut
             path = root / f"upload-{i}.bin"
@@ -108,6 +125,7 @@ def bench_materials(root: Path, size_mib: int = 50, repeat: int = 3) -> list[Row
             return receipt
 
         up_bare = _timed(partial(bare_upload), repeat)
+        up_floor = _timed(partial(floor_upload, files[-1]), repeat)
         up_hub = _timed(partial(hub_upload), repeat)
         rss_growth = peak_rss_mib(hub.pid) - rss_before
         echo_growth = peak_rss_mib(echo.pid) - echo_before
@@ -115,6 +133,7 @@ def bench_materials(root: Path, size_mib: int = 50, repeat: int = 3) -> list[Row
         target = root / "download.bin"
         material_id = receipts[0].material.material_id
         down_bare = _timed(partial(bare_download), repeat)
+        down_floor = _timed(floor_download, repeat)
         down_hub = _timed(
             partial(
                 client.download_material, checklist.case_id, material_id, target, purpose="bench"
@@ -128,6 +147,22 @@ def bench_materials(root: Path, size_mib: int = 50, repeat: int = 3) -> list[Row
     rows.append(
         ratio_row(
             f"material_download_{size_mib}MiB", size_mib / down_hub, "MB/s", size_mib / down_bare
+        )
+    )
+    rows.append(
+        ratio_row(
+            f"upload_floor_hash_then_send_{size_mib}MiB",
+            size_mib / up_floor,
+            "MB/s",
+            size_mib / up_bare,
+        )
+    )
+    rows.append(
+        ratio_row(
+            f"download_floor_hash_and_write_{size_mib}MiB",
+            size_mib / down_floor,
+            "MB/s",
+            size_mib / down_bare,
         )
     )
     rows.append(
