@@ -545,6 +545,10 @@ def case_section(
             f"  connector (前置机) wrote {result.received} case into the department's own inbox "
             f"table: {case_no} {item_name} for {applicant}"
         )
+        say(
+            "  checked end to end first (端到端核验): applicant, form and every reference are "
+            f"the platform's own signed submission ({len(result.unverified)} refused)"
+        )
         department_records("01", "材料齐全，予以受理")
         department_records("02", "现场核查")
         result = connector.run_once()
