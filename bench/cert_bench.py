@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import cast
 
 import grpc
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import func, insert, select
 from xhub.v1 import intake_pb2
 
 from bench.echo_server import ECHO_METHOD, SIGNED_METHOD
@@ -28,7 +27,7 @@ from connectors.client import secure_channel
 from hub import catalog
 from hub.bundle import MemberBundle
 from hub.codes import make_citizen_id, make_uscc
-from hub.db import CertificateRow, make_engine, session_factory
+from hub.db import CertificateRow, make_engine, session_factory, table_of
 from hub.demo import free_port
 from hub.demo_region import DEMO_MEMBERS
 from hub.setup import open_config
@@ -51,7 +50,7 @@ ITEM = intake_pb2.Item(
         ),
     ],
 )
-certificates = cast(Table, CertificateRow.__table__)
+certificates = table_of(CertificateRow)
 
 
 def _filler_rows(start: int, count: int, template: bytes) -> Iterator[dict[str, object]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Protocol, cast
+from typing import Protocol
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from xhub.v1 import certificate_pb2, envelope_pb2
 
@@ -21,7 +21,7 @@ from certificates_store.model import (
     parse_certificate,
     validate_certificate,
 )
-from hub.db import CertificateRow
+from hub.db import CertificateRow, table_of
 from hub.errors import AlreadyExistsError, FailedPreconditionError, MalformedError, NotFoundError
 
 R = envelope_pb2
@@ -173,7 +173,7 @@ class HeldCertificate:
     envelope: bytes
 
 
-_certificates = cast(Table, CertificateRow.__table__)
+_certificates = table_of(CertificateRow)
 # Built once: every pull and checklist line runs it.
 _LATEST_FOR_HOLDER = (
     select(*(_certificates.c[name] for name in HeldCertificate.__dataclass_fields__))

@@ -10,19 +10,19 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from xhub.v1 import registry_pb2
 
 from hub import codes
 from hub.bundle import MemberBundle
 from hub.ca import CertificateAuthority
-from hub.db import MemberKeyRow, MemberRoleRow, MemberRow
+from hub.db import MemberKeyRow, MemberRoleRow, MemberRow, table_of
 from hub.errors import MalformedError, NotFoundError
 from hub.signing import (
     ECDSA_P256,
@@ -329,7 +329,7 @@ def member_to_proto(row: MemberRow) -> registry_pb2.Member:
     )
 
 
-_members = cast(Table, MemberRow.__table__)
+_members = table_of(MemberRow)
 # Built once: every lookup (and so every first contact between two members) runs them.
 _MEMBER = select(_members).where(
     _members.c.member_id == bindparam("member_id"), _members.c.uscc != ""

@@ -192,20 +192,7 @@ class HubRuntime:
                             metadata={"required_role": registry_pb2.Role.Name(require_role)},
                         )
                     call = Call(admitted, session, draft)
-                    with self.write_lock:
-                        try:
-                            response = handler(call)
-                            self.gate.record(session, admitted)
-                            receipt = None
-                            if self.config.audit_enabled:
-                                # Same transaction as the business effect: both or neither.
-                                receipt = self.audit.append(session, draft, ALLOWED).receipt
-                            session.commit()
-                        except BaseException:
-                            session.rollback()  # inside the lock: release the database too
-                            raise
-                    for hook in call.after_commit:
-                        hook()
+                    response, receipt = self._commit(call, handler, record=True)
                 return self.sign_response(response, admitted.header, receipt)
             except XhubError as exc:
                 self._refused(draft, exc.reason_name, exc, admitted)
@@ -285,20 +272,31 @@ class HubRuntime:
         effect: Callable[[Call[M]], Message],
     ) -> envelope_pb2.Envelope:
         """Run a streaming call's effect with its audit entry in one transaction; sign."""
-        with self.sessions() as session, self.write_lock:
-            call = Call(admitted, session, draft)
+        with self.sessions() as session:
+            # A stream's opening message was recorded at admission: no replay record here.
+            response, receipt = self._commit(Call(admitted, session, draft), effect, record=False)
+        return self.sign_response(response, admitted.header, receipt)
+
+    def _commit(
+        self, call: Call[M], effect: Callable[[Call[M]], Message], *, record: bool
+    ) -> tuple[Message, envelope_pb2.AuditReceipt | None]:
+        """The call's effect, its replay record and its audit entry: one transaction, so
+        all land or none; then the hooks that wait for the commit."""
+        with self.write_lock:
             try:
                 response = effect(call)
+                if record:
+                    self.gate.record(call.session, call.admitted)
                 receipt = None
                 if self.config.audit_enabled:
-                    receipt = self.audit.append(session, draft, ALLOWED).receipt
-                session.commit()
+                    receipt = self.audit.append(call.session, call.audit, ALLOWED).receipt
+                call.session.commit()
             except BaseException:
-                session.rollback()  # inside the lock: release the database too
+                call.session.rollback()  # inside the lock: release the database too
                 raise
         for hook in call.after_commit:
             hook()
-        return self.sign_response(response, admitted.header, receipt)
+        return response, receipt
 
     def audit_refusal(self, draft: AuditDraft, reason: str) -> None:
         """Log a call that ended without an XhubError (e.g. the client went away)."""

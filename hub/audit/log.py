@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import (
     Connection,
     Engine,
-    Table,
     and_,
     bindparam,
     func,
@@ -50,6 +49,7 @@ from hub.db import (
     AuditTreeRow,
     MerkleNodeRow,
     bulk_execute,
+    table_of,
 )
 from hub.signing import load_private_key
 
@@ -60,12 +60,12 @@ DENIED = audit_pb2.AUDIT_DECISION_DENIED
 TREE_ROW = 1
 DEFAULT_BATCH = 10_000
 
-entries = cast(Table, AuditEntryRow.__table__)
-nodes_table = cast(Table, MerkleNodeRow.__table__)
-tree_table = cast(Table, AuditTreeRow.__table__)
-envelopes_table = cast(Table, AuditEnvelopeRow.__table__)
-subjects_table = cast(Table, AuditSubjectRow.__table__)
-checkpoints_table = cast(Table, AuditCheckpointRow.__table__)
+entries = table_of(AuditEntryRow)
+nodes_table = table_of(MerkleNodeRow)
+tree_table = table_of(AuditTreeRow)
+envelopes_table = table_of(AuditEnvelopeRow)
+subjects_table = table_of(AuditSubjectRow)
+checkpoints_table = table_of(AuditCheckpointRow)
 
 # Built once: the append path runs on every call, and building a statement costs more
 # than executing it.

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from xhub.v1 import case_pb2, case_pb2_grpc, envelope_pb2, registry_pb2
@@ -28,13 +28,13 @@ from hub.audit.log import ALLOWED, AuditDraft
 from hub.cases import calendar as workdays
 from hub.cases.stages import Actor, IllegalTransition, Stage, next_stage, overall_status
 from hub.db import (
-    Base,
     CaseDepartmentRow,
     CaseEventRow,
     CaseRow,
     CertificateRow,
     MemberRow,
     PreparedCaseRow,
+    table_of,
 )
 from hub.errors import (
     FailedPreconditionError,
@@ -56,20 +56,13 @@ EVENT_ORDER_LOCK = 0x78687562  # "xhub": the advisory lock that orders case_even
 M = TypeVar("M", bound=Message)
 
 
-def _table(model: type[Base]) -> Table:
-    table = model.__table__
-    if not isinstance(table, Table):  # pragma: no cover - every model here maps one table
-        raise TypeError(f"{model.__name__} is not mapped to a single table")
-    return table
-
-
 # Statements of the per-event paths (PushStatus, the stream polls), built once: building a
 # statement per call costs far more CPU than the database takes to run it. They are Core
 # statements on the tables, run on the call's connection, so nothing is loaded into the ORM.
-_CASES = _table(CaseRow)
-_DEPARTMENTS = _table(CaseDepartmentRow)
-_EVENTS = _table(CaseEventRow)
-_CERTIFICATES = _table(CertificateRow)
+_CASES = table_of(CaseRow)
+_DEPARTMENTS = table_of(CaseDepartmentRow)
+_EVENTS = table_of(CaseEventRow)
+_CERTIFICATES = table_of(CertificateRow)
 
 _LOCK_CASE = (
     update(_CASES)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import grpc
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import bindparam, select
 from xhub.v1 import (
     certificate_pb2,
     envelope_pb2,
@@ -21,7 +21,7 @@ from xhub.v1 import (
 from certificates_store import store
 from certificates_store.model import STATUS_NAMES, VALID, CertificateDataError, validate_holder
 from hub import catalog, materials
-from hub.db import CertificateRow, MemberKeyRow, PreparedCaseRow
+from hub.db import CertificateRow, MemberKeyRow, PreparedCaseRow, table_of
 from hub.envelope import verify_signature_by
 from hub.errors import AuthenticationError, MalformedError, PermissionDeniedError
 from hub.runtime import Call, HubRuntime
@@ -199,7 +199,7 @@ class BoundCase:
     expires_at: datetime
 
 
-_prepared = cast(Table, PreparedCaseRow.__table__)
+_prepared = table_of(PreparedCaseRow)
 _BOUND_CASE = select(*(_prepared.c[name] for name in BoundCase.__dataclass_fields__)).where(
     _prepared.c.case_id == bindparam("case_id")
 )

@@ -86,11 +86,15 @@ class MaterialService(material_pb2_grpc.MaterialServiceServicer):
             raise AssertionError("unreachable") from exc
         except BaseException:
             # The client went away or something broke: leave nothing behind, log the attempt.
-            if writer is not None:
-                await self._discard(writer)
-            await asyncio.shield(
-                self.runtime.run_blocking(lambda: self.runtime.audit_refusal(draft, "ABORTED"))
-            )
+            # One shielded job: a second cancellation of this call cannot stop it halfway.
+            abandoned = writer
+
+            def clean_up() -> None:
+                if abandoned is not None:
+                    abandoned.discard()
+                self.runtime.audit_refusal(draft, "ABORTED")
+
+            await asyncio.shield(self.runtime.run_blocking(clean_up))
             raise
         return material_pb2.UploadResponse(envelope=envelope)
 
