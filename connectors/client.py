@@ -52,6 +52,7 @@ from hub.ca import CertificateError, load_certificate, verify_member_certificate
 from hub.envelope import (
     check_shape,
     new_header,
+    open_envelope,
     parse_verified,
     payload_type_of,
     seal,
@@ -166,8 +167,9 @@ class HubClient:
         self.materials = material_pb2_grpc.MaterialServiceStub(self.channel)
         self.cases = case_pb2_grpc.CaseServiceStub(self.channel)
         self.last_receipt: envelope_pb2.AuditReceipt | None = None
-        self._issuers: dict[str, registry_pb2.Member] = {}
-        self._issuer_keys: dict[bytes, KeyVerifier] = {}
+        # Members looked up to check their signatures (issuers, platforms), and their keys.
+        self._members: dict[str, registry_pb2.Member] = {}
+        self._verifiers: dict[bytes, KeyVerifier] = {}
 
     @classmethod
     def from_bundle(
@@ -364,17 +366,17 @@ class HubClient:
         """The registered signing key ``key_id`` of ``member_id``: looked up once (signed by
         the hub, certificate chained to our hub CA), then from the cache, so later checks
         work offline."""
-        member = self._issuers.get(member_id)
+        member = self._members.get(member_id)
         if member is None:
             member = self.get_member(member_id)
             self.verified_certificate(member)
-            self._issuers[member_id] = member
+            self._members[member_id] = member
         for key in member.signing_keys:
             if key.key_id == key_id:
-                verifier = self._issuer_keys.get(key.public_key_der)
+                verifier = self._verifiers.get(key.public_key_der)
                 if verifier is None:
                     verifier = KeyVerifier.from_der(key.public_key_der)
-                    self._issuer_keys[key.public_key_der] = verifier
+                    self._verifiers[key.public_key_der] = verifier
                 return verifier
         raise BadResponseError(f"{key_id[:64]!r} is not a registered key of {member_id}")
 
@@ -397,7 +399,7 @@ class HubClient:
             cert = open_certificate(pulled.certificate, verifier)
         except (MalformedError, AuthenticationError) as exc:
             raise BadResponseError(f"pulled certificate fails verification: {exc}") from exc
-        if cert.issuer_code != self._issuers[pulled.issuer_member_id].uscc:
+        if cert.issuer_code != self._members[pulled.issuer_member_id].uscc:
             raise BadResponseError("certificate names another issuer than its signer")
         return cert
 
@@ -450,18 +452,17 @@ class HubClient:
         self, platform: str, envelope: envelope_pb2.Envelope, message_type: type[M]
     ) -> M:
         try:
-            check_shape(envelope, payload_type_of(message_type))
-            verifier = self.member_verifier(platform, envelope.signatures[0].key_id)
-            verify_signature_by(envelope, verifier)
-            message = parse_verified(envelope, message_type)
+            opened = open_envelope(
+                envelope, message_type, lambda key_id: self.member_verifier(platform, key_id)
+            )
         except (MalformedError, AuthenticationError) as exc:
             raise BadResponseError(f"the platform's signed message is invalid: {exc}") from exc
-        header: envelope_pb2.Header = getattr(message, "header")  # noqa: B009
+        header = opened.header
         if header.sender != platform or header.recipient != self.hub_id:
             raise BadResponseError(
                 f"the platform's message was sent by {header.sender!r} to {header.recipient!r}"
             )
-        return message
+        return opened.message
 
     def verify_certificate(
         self, *, identifier: str = "", number: str = "", type_code: str = ""

@@ -297,7 +297,7 @@ class Gate:
         try:
             if session is None:
                 with self._sessions.begin() as own:
-                    own.execute(_REMEMBER, [row])
+                    own.execute(_REMEMBER, row)
             else:
                 # A savepoint would cost a round trip; the caller's transaction ends here anyway.
                 session.connection().execute(_REMEMBER, row)

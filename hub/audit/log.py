@@ -68,12 +68,11 @@ subjects_table = table_of(AuditSubjectRow)
 checkpoints_table = table_of(AuditCheckpointRow)
 
 # Built once: the append path runs on every call, and building a statement costs more
-# than executing it.
-# Rows come back matched by leaf hash, not by position: asking for parameter order makes
-# SQLAlchemy insert one row at a time on SQLite. Entries with the same leaf hash have the
-# same bytes (and so the same envelope hash and subject), so either id serves either.
+# than executing it. New ids come back matched by leaf hash, not by position: asking for
+# parameter order makes SQLAlchemy insert one row at a time on SQLite. Entries with the
+# same leaf hash have the same bytes (so the same envelope hash and subject): either id
+# serves either.
 _INSERT_ENTRIES = insert(entries).returning(entries.c.id, entries.c.leaf_hash)
-_INSERT_ENTRY = insert(entries).returning(entries.c.id)
 _INSERT_ENVELOPES = insert(envelopes_table)
 _INSERT_SUBJECTS = insert(subjects_table)
 _INSERT_NODES = insert(nodes_table)
@@ -260,13 +259,13 @@ class AuditLog:
                 }
             )
         connection = session.connection()
-        if len(rows) == 1:
-            entry_ids = [int(connection.execute(_INSERT_ENTRY, rows[0]).scalar_one())]
-        else:
-            ids_by_leaf: dict[bytes, list[int]] = {}
-            for entry_id, leaf in connection.execute(_INSERT_ENTRIES, rows):
-                ids_by_leaf.setdefault(bytes(leaf), []).append(int(entry_id))
-            entry_ids = [ids_by_leaf[cast(bytes, row["leaf_hash"])].pop() for row in rows]
+        ids_by_leaf: dict[bytes, list[int]] = {}
+        # One row (every call) as a plain execute, several (batches) as one multi-row insert.
+        for entry_id, leaf in connection.execute(
+            _INSERT_ENTRIES, rows[0] if len(rows) == 1 else rows
+        ):
+            ids_by_leaf.setdefault(bytes(leaf), []).append(int(entry_id))
+        entry_ids = [ids_by_leaf[cast(bytes, row["leaf_hash"])].pop() for row in rows]
         envelopes = [
             {"entry_id": entry_id, "envelope": draft.envelope_bytes}
             for entry_id, (draft, _, _) in zip(entry_ids, items, strict=True)
