@@ -11,7 +11,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I proto \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 
-.PHONY: all venv proto proto-check buf-lint lint test test-fast demo bench clean
+.PHONY: all venv proto proto-check buf-lint typecheck-tree lint test test-fast demo bench clean
 
 all: test
 
@@ -47,22 +47,31 @@ $(BUF):
 buf-lint: $(BUF)
 	cd proto && ../$(BUF) lint
 
+ROOMS := protocol storage certificates_store hub connectors demo cli
+TYPECHECK := .build/typecheck/xhub
+
+## typecheck-tree: the xhub namespace as mypy sees it (links that mirror pyproject's package-dir)
+typecheck-tree:
+	@mkdir -p $(TYPECHECK)
+	@for f in __init__.py py.typed v1; do ln -sfn ../../../proto/xhub/$$f $(TYPECHECK)/$$f; done
+	@for d in $(ROOMS); do ln -sfn ../../../$$d $(TYPECHECK)/$$d; done
+
 ## lint: ruff + mypy (strict) on project code, buf on the proto
-lint: $(STAMP) buf-lint
-	$(VENV)/bin/ruff check hub connectors certificates_store tests bench
+lint: $(STAMP) buf-lint typecheck-tree
+	$(VENV)/bin/ruff check $(ROOMS) tests bench
 	$(VENV)/bin/mypy
 
 ## test: the whole suite, as CI runs it
 test: $(STAMP) proto-check lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 ## demo: a hub on SQLite plus a real end-to-end exchange
 demo: $(STAMP)
-	$(PY) -m hub.demo
+	$(PY) -m xhub.demo
 
 ## bench: ratios against bare baselines measured in the same run
 bench: $(STAMP)
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache bench/results.json
+	rm -rf $(VENV) $(TOOLS) .build .pytest_cache .mypy_cache .ruff_cache bench/results.json

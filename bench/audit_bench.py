@@ -14,13 +14,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, insert, select
-from xhub.v1 import audit_pb2
 
 from bench.harness import Row, ratio_row
-from hub.audit import merkle
-from hub.audit.log import AuditDraft, AuditLog, SqlNodeReader, nodes_table, tree_table
-from hub.audit.note import NoteSigner
-from hub.db import make_engine, migrate, session_factory
+from xhub.hub.core.audit_log import AuditDraft, AuditLog, SqlNodeReader, nodes_table, tree_table
+from xhub.hub.core.db import make_engine, migrate, session_factory
+from xhub.protocol.log import merkle
+from xhub.protocol.log.note import NoteSigner
+from xhub.v1 import audit_pb2
 
 APPEND_BATCH = 500
 

@@ -16,19 +16,19 @@ from functools import partial
 from pathlib import Path
 
 import grpc
-from xhub.v1 import case_pb2, intake_pb2
 
 from bench.echo_server import ECHO_METHOD, EVENTS_METHOD
 from bench.harness import Row, measure, ratio_row
 from bench.hubproc import process, setup, wait_echo
-from connectors import HubClient
-from connectors.client import secure_channel
-from hub import catalog
-from hub.bundle import MemberBundle
-from hub.codes import make_uscc
-from hub.db import make_engine, session_factory
-from hub.demo import free_port
-from hub.setup import open_config
+from xhub.connectors import HubClient
+from xhub.connectors.sdk.client import secure_channel
+from xhub.demo.process import free_port
+from xhub.hub.catalog import store as catalog
+from xhub.hub.core.db import make_engine, session_factory
+from xhub.hub.setup import open_config
+from xhub.protocol.bundle import MemberBundle
+from xhub.protocol.codes import make_uscc
+from xhub.v1 import case_pb2, intake_pb2
 
 PUSHERS = 4  # a department connector drains its outbox with a few workers
 STAGES = (
@@ -58,7 +58,7 @@ def bench_status_stream(root: Path, cases: int = 120) -> list[Row]:
     engine.dispose()
     rows: list[Row] = []
     with (
-        process(["-m", "hub.cli", "serve", "--data-dir", str(root)], root / "hub.log"),
+        process(["-m", "xhub.cli.main", "serve", "--data-dir", str(root)], root / "hub.log"),
         process(
             ["-m", "bench.echo_server", "--data-dir", str(root), "--port", str(echo_port)],
             root / "echo.log",

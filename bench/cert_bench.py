@@ -15,22 +15,23 @@ from pathlib import Path
 
 import grpc
 from sqlalchemy import func, insert, select
-from xhub.v1 import intake_pb2
 
 from bench.echo_server import ECHO_METHOD, SIGNED_METHOD
 from bench.harness import Row, measure, ratio_row
 from bench.hubproc import process, setup, wait_echo
-from certificates_store import store
-from certificates_store.model import CITIZEN_ID, USCC, new_certificate, sign_certificate
-from connectors import HubClient
-from connectors.client import secure_channel
-from hub import catalog
-from hub.bundle import MemberBundle
-from hub.codes import make_citizen_id, make_uscc
-from hub.db import CertificateRow, make_engine, session_factory, table_of
-from hub.demo import free_port
-from hub.demo_region import DEMO_MEMBERS
-from hub.setup import open_config
+from xhub.certificates_store import store
+from xhub.certificates_store.model import CITIZEN_ID, USCC, new_certificate, sign_certificate
+from xhub.certificates_store.schema import CertificateRow
+from xhub.connectors import HubClient
+from xhub.connectors.sdk.client import secure_channel
+from xhub.demo.process import free_port
+from xhub.demo.region import DEMO_MEMBERS
+from xhub.hub.catalog import store as catalog
+from xhub.hub.core.db import make_engine, session_factory, table_of
+from xhub.hub.setup import open_config
+from xhub.protocol.bundle import MemberBundle
+from xhub.protocol.codes import make_citizen_id, make_uscc
+from xhub.v1 import intake_pb2
 
 BUSINESS_LICENCE = "11100000000013338W001"
 RESIDENT_ID = "11100000000013338W002"
@@ -170,7 +171,7 @@ def bench_pull(root: Path, calls: int, store_sizes: list[int]) -> list[Row]:
     template = licence_envelope.SerializeToString()
     rows: list[Row] = []
     with (
-        process(["-m", "hub.cli", "serve", "--data-dir", str(root)], root / "hub.log"),
+        process(["-m", "xhub.cli.main", "serve", "--data-dir", str(root)], root / "hub.log"),
         HubClient.from_bundle(bundles["lw_center"]) as client,
     ):
         client.wait_until_serving()

@@ -18,14 +18,14 @@ from typing import Any
 
 import grpc
 from sqlalchemy import select
-from xhub.v1 import intake_pb2
 
-from hub.config import HubConfig, load_config
-from hub.db import MemberKeyRow, make_engine
-from hub.envelope import new_header, open_envelope, seal
-from hub.runtime import HubIdentity
-from hub.server import server_credentials, server_options
-from hub.signing import KeyVerifier
+from xhub.hub.core.config import HubConfig, load_config
+from xhub.hub.core.db import MemberKeyRow, make_engine
+from xhub.hub.core.runtime import HubIdentity
+from xhub.hub.server import server_credentials, server_options
+from xhub.protocol.envelope import new_header, open_envelope, seal
+from xhub.protocol.signing import KeyVerifier
+from xhub.v1 import intake_pb2
 
 ECHO_METHOD = "/bench.Echo/Unary"
 SINK_METHOD = "/bench.Echo/Sink"  # client stream of chunks → their total size

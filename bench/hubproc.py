@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hub.demo_region import DEMO_MEMBERS, HUB_ID
-from hub.registry import validate_member
-from hub.setup import add_member_with_bundle, init_data_dir
+from xhub.demo.region import DEMO_MEMBERS, HUB_ID
+from xhub.hub.registry.store import validate_member
+from xhub.hub.setup import add_member_with_bundle, init_data_dir
 
 
 @contextmanager

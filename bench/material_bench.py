@@ -17,19 +17,19 @@ from functools import partial
 from pathlib import Path
 
 import grpc
-from xhub.v1 import intake_pb2
 
 from bench.cert_bench import ITEM
 from bench.echo_server import SINK_METHOD, SOURCE_METHOD
 from bench.harness import Row, ratio_row
 from bench.hubproc import process, setup
-from connectors import HubClient
-from connectors.client import secure_channel
-from hub import catalog
-from hub.codes import make_uscc
-from hub.db import make_engine, session_factory
-from hub.demo import free_port
-from hub.setup import open_config
+from xhub.connectors import HubClient
+from xhub.connectors.sdk.client import secure_channel
+from xhub.demo.process import free_port
+from xhub.hub.catalog import store as catalog
+from xhub.hub.core.db import make_engine, session_factory
+from xhub.hub.setup import open_config
+from xhub.protocol.codes import make_uscc
+from xhub.v1 import intake_pb2
 
 MIB = 1024 * 1024
 
@@ -65,7 +65,7 @@ def bench_materials(root: Path, size_mib: int = 50, repeat: int = 3) -> list[Row
     size = size_mib * MIB
     rows: list[Row] = []
     with (
-        process(["-m", "hub.cli", "serve", "--data-dir", str(root)], root / "hub.log") as hub,
+        process(["-m", "xhub.cli.main", "serve", "--data-dir", str(root)], root / "hub.log") as hub,
         process(
             ["-m", "bench.echo_server", "--data-dir", str(root), "--port", str(echo_port)],
             root / "echo.log",

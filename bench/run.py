@@ -14,7 +14,6 @@ from functools import partial
 from pathlib import Path
 
 import grpc
-from xhub.v1 import registry_pb2
 
 from bench.audit_bench import bench_append, bench_proofs
 from bench.case_bench import bench_status_stream
@@ -23,10 +22,11 @@ from bench.echo_server import ECHO_METHOD
 from bench.harness import Row, measure, print_table, ratio_row, write_results
 from bench.hubproc import process, setup, wait_echo
 from bench.material_bench import bench_materials
-from connectors import HubClient
-from connectors.client import secure_channel
-from hub.bundle import MemberBundle
-from hub.demo import free_port
+from xhub.connectors import HubClient
+from xhub.connectors.sdk.client import secure_channel
+from xhub.demo.process import free_port
+from xhub.protocol.bundle import MemberBundle
+from xhub.v1 import registry_pb2
 
 
 def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
@@ -34,7 +34,7 @@ def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
     bundles = setup(root, hub_port)
     rows: list[Row] = []
     with (
-        process(["-m", "hub.cli", "serve", "--data-dir", str(root)], root / "hub.log"),
+        process(["-m", "xhub.cli.main", "serve", "--data-dir", str(root)], root / "hub.log"),
         HubClient.from_bundle(bundles["lw_center"]) as client,
     ):
         client.wait_until_serving()
@@ -110,7 +110,7 @@ def bench_audit_cost(root: Path, calls: int) -> list[Row]:
         for enabled in ("0", "1"):
             with (
                 process(
-                    ["-m", "hub.cli", "serve", "--data-dir", str(root)],
+                    ["-m", "xhub.cli.main", "serve", "--data-dir", str(root)],
                     root / "hub.log",
                     env={"XHUB_AUDIT_ENABLED": enabled},
                 ),

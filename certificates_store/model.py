@@ -14,13 +14,13 @@ from datetime import date
 from typing import TypeAlias
 
 from google.protobuf.message import DecodeError
-from xhub.v1 import certificate_pb2, envelope_pb2
 
-from certificates_store.identifier import IdentifierError, make_identifier, parse_identifier
-from hub import codes
-from hub.envelope import check_shape, payload_type_of, seal, verify_signature_by
-from hub.errors import MalformedError
-from hub.signing import Signer, Verifier
+from xhub.certificates_store.identifier import IdentifierError, make_identifier, parse_identifier
+from xhub.protocol import codes
+from xhub.protocol.envelope import check_shape, payload_type_of, seal, verify_signature_by
+from xhub.protocol.errors import MalformedError
+from xhub.protocol.signing import Signer, Verifier
+from xhub.v1 import certificate_pb2, envelope_pb2
 
 Status: TypeAlias = certificate_pb2.CertificateStatus.ValueType
 VALID = certificate_pb2.CERTIFICATE_STATUS_VALID

@@ -9,9 +9,8 @@ from typing import Protocol
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
-from xhub.v1 import certificate_pb2, envelope_pb2
 
-from certificates_store.model import (
+from xhub.certificates_store.model import (
     STATUS_NAMES,
     STATUS_RULES,
     VALID,
@@ -21,8 +20,14 @@ from certificates_store.model import (
     parse_certificate,
     validate_certificate,
 )
-from hub.db import CertificateRow, table_of
-from hub.errors import AlreadyExistsError, FailedPreconditionError, MalformedError, NotFoundError
+from xhub.certificates_store.schema import CERTIFICATES, CertificateRow
+from xhub.protocol.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    MalformedError,
+    NotFoundError,
+)
+from xhub.v1 import certificate_pb2, envelope_pb2
 
 R = envelope_pb2
 
@@ -173,7 +178,7 @@ class HeldCertificate:
     envelope: bytes
 
 
-_certificates = table_of(CertificateRow)
+_certificates = CERTIFICATES
 # Built once: every pull and checklist line runs it.
 _LATEST_FOR_HOLDER = (
     select(*(_certificates.c[name] for name in HeldCertificate.__dataclass_fields__))

@@ -2,20 +2,23 @@
 
 Public API::
 
-    from connectors import HubClient
+    from xhub.connectors import HubClient
     with HubClient.from_bundle("bundles/CN.440103....") as hub:
         member = hub.get_member("CN.440100....")
 """
 
-from connectors.client import HubClient, RetryPolicy, TransportError
-from hub.bundle import BundleError, MemberBundle
-from hub.errors import (
+from xhub.connectors.sdk.client import HubClient, RetryPolicy
+from xhub.protocol.bundle import BundleError, MemberBundle
+from xhub.protocol.errors import (
     AuthenticationError,
     BadResponseError,
     MalformedError,
     NotFoundError,
     PermissionDeniedError,
+    RefusedError,
     ReplayError,
+    TransportError,
+    VerificationError,
     XhubError,
 )
 
@@ -28,8 +31,10 @@ __all__ = [
     "MemberBundle",
     "NotFoundError",
     "PermissionDeniedError",
+    "RefusedError",
     "ReplayError",
     "RetryPolicy",
     "TransportError",
+    "VerificationError",
     "XhubError",
 ]

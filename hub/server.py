@@ -17,32 +17,27 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from xhub.hub.audit.service import AuditService
+from xhub.hub.cases.calendar import SAMPLE_CN_2026, WorkCalendar
+from xhub.hub.cases.service import CaseService
+from xhub.hub.certificates.service import CertificateService
+from xhub.hub.core.audit_log import TamperedLogError
+from xhub.hub.core.config import HubConfig
+from xhub.hub.core.db import current_revision
+from xhub.hub.core.rpc import Service
+from xhub.hub.core.runtime import HubRuntime
+from xhub.hub.intake.service import IntakeService
+from xhub.hub.materials.service import MaterialService
+from xhub.hub.registry.service import RegistryService
 from xhub.v1 import (
     audit_pb2,
-    audit_pb2_grpc,
     case_pb2,
-    case_pb2_grpc,
     certificate_pb2,
-    certificate_pb2_grpc,
     intake_pb2,
-    intake_pb2_grpc,
     material_pb2,
-    material_pb2_grpc,
     registry_pb2,
-    registry_pb2_grpc,
 )
-
-from hub.audit.log import TamperedLogError
-from hub.cases.calendar import SAMPLE_CN_2026, WorkCalendar
-from hub.config import HubConfig
-from hub.db import current_revision
-from hub.runtime import HubRuntime
-from hub.services.audit_service import AuditService
-from hub.services.case_service import CaseService
-from hub.services.certificate_service import CertificateService
-from hub.services.intake_service import IntakeService
-from hub.services.material_service import MaterialService
-from hub.services.registry_service import RegistryService
 
 log = logging.getLogger("xhub.server")
 
@@ -137,16 +132,17 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
     server = grpc.aio.server(
         options=server_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs
     )
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(runtime), server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(runtime), server)
-    certificate_pb2_grpc.add_CertificateServiceServicer_to_server(
-        CertificateService(runtime), server
-    )
-    intake_pb2_grpc.add_IntakeServiceServicer_to_server(IntakeService(runtime), server)
-    material_pb2_grpc.add_MaterialServiceServicer_to_server(MaterialService(runtime), server)
     calendar = WorkCalendar.from_file(config.calendar_file or SAMPLE_CN_2026)
     cases = CaseService(runtime, calendar)
-    case_pb2_grpc.add_CaseServiceServicer_to_server(cases, server)
+    services: list[Service] = [
+        RegistryService(runtime),
+        AuditService(runtime),
+        CertificateService(runtime),
+        IntakeService(runtime),
+        MaterialService(runtime),
+        cases,
+    ]
+    server.add_generic_rpc_handlers([service.rpc_handler() for service in services])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

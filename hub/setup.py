@@ -13,15 +13,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
-from xhub.v1 import registry_pb2
 
-from hub.audit.log import load_log_signer
-from hub.bundle import MemberBundle
-from hub.ca import CertificateAuthority, certificate_pem, load_certificate
-from hub.config import HubConfig, load_config, render_config
-from hub.db import make_engine, migrate, session_factory
-from hub.registry import MemberSpec, add_member, bind_hub_identity, make_bundle
-from hub.signing import ECDSA_P256, load_private_key, write_private_key, write_secret
+from xhub.hub.core.audit_log import load_log_signer
+from xhub.hub.core.ca import CertificateAuthority
+from xhub.hub.core.config import HubConfig, load_config, render_config
+from xhub.hub.core.db import make_engine, migrate, session_factory
+from xhub.hub.registry.store import MemberSpec, add_member, bind_hub_identity, make_bundle
+from xhub.protocol.bundle import MemberBundle
+from xhub.protocol.pki import certificate_pem, load_certificate
+from xhub.protocol.signing import ECDSA_P256, load_private_key, write_private_key, write_secret
+from xhub.v1 import registry_pb2
 
 
 class SetupError(RuntimeError):

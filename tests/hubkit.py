@@ -31,18 +31,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
-from xhub.v1 import registry_pb2
 
-from connectors import HubClient
-from hub import codes
-from hub.bundle import MemberBundle
-from hub.ca import CertificateAuthority, certificate_pem
-from hub.config import HubConfig
-from hub.db import MemberRow, make_engine, session_factory
-from hub.registry import MemberSpec, revoke_member, validate_member
-from hub.server import RunningHub, start_hub
-from hub.setup import add_member_with_bundle, init_data_dir, load_ca
-from hub.signing import ECDSA_P256, ED25519, private_key_pem
+from xhub.connectors import HubClient
+from xhub.hub.core.ca import CertificateAuthority
+from xhub.hub.core.config import HubConfig
+from xhub.hub.core.db import MemberRow, make_engine, session_factory
+from xhub.hub.registry.store import MemberSpec, revoke_member, validate_member
+from xhub.hub.server import RunningHub, start_hub
+from xhub.hub.setup import add_member_with_bundle, init_data_dir, load_ca
+from xhub.protocol import codes
+from xhub.protocol.bundle import MemberBundle
+from xhub.protocol.pki import certificate_pem
+from xhub.protocol.signing import ECDSA_P256, ED25519, private_key_pem
+from xhub.v1 import registry_pb2
 
 T = TypeVar("T")
 

@@ -23,10 +23,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
-from xhub.v1 import audit_pb2
 
-from hub.audit import merkle
-from hub.audit.log import (
+from xhub.hub.audit.service import query_log
+from xhub.hub.core.audit_log import (
     ALLOWED,
     DENIED,
     AuditDraft,
@@ -34,9 +33,10 @@ from hub.audit.log import (
     SqlNodeReader,
     TamperedLogError,
 )
-from hub.audit.note import Checkpoint, NoteSigner, open_checkpoint
-from hub.db import make_engine, migrate, session_factory
-from hub.services.audit_service import query_log
+from xhub.hub.core.db import make_engine, migrate, session_factory
+from xhub.protocol.log import merkle
+from xhub.protocol.log.note import Checkpoint, NoteSigner, open_checkpoint
+from xhub.v1 import audit_pb2
 
 ORIGIN = "test.xhub.example/audit"
 HUB_ID = "CN.440000.XHUB"

@@ -27,27 +27,27 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from hubkit import HubKit, free_port
 from sqlalchemy import event, text
-from xhub.v1 import audit_pb2, envelope_pb2, registry_pb2
 
-from connectors import HubClient
-from connectors.auditor import export_evidence
-from connectors.client import VerifiedCheckpoint
-from hub import cli
-from hub.audit import merkle
-from hub.audit.evidence import BundleInvalid, EvidenceBundle, verify_bundle
-from hub.audit.note import Checkpoint, NoteSigner, NoteVerifier, open_note, sign_note
-from hub.codes import make_uscc
-from hub.envelope import new_header, seal, sign_payload
-from hub.errors import (
+from xhub.cli import main as cli
+from xhub.connectors import HubClient
+from xhub.connectors.sdk.auditor import export_evidence
+from xhub.connectors.sdk.client import VerifiedCheckpoint
+from xhub.hub.core.runtime import HubRuntime
+from xhub.hub.server import StartupError, check_database, start_hub
+from xhub.protocol.codes import make_uscc
+from xhub.protocol.envelope import new_header, seal, sign_payload
+from xhub.protocol.errors import (
     BadResponseError,
     MalformedError,
     NotFoundError,
     PermissionDeniedError,
     error_info_of,
 )
-from hub.runtime import HubRuntime
-from hub.server import StartupError, check_database, start_hub
-from hub.signing import ECDSA_P256, KeySigner, generate_private_key
+from xhub.protocol.log import merkle
+from xhub.protocol.log.evidence import BundleInvalid, EvidenceBundle, verify_bundle
+from xhub.protocol.log.note import Checkpoint, NoteSigner, NoteVerifier, open_note, sign_note
+from xhub.protocol.signing import ECDSA_P256, KeySigner, generate_private_key
+from xhub.v1 import audit_pb2, envelope_pb2, registry_pb2
 
 Envelope = envelope_pb2.Envelope
 ALLOWED = audit_pb2.AUDIT_DECISION_ALLOWED

@@ -12,8 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from hub import codes
-from hub.bundle import (
+from xhub.hub.core.ca import CertificateAuthority
+from xhub.hub.core.config import HubConfig
+from xhub.hub.registry.store import validate_member
+from xhub.hub.setup import add_member_with_bundle, init_data_dir
+from xhub.protocol import codes
+from xhub.protocol.bundle import (
     CA_CERT,
     HUB_SIGNING_CERT,
     MANIFEST,
@@ -23,11 +27,8 @@ from hub.bundle import (
     BundleError,
     MemberBundle,
 )
-from hub.ca import CertificateAuthority, certificate_pem, load_certificate
-from hub.config import HubConfig
-from hub.registry import validate_member
-from hub.setup import add_member_with_bundle, init_data_dir
-from hub.signing import (
+from xhub.protocol.pki import certificate_pem, load_certificate
+from xhub.protocol.signing import (
     ECDSA_P256,
     ED25519,
     key_id_for,

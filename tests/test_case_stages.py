@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hub.cases.stages import (
+from xhub.protocol.stages import (
     FINAL_STAGES,
     TRANSITIONS,
     Actor,

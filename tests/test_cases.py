@@ -33,21 +33,21 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import pytest
+from helpers import refused
 from hubkit import DEFAULT_MEMBERS, HubKit, MemberDef
 from sqlalchemy import func, insert, select, text, update
-from xhub.v1 import audit_pb2, case_pb2, certificate_pb2, intake_pb2
 
-from certificates_store.model import USCC, new_certificate
-from connectors import BadResponseError, HubClient, RetryPolicy, TransportError, XhubError
-from connectors.client import RETRYABLE_CODES
-from hub import catalog
-from hub.cases import calendar as workdays
-from hub.codes import make_uscc
-from hub.db import CaseDepartmentRow, CaseEventRow, CaseRow, SeenMessageRow
-from hub.envelope import parse_verified, seal, verify_signature_by
-from hub.errors import AuthenticationError
-from hub.services.case_service import CaseService
-from hub.signing import ED25519, KeyVerifier
+from xhub.certificates_store.model import USCC, new_certificate
+from xhub.connectors import BadResponseError, HubClient, RetryPolicy, TransportError, XhubError
+from xhub.hub.cases import calendar as workdays
+from xhub.hub.cases.service import CaseService
+from xhub.hub.catalog import store as catalog
+from xhub.hub.core.db import CaseDepartmentRow, CaseEventRow, CaseRow, SeenMessageRow
+from xhub.protocol.codes import make_uscc
+from xhub.protocol.envelope import parse_verified, seal, verify_signature_by
+from xhub.protocol.errors import RETRYABLE_CODES, AuthenticationError
+from xhub.protocol.signing import ED25519, KeyVerifier
+from xhub.v1 import audit_pb2, case_pb2, certificate_pb2, intake_pb2
 
 Code = grpc.StatusCode
 S = case_pb2  # stage constants: S.CASE_STAGE_ACCEPTED, ...
@@ -197,14 +197,6 @@ def event_id() -> str:
 def extras(stage: Stage) -> dict[str, Any]:
     """What a push of ``stage`` must carry besides the stage."""
     return {"missing_items": ["营业执照副本"]} if stage == SUPPLEMENT else {}
-
-
-def refused(fn: Callable[[], object], code: Code, reason: str) -> XhubError:
-    with pytest.raises(XhubError) as caught:
-        fn()
-    error = caught.value
-    assert (error.code, error.reason_name) == (code, reason), str(error)
-    return error
 
 
 def drain(subscribe: Callable[..., Iterator[M]], after: int = 0, wait: float = 0.6) -> list[M]:

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from hubkit import HubKit, MemberDef
 
-from hub import catalog
-from hub.catalog_file import CatalogFileError, Problem, read_catalog
-from hub.cli import main
-from hub.errors import NotFoundError
+from xhub.cli.main import main
+from xhub.hub.catalog import store as catalog
+from xhub.hub.catalog.file import CatalogFileError, Problem, read_catalog
+from xhub.protocol.errors import NotFoundError
 
 DEMO_FILE = Path(__file__).resolve().parent.parent / "catalog" / "demo-items.yaml"
 LICENCE = "11100000000013338W001"

@@ -23,19 +23,19 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
+from helpers import refused
 from hubkit import HubKit
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
-from xhub.v1 import audit_pb2, certificate_pb2, envelope_pb2
 
-from certificates_store.identifier import (
+from xhub.certificates_store.identifier import (
     IDENTIFIER_ROOT,
     make_identifier,
     mod37_36_check_char,
     parse_identifier,
 )
-from certificates_store.model import (
+from xhub.certificates_store.model import (
     CANCELLED,
     CITIZEN_ID,
     DEFAULT_RAW_STATUS,
@@ -53,13 +53,14 @@ from certificates_store.model import (
     status_from_raw,
     validate_certificate,
 )
-from connectors import HubClient, XhubError
-from hub.audit import merkle
-from hub.codes import make_citizen_id, make_uscc
-from hub.db import CertificateRow
-from hub.envelope import seal
-from hub.errors import AuthenticationError, MalformedError
-from hub.signing import ECDSA_P256, ED25519, KeySigner, generate_private_key
+from xhub.certificates_store.schema import CertificateRow
+from xhub.connectors import HubClient, XhubError
+from xhub.protocol.codes import make_citizen_id, make_uscc
+from xhub.protocol.envelope import seal
+from xhub.protocol.errors import AuthenticationError, MalformedError
+from xhub.protocol.log import merkle
+from xhub.protocol.signing import ECDSA_P256, ED25519, KeySigner, generate_private_key
+from xhub.v1 import audit_pb2, certificate_pb2, envelope_pb2
 
 Cert = certificate_pb2.ElectronicCertificate
 Code = grpc.StatusCode
@@ -98,15 +99,6 @@ def licence(**overrides: Any) -> Cert:
     }
     fields.update(overrides)
     return new_certificate(**fields)
-
-
-def refused(fn: Callable[[], object], code: Code, reason: str) -> XhubError:
-    """Run a call that the hub must refuse with ``code`` and ErrorInfo ``reason``."""
-    with pytest.raises(XhubError) as caught:
-        fn()
-    error = caught.value
-    assert (error.code, error.reason_name) == (code, reason), str(error)
-    return error
 
 
 # -- identifiers made by new_certificate -------------------------------------------------------

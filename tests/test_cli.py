@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from hub import codes
-from hub.bundle import MemberBundle
-from hub.cli import main
-from hub.config import ConfigError, HubConfig, load_config
-from hub.db import MemberRow, current_revision, make_engine, session_factory, table_names
-from hub.registry import REVOKED
+from xhub.cli.main import main
+from xhub.hub.core.config import ConfigError, HubConfig, load_config
+from xhub.hub.core.db import MemberRow, current_revision, make_engine, session_factory, table_names
+from xhub.hub.registry.store import REVOKED
+from xhub.protocol import codes
+from xhub.protocol.bundle import MemberBundle
 
 HUB_ID = "CN.440000.XHUB"
 LEGACY_PILOT = "91350100M0001TGQXM"

@@ -21,13 +21,20 @@ import grpc
 import grpc_testing
 import pytest
 from google.protobuf.message import Message
-from xhub.v1 import envelope_pb2, registry_pb2
 
-from connectors import HubClient, RetryPolicy, TransportError
-from hub import codes
-from hub.bundle import MemberBundle
-from hub.envelope import check_shape, new_header, parse_verified, seal, verify_signature_by
-from hub.errors import (
+from xhub.connectors import HubClient, RetryPolicy, TransportError
+from xhub.hub.registry.store import validate_member
+from xhub.hub.setup import add_member_with_bundle, init_data_dir
+from xhub.protocol import codes
+from xhub.protocol.bundle import MemberBundle
+from xhub.protocol.envelope import (
+    check_shape,
+    new_header,
+    parse_verified,
+    seal,
+    verify_signature_by,
+)
+from xhub.protocol.errors import (
     AuthenticationError,
     BadResponseError,
     MalformedError,
@@ -36,9 +43,8 @@ from hub.errors import (
     UnavailableError,
     XhubError,
 )
-from hub.registry import validate_member
-from hub.setup import add_member_with_bundle, init_data_dir
-from hub.signing import ED25519, KeySigner, KeyVerifier, generate_private_key, load_signer
+from xhub.protocol.signing import ED25519, KeySigner, KeyVerifier, generate_private_key, load_signer
+from xhub.v1 import envelope_pb2, registry_pb2
 
 SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
 GET_MEMBER = SERVICE.methods_by_name["GetMember"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.codes import (
+from xhub.protocol.codes import (
     DIVISION_NAMES,
     DIVISION_REFERENCE_VERSION,
     PROVINCE_PREFIXES,

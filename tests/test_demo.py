@@ -29,7 +29,7 @@ EXPECTED = [
 @pytest.mark.timeout(300)
 def test_make_demo_tells_the_whole_story(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "hub.demo", "--data-dir", str(tmp_path / "hub")],
+        [sys.executable, "-m", "xhub.demo", "--data-dir", str(tmp_path / "hub")],
         capture_output=True,
         text=True,
         timeout=300,

@@ -37,10 +37,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from xhub.v1 import case_pb2, intake_pb2
 
-from connectors.client import HubClient
-from connectors.department import (
+from xhub.connectors.department.connector import (
     FAILED,
     PENDING,
     SENT,
@@ -50,9 +48,11 @@ from connectors.department import (
     load_department_config,
     parse_missing_items,
 )
-from connectors.issuer_sync import main
-from hub import catalog
-from hub.codes import make_uscc
+from xhub.connectors.issuer.sync import main
+from xhub.connectors.sdk.client import HubClient
+from xhub.hub.catalog import store as catalog
+from xhub.protocol.codes import make_uscc
+from xhub.v1 import case_pb2, intake_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 ITEM = "11440103MB2C9052XK-0001"  # 食品经营许可(新办)
@@ -513,7 +513,7 @@ def test_cli_loop_stops_cleanly_on_sigterm(world: World) -> None:
     case = world.submit()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "connectors.issuer_sync", "run", str(world.config)],
+        [sys.executable, "-m", "xhub.connectors.issuer.sync", "run", str(world.config)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

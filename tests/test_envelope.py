@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from xhub.v1 import envelope_pb2, registry_pb2
 
-from hub.envelope import (
+from xhub.protocol.envelope import (
     MAX_PAYLOAD_BYTES,
     check_shape,
     countersign,
@@ -23,8 +22,8 @@ from hub.envelope import (
     sign_payload,
     verify_signature_by,
 )
-from hub.errors import AuthenticationError, MalformedError
-from hub.signing import (
+from xhub.protocol.errors import AuthenticationError, MalformedError
+from xhub.protocol.signing import (
     ECDSA_P256,
     ED25519,
     KeySigner,
@@ -32,6 +31,7 @@ from hub.signing import (
     generate_private_key,
     public_key_der,
 )
+from xhub.v1 import envelope_pb2, registry_pb2
 
 R = envelope_pb2
 LOOKUP_TYPE = "xhub.v1.MemberLookup"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certificates_store.identifier import (
+from xhub.certificates_store.identifier import (
     IDENTIFIER_ROOT,
     CertificateIdentifier,
     IdentifierError,
@@ -14,7 +14,7 @@ from certificates_store.identifier import (
     mod37_36_check_char,
     parse_identifier,
 )
-from hub.codes import USCC_CHARSET, make_uscc
+from xhub.protocol.codes import USCC_CHARSET, make_uscc
 
 REAL = [
     "1.2.156.3005.2.11100000000013338W032.11220000013544541J.2430599.001.F",

@@ -18,10 +18,10 @@ import pytest
 from hubkit import HubKit
 from sqlalchemy import func, select
 
-from certificates_store.model import REVOKED, SUSPENDED, VALID
-from hub.cli import main
-from hub.codes import make_citizen_id, make_uscc
-from hub.db import CertificateRow
+from xhub.certificates_store.model import REVOKED, SUSPENDED, VALID
+from xhub.certificates_store.schema import CertificateRow
+from xhub.cli.main import main
+from xhub.protocol.codes import make_citizen_id, make_uscc
 
 LICENCE = "11100000000013338W001"  # 营业执照
 ID_CARD = "11100000000013338W002"  # 居民身份证

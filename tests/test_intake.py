@@ -21,11 +21,11 @@ from typing import Any
 
 import grpc
 import pytest
+from helpers import refused
 from hubkit import HubKit, MemberDef
 from sqlalchemy import func, select, update
-from xhub.v1 import audit_pb2, certificate_pb2, envelope_pb2, intake_pb2
 
-from certificates_store.model import (
+from xhub.certificates_store.model import (
     CANCELLED,
     CITIZEN_ID,
     EXPIRED,
@@ -37,12 +37,14 @@ from certificates_store.model import (
     new_certificate,
     open_certificate,
 )
-from connectors import HubClient, XhubError
-from hub import catalog
-from hub.audit import merkle
-from hub.codes import make_citizen_id, make_uscc
-from hub.db import CertificateRow, PreparedCaseRow
-from hub.signing import KeyVerifier
+from xhub.certificates_store.schema import CertificateRow
+from xhub.connectors import HubClient, XhubError
+from xhub.hub.catalog import store as catalog
+from xhub.hub.core.db import PreparedCaseRow
+from xhub.protocol.codes import make_citizen_id, make_uscc
+from xhub.protocol.log import merkle
+from xhub.protocol.signing import KeyVerifier
+from xhub.v1 import audit_pb2, certificate_pb2, envelope_pb2, intake_pb2
 
 Cert = certificate_pb2.ElectronicCertificate
 Code = grpc.StatusCode
@@ -174,14 +176,6 @@ def make_world(kit: HubKit, *, publish: bool = True) -> World:
 @pytest.fixture
 def world(hub_kit: HubKit) -> World:
     return make_world(hub_kit)
-
-
-def refused(fn: Callable[[], object], code: Code, reason: str) -> XhubError:
-    with pytest.raises(XhubError) as caught:
-        fn()
-    error = caught.value
-    assert (error.code, error.reason_name) == (code, reason), str(error)
-    return error
 
 
 def audit_record(world: World, leaf: bytes, **filters: Any) -> audit_pb2.AuditRecord:

@@ -36,10 +36,16 @@ from sqlalchemy import (
     update,
 )
 
-from certificates_store.model import REVOKED, SUSPENDED, VALID
-from connectors.issuer_sync import IssuerSync, SyncConfigError, SyncState, load_sync_config, main
-from hub.codes import make_uscc
-from hub.db import CertificateRow
+from xhub.certificates_store.model import REVOKED, SUSPENDED, VALID
+from xhub.certificates_store.schema import CertificateRow
+from xhub.connectors.issuer.sync import (
+    IssuerSync,
+    SyncConfigError,
+    SyncState,
+    load_sync_config,
+    main,
+)
+from xhub.protocol.codes import make_uscc
 
 FOOD_LICENCE = "11100000000013338W004"  # 食品经营许可证
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,7 +323,13 @@ def test_restart_resumes_from_the_watermark(
     first.close()
 
     # A new process: nothing is sent again.
-    command = [sys.executable, "-m", "connectors.issuer_sync", "sync-certificates", str(config)]
+    command = [
+        sys.executable,
+        "-m",
+        "xhub.connectors.issuer.sync",
+        "sync-certificates",
+        str(config),
+    ]
     done = subprocess.run(
         [*command, "--once"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )

@@ -36,18 +36,21 @@ from typing import Any
 
 import grpc
 import pytest
+from helpers import refused
 from hubkit import HubKit, MemberDef
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
-from xhub.v1 import audit_pb2, certificate_pb2, intake_pb2, material_pb2
 
-from connectors import HubClient, XhubError
-from hub import catalog, catalog_file, materials
-from hub.audit import merkle
-from hub.blobstore import CHUNK, LocalBlobStore
-from hub.codes import make_citizen_id, make_uscc
-from hub.db import BlobIntentRow, MaterialRow, PreparedCaseRow, session_factory
-from hub.errors import from_rpc_error
+from xhub.connectors import HubClient, XhubError
+from xhub.hub.catalog import file as catalog_file
+from xhub.hub.catalog import store as catalog
+from xhub.hub.core.db import BlobIntentRow, MaterialRow, PreparedCaseRow, session_factory
+from xhub.hub.materials import store as materials
+from xhub.hub.materials.blobstore import CHUNK, LocalBlobStore
+from xhub.protocol.codes import make_citizen_id, make_uscc
+from xhub.protocol.errors import from_rpc_error
+from xhub.protocol.log import merkle
+from xhub.v1 import audit_pb2, certificate_pb2, intake_pb2, material_pb2
 
 Code = grpc.StatusCode
 USCC = certificate_pb2.HOLDER_CODE_TYPE_USCC
@@ -200,14 +203,6 @@ def send(client: HubClient, messages: Any, timeout: float = 15.0) -> material_pb
             raise
         raise typed from exc
     return response
-
-
-def refused(fn: Callable[[], object], code: Code, reason: str) -> XhubError:
-    with pytest.raises(XhubError) as caught:
-        fn()
-    error = caught.value
-    assert (error.code, error.reason_name) == (code, reason), str(error)
-    return error
 
 
 def audit_entry(auditor: HubClient, leaf_hex: str, method: str) -> audit_pb2.AuditEntry:

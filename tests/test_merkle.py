@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.audit.merkle import (
+from xhub.protocol.log.merkle import (
     EMPTY_ROOT,
     MemoryNodeStore,
     NodeKey,

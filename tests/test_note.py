@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub.audit.note import (
+from xhub.protocol.log.note import (
     Checkpoint,
     InvalidSignatureError,
     MalformedNoteError,

@@ -16,11 +16,9 @@ from alembic.script import ScriptDirectory
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
-from xhub.v1 import registry_pb2
 
-from hub import codes
-from hub.ca import CertificateAuthority, load_certificate, verify_member_certificate
-from hub.db import (
+from xhub.hub.core.ca import CertificateAuthority
+from xhub.hub.core.db import (
     MemberKeyRow,
     MemberRoleRow,
     MemberRow,
@@ -32,9 +30,8 @@ from hub.db import (
     session_factory,
     table_names,
 )
-from hub.errors import MalformedError, NotFoundError, ReplayError
-from hub.gate import Gate
-from hub.registry import (
+from xhub.hub.core.gate import Gate
+from xhub.hub.registry.store import (
     ACTIVE,
     REVOKED,
     IssuedMember,
@@ -47,7 +44,11 @@ from hub.registry import (
     revoke_member,
     validate_member,
 )
-from hub.signing import ECDSA_P256, ED25519, KeySigner, KeyVerifier, key_id_for
+from xhub.protocol import codes
+from xhub.protocol.errors import MalformedError, NotFoundError, ReplayError
+from xhub.protocol.pki import load_certificate, verify_member_certificate
+from xhub.protocol.signing import ECDSA_P256, ED25519, KeySigner, KeyVerifier, key_id_for
+from xhub.v1 import registry_pb2
 
 HUB_ID = "CN.440000.XHUB"
 REGISTRY_TABLES = {"members", "member_roles", "member_keys", "seen_messages"}

@@ -16,16 +16,24 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from helpers import refused_on_the_wire as refused
 from hubkit import HubKit, MemberDef
-from xhub.v1 import envelope_pb2, registry_pb2, registry_pb2_grpc
 
-from connectors import AuthenticationError, HubClient, MalformedError, NotFoundError
-from hub.ca import CertificateAuthority, load_certificate
-from hub.codes import make_uscc
-from hub.db import MemberRow
-from hub.envelope import new_header, seal, sign_payload
-from hub.errors import ERROR_DOMAIN, error_info_of
-from hub.signing import ECDSA_P256, ED25519, KeySigner, generate_private_key, load_private_key
+from xhub.connectors import AuthenticationError, HubClient, MalformedError, NotFoundError
+from xhub.hub.core.ca import CertificateAuthority
+from xhub.hub.core.db import MemberRow
+from xhub.protocol.codes import make_uscc
+from xhub.protocol.envelope import new_header, seal, sign_payload
+from xhub.protocol.errors import error_info_of
+from xhub.protocol.pki import load_certificate
+from xhub.protocol.signing import (
+    ECDSA_P256,
+    ED25519,
+    KeySigner,
+    generate_private_key,
+    load_private_key,
+)
+from xhub.v1 import envelope_pb2, registry_pb2, registry_pb2_grpc
 
 Envelope = envelope_pb2.Envelope
 Code = grpc.StatusCode
@@ -62,19 +70,6 @@ def get_member(
         request, timeout=5
     )
     return response
-
-
-def refused(send: Callable[[], object], code: Code, reason: str) -> grpc.Call:
-    """Run ``send``; assert it fails with ``code`` and ErrorInfo ``reason``."""
-    with pytest.raises(grpc.RpcError) as caught:
-        send()
-    error = caught.value
-    assert isinstance(error, grpc.Call)
-    info = error_info_of(error)
-    assert (error.code(), info.reason if info else None) == (code, reason), error.details()
-    assert info is not None and info.domain == ERROR_DOMAIN
-    assert error.details(), "a refusal must say what was wrong"
-    return error
 
 
 def lookup(member_id: str) -> registry_pb2.MemberLookup:

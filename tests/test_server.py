@@ -17,14 +17,14 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hubkit import HubKit
-from xhub.v1 import registry_pb2
 
-from connectors import BadResponseError, HubClient
-from connectors.client import secure_channel
-from hub.envelope import pae, verify_signature_by
-from hub.errors import error_info_of
-from hub.server import SERVICE_NAMES
-from hub.signing import ECDSA_P256, ED25519
+from xhub.connectors import BadResponseError, HubClient
+from xhub.connectors.sdk.client import secure_channel
+from xhub.hub.server import SERVICE_NAMES
+from xhub.protocol.envelope import pae, verify_signature_by
+from xhub.protocol.errors import error_info_of
+from xhub.protocol.signing import ECDSA_P256, ED25519
+from xhub.v1 import registry_pb2
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.cases.calendar import (
+from xhub.hub.cases.calendar import (
     SAMPLE_CN_2026,
     CalendarFileError,
     WorkCalendar,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
-from hub.db import Base
+import xhub.certificates_store.schema  # noqa: F401  (its table joins the one metadata)
+from xhub.hub.core.db import Base
 
 engine = context.config.attributes.get("engine")
 if not isinstance(engine, Engine):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from hub.db import UtcDateTime
+from xhub.hub.core.db import UtcDateTime
 
 revision = "0001_registry"
 down_revision = None

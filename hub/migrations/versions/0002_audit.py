@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-from hub.db import AuditId, UtcDateTime
+from xhub.hub.core.db import AuditId, UtcDateTime
 
 revision = "0002_audit"
 down_revision = "0001_registry"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from hub.db import AuditId, UtcDateTime
+from xhub.hub.core.db import AuditId, UtcDateTime
 
 revision = "0005_cases"
 down_revision = "0004_materials"

@@ -1,0 +1,178 @@
+"""AuditService (审计服务): checkpoints and proofs for every member, Query for auditors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import Table, select
+from sqlalchemy.orm import Session
+
+from xhub.hub.core.audit_log import (
+    AuditLog,
+    SqlNodeReader,
+    entries,
+    envelopes_table,
+    subjects_table,
+)
+from xhub.hub.core.rpc import Service, Unary
+from xhub.hub.core.runtime import Call, HubRuntime
+from xhub.protocol.errors import MalformedError, NotFoundError, UnavailableError
+from xhub.protocol.log import merkle
+from xhub.v1 import audit_pb2, envelope_pb2, registry_pb2
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+class AuditService(Service):
+    descriptor = audit_pb2.DESCRIPTOR.services_by_name["AuditService"]
+
+    def __init__(self, runtime: HubRuntime) -> None:
+        self.runtime = runtime
+        self.log = runtime.audit
+
+    def unary(self) -> Sequence[Unary[Any]]:
+        return [
+            Unary("GetCheckpoint", audit_pb2.CheckpointQuery, self._checkpoint),
+            Unary("GetInclusionProof", audit_pb2.InclusionProofQuery, self._inclusion),
+            Unary("GetConsistencyProof", audit_pb2.ConsistencyProofQuery, self._consistency),
+            Unary("Query", audit_pb2.AuditQuery, self._query, role=registry_pb2.ROLE_AUDITOR),
+        ]
+
+    # -- handlers (worker threads) --------------------------------------------
+
+    def _checkpoint(self, call: Call[audit_pb2.CheckpointQuery]) -> audit_pb2.CheckpointResult:
+        size, _, note = self.log.latest_checkpoint(call.session.connection())
+        return audit_pb2.CheckpointResult(
+            checkpoint_note=note, tree_size=size, log_key=self.log.signer.verifier_key()
+        )
+
+    def _inclusion(
+        self, call: Call[audit_pb2.InclusionProofQuery]
+    ) -> audit_pb2.InclusionProofResult:
+        query = call.message
+        connection = call.session.connection()
+        latest = self.log.latest_checkpoint(connection)[0]
+        if query.leaf_hash:
+            try:
+                located = self.log.locate(connection, query.leaf_hash)
+            except LookupError as exc:
+                raise NotFoundError("no audit entry with that leaf hash") from exc
+            if located is None or located >= latest:
+                raise UnavailableError(
+                    "the entry is logged but not yet in a checkpoint; retry shortly",
+                    reason=envelope_pb2.ERROR_REASON_NOT_YET_SEQUENCED,
+                )
+            index = located
+        else:
+            index = query.leaf_index
+        size = query.tree_size or latest
+        if size > latest:
+            raise MalformedError(
+                f"tree_size {size} is beyond the latest checkpoint ({latest})",
+                metadata={"field": "tree_size", "latest": str(latest)},
+            )
+        if index >= size:
+            raise MalformedError(
+                f"leaf index {index} is not in a tree of size {size}",
+                metadata={"field": "leaf_index"},
+            )
+        reader = SqlNodeReader(connection)
+        return audit_pb2.InclusionProofResult(
+            leaf_index=index,
+            tree_size=size,
+            hashes=merkle.inclusion_proof(index, size, reader),
+            leaf_hash=reader.get_node(0, index),
+        )
+
+    def _consistency(
+        self, call: Call[audit_pb2.ConsistencyProofQuery]
+    ) -> audit_pb2.ConsistencyProofResult:
+        query = call.message
+        connection = call.session.connection()
+        latest = self.log.latest_checkpoint(connection)[0]
+        new_size = query.new_size or latest
+        if not 0 < query.old_size <= new_size <= latest:
+            raise MalformedError(
+                f"need 0 < old_size ≤ new_size ≤ {latest}; got {query.old_size}, {new_size}",
+                metadata={"field": "old_size", "latest": str(latest)},
+            )
+        return audit_pb2.ConsistencyProofResult(
+            old_size=query.old_size,
+            new_size=new_size,
+            hashes=merkle.consistency_proof(query.old_size, new_size, SqlNodeReader(connection)),
+        )
+
+    def _query(self, call: Call[audit_pb2.AuditQuery]) -> audit_pb2.AuditQueryResult:
+        query = call.message
+        if query.subject:
+            call.audit.subject = query.subject  # whose records an auditor looked at is audited
+        records, token = query_log(self.log, call.session, query)
+        return audit_pb2.AuditQueryResult(records=records, next_page_token=token)
+
+
+def query_log(
+    log: AuditLog, session: Session, query: audit_pb2.AuditQuery
+) -> tuple[list[audit_pb2.AuditRecord], str]:
+    """One page of entries matching ``query``, oldest first, with clear subjects."""
+    if query.page_size < 0:
+        raise MalformedError("page_size must not be negative", metadata={"field": "page_size"})
+    limit = min(query.page_size or DEFAULT_PAGE, MAX_PAGE)
+    after = 0
+    if query.page_token:
+        try:
+            after = int(query.page_token)
+        except ValueError as exc:
+            raise MalformedError("bad page_token", metadata={"field": "page_token"}) from exc
+    subjects: Table = subjects_table
+    columns = [entries.c.id, entries.c.leaf_index, entries.c.entry, subjects.c.subject]
+    statement = (
+        select(*columns)
+        .outerjoin(subjects, subjects.c.entry_id == entries.c.id)
+        .where(entries.c.id > after)
+        .order_by(entries.c.id)
+        .limit(limit + 1)
+    )
+    if query.member_id:
+        statement = statement.where(
+            (entries.c.sender == query.member_id) | (entries.c.recipient == query.member_id)
+        )
+    if query.subject:
+        statement = statement.where(entries.c.subject_hmac == log.subject_hmac(query.subject))
+    if query.case_id:
+        statement = statement.where(entries.c.case_id == query.case_id)
+    if query.method:
+        statement = statement.where(entries.c.method == query.method)
+    if query.decision:
+        statement = statement.where(entries.c.decision == int(query.decision))
+    if query.HasField("since"):
+        statement = statement.where(entries.c.logged_at >= query.since.ToDatetime(tzinfo=UTC))
+    if query.HasField("until"):
+        statement = statement.where(entries.c.logged_at < query.until.ToDatetime(tzinfo=UTC))
+    connection = session.connection()
+    rows = connection.execute(statement).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    envelopes: dict[int, bytes] = {}
+    if query.include_envelopes and rows:
+        envelopes = {
+            entry_id: bytes(blob)
+            for entry_id, blob in connection.execute(
+                select(envelopes_table.c.entry_id, envelopes_table.c.envelope).where(
+                    envelopes_table.c.entry_id.in_([row.id for row in rows])
+                )
+            )
+        }
+    records = [
+        audit_pb2.AuditRecord(
+            leaf_index=row.leaf_index or 0,
+            sequenced=row.leaf_index is not None,
+            entry=bytes(row.entry),
+            subject=row.subject or "",
+            envelope=envelopes.get(row.id, b""),
+        )
+        for row in rows
+    ]
+    return records, str(rows[-1].id) if more else ""

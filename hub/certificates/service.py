@@ -1,0 +1,94 @@
+"""CertificateService (证照发布): issuers publish and change status of their certificates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from xhub.certificates_store import store
+from xhub.certificates_store.model import parse_certificate
+from xhub.hub.core.db import MemberKeyRow, MemberRow
+from xhub.hub.core.rpc import Service, Unary
+from xhub.hub.core.runtime import Call
+from xhub.protocol.envelope import check_shape, payload_type_of, verify_signature_by
+from xhub.protocol.errors import AuthenticationError, PermissionDeniedError
+from xhub.protocol.signing import KeyVerifier
+from xhub.v1 import certificate_pb2, envelope_pb2, registry_pb2
+
+
+class CertificateService(Service):
+    descriptor = certificate_pb2.DESCRIPTOR.services_by_name["CertificateService"]
+
+    def unary(self) -> Sequence[Unary[Any]]:
+        return [
+            Unary(
+                "PublishCertificate",
+                certificate_pb2.CertificatePublication,
+                _publish,
+                role=registry_pb2.ROLE_ISSUER,
+            ),
+            Unary(
+                "ChangeCertificateStatus",
+                certificate_pb2.CertificateStatusChange,
+                _change_status,
+                role=registry_pb2.ROLE_ISSUER,
+            ),
+        ]
+
+
+def _publish(
+    call: Call[certificate_pb2.CertificatePublication],
+) -> certificate_pb2.PublicationResult:
+    publication = call.message
+    inner = publication.certificate
+    # 1. The certificate is its own envelope, signed by the caller's key over its exact bytes.
+    check_shape(inner, payload_type_of(certificate_pb2.ElectronicCertificate))
+    key = call.session.get(MemberKeyRow, inner.signatures[0].key_id)
+    if key is None or key.member_id != call.caller.member_id:
+        raise AuthenticationError(
+            "the certificate is not signed by one of the caller's keys",
+            reason=envelope_pb2.ERROR_REASON_UNKNOWN_KEY,
+        )
+    verify_signature_by(inner, KeyVerifier.from_der(key.public_key_der))
+    cert = parse_certificate(inner.payload)
+    call.audit.subject = cert.holder_code
+    # 2. Only the issuer named in the certificate may publish it.
+    uscc = call.session.scalar(
+        select(MemberRow.uscc).where(MemberRow.member_id == call.caller.member_id)
+    )
+    if cert.issuer_code != uscc:
+        raise PermissionDeniedError(
+            f"the certificate names issuer {cert.issuer_code!r}; you are {uscc!r}",
+            reason=envelope_pb2.ERROR_REASON_NOT_ISSUER,
+            metadata={"issuer_code": cert.issuer_code[:64]},
+        )
+    # 3. Validate and store; an identical re-publish is a no-op.
+    published = store.publish(
+        call.session,
+        envelope=inner,
+        issuer_member_id=call.caller.member_id,
+        status=publication.status or certificate_pb2.CERTIFICATE_STATUS_VALID,
+        raw_status_code=publication.raw_status_code,
+    )
+    return certificate_pb2.PublicationResult(
+        identifier=published.identifier, already_published=published.already_published
+    )
+
+
+def _change_status(
+    call: Call[certificate_pb2.CertificateStatusChange],
+) -> certificate_pb2.StatusChangeResult:
+    change = call.message
+    previous, status = store.change_status(
+        call.session,
+        identifier=change.identifier,
+        issuer_member_id=call.caller.member_id,
+        status=change.status,
+        reason=change.reason,
+        raw_status_code=change.raw_status_code,
+    )
+    return certificate_pb2.StatusChangeResult(
+        identifier=change.identifier, previous_status=previous, status=status
+    )

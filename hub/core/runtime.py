@@ -1,0 +1,346 @@
+"""What every signed RPC shares: admission off the event loop, a signed reply, errors.
+
+A servicer method states its payload type and hands a synchronous handler to
+``HubRuntime.unary``; the handler sees only an admitted request and returns the
+response payload. The runtime stamps the response header, signs it with the
+hub key and turns every ``RefusedError`` into a gRPC status with ErrorInfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+import grpc
+from cryptography import x509
+from google.protobuf.message import Message
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from xhub.hub.core.audit_log import ALLOWED, DENIED, AuditDraft, AuditLog, load_log_signer
+from xhub.hub.core.config import HubConfig
+from xhub.hub.core.db import make_engine, session_factory
+from xhub.hub.core.gate import Admitted, Caller, Gate, peer_member_id
+from xhub.protocol.envelope import new_header, seal
+from xhub.protocol.errors import PermissionDeniedError, RefusedError
+from xhub.protocol.pki import load_certificate
+from xhub.protocol.signing import KeySigner, load_signer
+from xhub.v1 import envelope_pb2, registry_pb2
+
+log = logging.getLogger("xhub.runtime")
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HubIdentity:
+    """The hub's own keys and certificates, loaded from the data directory."""
+
+    hub_id: str
+    signer: KeySigner
+    ca_cert: x509.Certificate
+    signing_cert: x509.Certificate
+
+    @classmethod
+    def load(cls, config: HubConfig) -> HubIdentity:
+        paths = config.paths
+        return cls(
+            hub_id=config.hub_id,
+            signer=load_signer(paths.signing_key),
+            ca_cert=load_certificate(paths.ca_cert.read_bytes()),
+            signing_cert=load_certificate(paths.signing_cert.read_bytes()),
+        )
+
+
+def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    certs = list(context.auth_context().get("x509_pem_cert", []))
+    return certs[0] if certs else None
+
+
+@dataclass
+class Call(Generic[M]):
+    """An admitted request as a handler sees it: message, caller, session, audit notes."""
+
+    admitted: Admitted[M]
+    session: Session
+    audit: AuditDraft
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def message(self) -> M:
+        return self.admitted.message
+
+    @property
+    def header(self) -> envelope_pb2.Header:
+        return self.admitted.header
+
+    @property
+    def caller(self) -> Caller:
+        return self.admitted.caller
+
+
+class Notifier:
+    """Wakes waiting streams in this process when something they serve was committed.
+
+    Other processes' commits are found by polling; this only cuts the latency of the
+    common case where the writer and the stream share a process.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        """Thread-safe: called from worker threads after a commit."""
+        if self._loop is not None and self._event is not None:
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> None:
+        if self._event is None:
+            await asyncio.sleep(timeout)
+            return
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return
+        # Every waiter has seen this wake-up once it returns; arm the next one.
+        if event is self._event:
+            self._event = asyncio.Event()
+
+
+class HubRuntime:
+    def __init__(self, config: HubConfig, *, engine: Engine | None = None) -> None:
+        self.config = config
+        self.identity = HubIdentity.load(config)
+        self.engine = engine or make_engine(config.effective_database_url, pool_size=config.workers)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.gate = Gate(
+            self.sessions,
+            config.hub_id,
+            clock_skew=timedelta(seconds=config.clock_skew_seconds),
+        )
+        self.audit = AuditLog(
+            self.engine,
+            hub_id=config.hub_id,
+            origin=config.effective_log_origin,
+            signer=load_log_signer(config.effective_log_origin, config.paths.log_key),
+            subject_key=config.paths.subject_key.read_bytes(),
+            merge_delay=timedelta(seconds=config.audit_merge_delay_seconds),
+        )
+        self.notifier = Notifier()
+        # SQLite has a single writer, and a writer that finds it taken sleeps in SQLite's
+        # busy handler (1, 2, 5, 10… ms). Writers of this process queue on a lock instead,
+        # which hands the database on at once. PostgreSQL locks rows and needs none.
+        self.write_lock: AbstractContextManager[Any] = (
+            threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.workers, thread_name_prefix="xhub-worker"
+        )
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    def writing(self, fn: Callable[[], T]) -> T:
+        """Run a function that writes in its own transaction, holding the write lock."""
+        with self.write_lock:
+            return fn()
+
+    async def unary(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        envelope: envelope_pb2.Envelope | None,
+        message_type: type[M],
+        handler: Callable[[Call[M]], Message],
+        *,
+        method: str,
+        require_role: registry_pb2.Role.ValueType | None = None,
+    ) -> envelope_pb2.Envelope:
+        """Admit, handle, audit and sign one request; abort the RPC with a status on refusal."""
+        peer_pem = peer_certificate(context)
+
+        def work() -> envelope_pb2.Envelope:
+            draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
+            admitted: Admitted[M] | None = None
+            try:
+                with self.sessions() as session:
+                    # The call's effect, its replay record and its audit entry commit together.
+                    admitted = self.gate.admit(
+                        envelope,
+                        message_type,
+                        peer_pem,
+                        on_verified=draft.note_header,
+                        session=session,
+                    )
+                    if require_role is not None and not admitted.caller.has(require_role):
+                        raise PermissionDeniedError(
+                            f"{admitted.caller.member_id} lacks the "
+                            f"{registry_pb2.Role.Name(require_role)} role",
+                            metadata={"required_role": registry_pb2.Role.Name(require_role)},
+                        )
+                    call = Call(admitted, session, draft)
+                    response, receipt = self._commit(call, handler, record=True)
+                return self.sign_response(response, admitted.header, receipt)
+            except RefusedError as exc:
+                self._refused(draft, exc.reason_name, exc, admitted)
+                raise
+            except Exception as exc:
+                self._refused(draft, "INTERNAL", exc, admitted)
+                raise
+
+        try:
+            return await self.run_blocking(work)
+        except RefusedError as exc:
+            log.info("refused %s: %s", method, exc)
+            await context.abort_with_status(exc.to_status())
+            raise AssertionError("unreachable") from exc  # abort_with_status always raises
+        except Exception:
+            # Never hand internals (SQL, parameters, paths) to a caller; the log has them.
+            log.exception("internal error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub has logged it")
+            raise
+
+    # -- streaming calls: admission, then a body, then one completing transaction --------
+
+    async def admit(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        envelope: envelope_pb2.Envelope | None,
+        message_type: type[M],
+        *,
+        method: str,
+        require_role: registry_pb2.Role.ValueType | None = None,
+    ) -> tuple[Admitted[M], AuditDraft]:
+        """Admit the opening message of a stream (its id recorded at once); abort if refused."""
+        peer_pem = peer_certificate(context)
+
+        def work() -> tuple[Admitted[M], AuditDraft]:
+            draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
+            try:
+                admitted = self.gate.admit(
+                    envelope, message_type, peer_pem, on_verified=draft.note_header
+                )
+                if require_role is not None and not admitted.caller.has(require_role):
+                    raise PermissionDeniedError(
+                        f"{admitted.caller.member_id} lacks the "
+                        f"{registry_pb2.Role.Name(require_role)} role",
+                        metadata={"required_role": registry_pb2.Role.Name(require_role)},
+                    )
+            except RefusedError as exc:
+                self._refused(draft, exc.reason_name, exc, None)
+                raise
+            return admitted, draft
+
+        try:
+            return await self.run_blocking(work)
+        except RefusedError as exc:
+            log.info("refused %s: %s", method, exc)
+            await context.abort_with_status(exc.to_status())
+            raise AssertionError("unreachable") from exc
+
+    async def refuse(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        draft: AuditDraft,
+        exc: RefusedError,
+    ) -> None:
+        """Audit a refusal found after admission (bad content, binding) and abort the RPC."""
+        # Shielded: the call may be cancelled already (client gone); the record must land.
+        await asyncio.shield(
+            self.run_blocking(lambda: self._refused(draft, exc.reason_name, exc, None))
+        )
+        log.info("refused %s: %s", draft.method, exc)
+        await context.abort_with_status(exc.to_status())
+
+    def complete(
+        self,
+        admitted: Admitted[M],
+        draft: AuditDraft,
+        effect: Callable[[Call[M]], Message],
+    ) -> envelope_pb2.Envelope:
+        """Run a streaming call's effect with its audit entry in one transaction; sign."""
+        with self.sessions() as session:
+            # A stream's opening message was recorded at admission: no replay record here.
+            response, receipt = self._commit(Call(admitted, session, draft), effect, record=False)
+        return self.sign_response(response, admitted.header, receipt)
+
+    def _commit(
+        self, call: Call[M], effect: Callable[[Call[M]], Message], *, record: bool
+    ) -> tuple[Message, envelope_pb2.AuditReceipt | None]:
+        """The call's effect, its replay record and its audit entry: one transaction, so
+        all land or none; then the hooks that wait for the commit."""
+        with self.write_lock:
+            try:
+                response = effect(call)
+                if record:
+                    self.gate.record(call.session, call.admitted)
+                receipt = None
+                if self.config.audit_enabled:
+                    receipt = self.audit.append(call.session, call.audit, ALLOWED).receipt
+                call.session.commit()
+            except BaseException:
+                call.session.rollback()  # inside the lock: release the database too
+                raise
+        for hook in call.after_commit:
+            hook()
+        return response, receipt
+
+    def audit_refusal(self, draft: AuditDraft, reason: str) -> None:
+        """Log a call that ended without an RefusedError (e.g. the client went away)."""
+        self._refused(draft, reason, RuntimeError(reason), None)
+
+    def _refused(
+        self, draft: AuditDraft, reason: str, exc: Exception, admitted: Admitted[Any] | None
+    ) -> None:
+        """A refused call's transaction rolled back: keep its message id (if it was admitted)
+        and log the refusal, each in its own transaction."""
+        if admitted is not None:
+            self.writing(lambda: self.gate.remember(admitted.caller.member_id, admitted.header))
+        if not self.config.audit_enabled:
+            return
+        try:
+            with self.write_lock, self.sessions.begin() as session:
+                logged = self.audit.append(session, draft, DENIED, reason)
+        except Exception:
+            log.exception("could not audit a refused %s call", draft.method)
+            return
+        if isinstance(exc, RefusedError):
+            exc.metadata["audit_leaf"] = logged.leaf_hash.hex()
+
+    def sign_response(
+        self,
+        response: Message,
+        request: envelope_pb2.Header,
+        receipt: envelope_pb2.AuditReceipt | None = None,
+    ) -> envelope_pb2.Envelope:
+        header = new_header(
+            self.identity.hub_id,
+            request.sender,
+            case_id=request.case_id,
+            purpose=request.purpose,
+            in_reply_to=request.message_id,
+        )
+        if receipt is not None:
+            header.receipt.CopyFrom(receipt)
+        getattr(response, "header").CopyFrom(header)  # noqa: B009
+        return seal(response, self.identity.signer)
+
+    def prune(self) -> int:
+        return self.writing(self.gate.prune_seen)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.engine.dispose()

@@ -1,0 +1,224 @@
+"""IntakeService (一窗受理): items, the one-time checklist, purpose-bound pulls, verification."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from xhub.certificates_store import store
+from xhub.certificates_store.model import STATUS_NAMES, VALID, CertificateDataError, validate_holder
+from xhub.certificates_store.schema import CertificateRow
+from xhub.hub.binding.purpose import bound_case, deny_unbound
+from xhub.hub.catalog import store as catalog
+from xhub.hub.core.db import MemberKeyRow, PreparedCaseRow
+from xhub.hub.core.rpc import Service, Unary
+from xhub.hub.core.runtime import Call
+from xhub.hub.materials import store as materials
+from xhub.protocol.envelope import verify_signature_by
+from xhub.protocol.errors import AuthenticationError, MalformedError
+from xhub.protocol.signing import KeyVerifier
+from xhub.v1 import (
+    certificate_pb2,
+    envelope_pb2,
+    intake_pb2,
+    material_pb2,
+    registry_pb2,
+)
+
+PREPARED_CASE_LIFETIME = timedelta(hours=24)
+USE_COPY_LIFETIME = timedelta(days=30)
+LEGAL_REP = intake_pb2.HOLDER_ROLE_LEGAL_REPRESENTATIVE
+R = envelope_pb2
+
+
+class IntakeService(Service):
+    descriptor = intake_pb2.DESCRIPTOR.services_by_name["IntakeService"]
+
+    def unary(self) -> Sequence[Unary[Any]]:
+        return [
+            Unary("GetItem", intake_pb2.ItemLookup, _get_item),
+            Unary(
+                "PrepareCase",
+                intake_pb2.CasePreparation,
+                _prepare_case,
+                role=registry_pb2.ROLE_PLATFORM,
+            ),
+            Unary(
+                "PullCertificates",
+                intake_pb2.CertificatePull,
+                _pull,
+                role=registry_pb2.ROLE_PLATFORM,
+            ),
+            Unary("VerifyCertificate", intake_pb2.CertificateCheck, _verify),
+        ]
+
+
+def _get_item(call: Call[intake_pb2.ItemLookup]) -> intake_pb2.ItemLookupResult:
+    return intake_pb2.ItemLookupResult(item=catalog.get_item(call.session, call.message.code))
+
+
+def _holder_code(code: str, code_type: int, field: str) -> str:
+    try:
+        return validate_holder(code, code_type)
+    except CertificateDataError as exc:
+        raise MalformedError(str(exc), metadata={"field": field}) from exc
+
+
+def _prepare_case(call: Call[intake_pb2.CasePreparation]) -> intake_pb2.Checklist:
+    request = call.message
+    if not call.header.purpose.strip():
+        raise MalformedError("a purpose (用证事由) is required", metadata={"field": "purpose"})
+    applicant = _holder_code(request.applicant_code, request.applicant_code_type, "applicant_code")
+    call.audit.subject = applicant
+    representative = ""
+    if request.legal_representative_code:
+        representative = _holder_code(
+            request.legal_representative_code,
+            certificate_pb2.HOLDER_CODE_TYPE_CITIZEN_ID,
+            "legal_representative_code",
+        )
+    item = catalog.get_item(call.session, request.item_code)
+    today = datetime.now(UTC).date()
+    lines = []
+    for material in item.materials:
+        line = intake_pb2.ChecklistLine(material=material)
+        holder = representative if material.holder == LEGAL_REP else applicant
+        earlier = _earlier_material(call, applicant, material, today)
+        if not material.certificate_types and earlier is not None:
+            _reuse(line, earlier)
+        elif not material.certificate_types:
+            line.note = "material: the applicant brings it (材料需提交)"
+        elif not holder:
+            line.note = "no legal representative given (未提供法定代表人)"
+        else:
+            found = store.latest_for_holder(call.session, holder, list(material.certificate_types))
+            usable = [row for row in found if store.status_of(row, today) == VALID]
+            if usable:
+                line.satisfied = True
+                line.certificate.CopyFrom(store.to_ref(usable[0], today))
+                line.note = "held in the e-certificate library (已共享, 免提交)"
+            elif earlier is not None:
+                _reuse(line, earlier)
+            elif found:
+                row = found[0]
+                line.certificate.CopyFrom(store.to_ref(row, today))
+                status = STATUS_NAMES[store.status_of(row, today)]
+                line.note = f"on record but {status}; the applicant must bring a valid one"
+            else:
+                line.note = "none on record; the applicant must bring it (需提交)"
+                if material.material_types:
+                    line.note += " — or a material of type " + "/".join(material.material_types)
+        lines.append(line)
+    case_id = "PC" + uuid.uuid4().hex[:22].upper()
+    now = datetime.now(UTC)
+    call.session.add(
+        PreparedCaseRow(
+            case_id=case_id,
+            item_code=item.code,
+            platform_member_id=call.caller.member_id,
+            applicant_code=applicant,
+            legal_representative_code=representative,
+            purpose=call.header.purpose,
+            created_at=now,
+            expires_at=now + PREPARED_CASE_LIFETIME,
+        )
+    )
+    call.audit.case_id = case_id
+    return intake_pb2.Checklist(case_id=case_id, item=item, lines=lines)
+
+
+def _earlier_material(
+    call: Call[Any], applicant: str, material: intake_pb2.RequiredMaterial, today: date
+) -> material_pb2.MaterialRef | None:
+    if not material.material_types or material.holder == LEGAL_REP:
+        return None
+    found = materials.reusable(call.session, applicant, list(material.material_types), today)
+    return materials.to_ref(found[0]) if found else None
+
+
+def _reuse(line: intake_pb2.ChecklistLine, earlier: material_pb2.MaterialRef) -> None:
+    line.satisfied = True
+    line.earlier_material.CopyFrom(earlier)
+    when = earlier.uploaded_at.ToDatetime(tzinfo=UTC).date().isoformat()
+    line.note = f"submitted before for case {earlier.source_case} on {when} (已提交过, 免再次提交)"
+
+
+def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificates:
+    request = call.message
+    call.audit.subject = request.holder_code[:32]
+    case = bound_case(call)
+    now = datetime.now(UTC)
+    # 3. The holder is the applicant (or the legal representative named for this case);
+    #    one person may be both, when an individual represents itself.
+    roles: dict[str, set[int]] = {case.applicant_code: {intake_pb2.HOLDER_ROLE_UNSPECIFIED}}
+    if case.legal_representative_code:
+        roles.setdefault(case.legal_representative_code, set()).add(LEGAL_REP)
+    if request.holder_code not in roles:
+        raise deny_unbound("the holder is not this case's applicant", case_id=case.case_id)
+    # 4. Every type is required by the item for that holder.
+    item = catalog.get_item(call.session, case.item_code)
+    allowed = {
+        type_code
+        for material in item.materials
+        if material.holder in roles[request.holder_code]
+        for type_code in material.certificate_types
+    }
+    refused = [t for t in request.type_codes if t not in allowed]
+    if refused or not request.type_codes:
+        raise deny_unbound(
+            f"item {item.code} does not require type(s) {', '.join(refused) or '(none)'}",
+            case_id=case.case_id,
+            type_codes=",".join(refused)[:200],
+        )
+    rows = store.latest_for_holder(call.session, request.holder_code, list(request.type_codes))
+    today = now.date()
+    pulled = []
+    # Only certificates that can satisfy a requirement leave the library (data minimisation).
+    for row in (r for r in rows if store.status_of(r, today) == VALID):
+        envelope = envelope_pb2.Envelope()
+        envelope.ParseFromString(row.envelope)
+        copy = certificate_pb2.PulledCertificate(
+            certificate=envelope,
+            status=store.status_of(row, today),
+            raw_status_code=row.raw_status_code,
+            issuer_member_id=row.issuer_member_id,
+            annotation=certificate_pb2.UseAnnotation(
+                pulled_by=call.caller.member_id, case_id=case.case_id, purpose=case.purpose
+            ),
+        )
+        copy.annotation.pulled_at.FromDatetime(now)
+        copy.annotation.use_until.FromDatetime(now + USE_COPY_LIFETIME)
+        pulled.append(copy)
+    return intake_pb2.PulledCertificates(certificates=pulled)
+
+
+def _verify(call: Call[intake_pb2.CertificateCheck]) -> intake_pb2.CertificateVerification:
+    check = call.message
+    row = store.find(
+        call.session, identifier=check.identifier, number=check.number, type_code=check.type_code
+    )
+    return intake_pb2.CertificateVerification(
+        certificate=store.to_ref(row),
+        raw_status_code=row.raw_status_code,
+        signature_valid=_issuer_signature_holds(call, row),
+        version=row.version,
+    )
+
+
+def _issuer_signature_holds(call: Call[Any], row: CertificateRow) -> bool:
+    envelope = envelope_pb2.Envelope()
+    envelope.ParseFromString(row.envelope)
+    keys = call.session.execute(
+        select(MemberKeyRow.public_key_der).where(MemberKeyRow.member_id == row.issuer_member_id)
+    ).scalars()
+    for der in keys:
+        try:
+            verify_signature_by(envelope, KeyVerifier.from_der(der))
+            return True
+        except AuthenticationError:
+            continue
+    return False

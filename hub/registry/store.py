@@ -1,0 +1,356 @@
+"""Member registry (接入单位管理): add, list, revoke and look up members.
+
+All validation of codes happens here, before anything is written, so a
+refused ``member add`` leaves no row, key or bundle behind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
+
+from xhub.hub.core.ca import CertificateAuthority
+from xhub.hub.core.db import MemberKeyRow, MemberRoleRow, MemberRow, table_of
+from xhub.protocol import codes
+from xhub.protocol.bundle import MemberBundle
+from xhub.protocol.errors import MalformedError, NotFoundError
+from xhub.protocol.signing import (
+    ECDSA_P256,
+    PrivateKey,
+    PublicKey,
+    algorithm_of,
+    generate_private_key,
+    key_id_for,
+    public_key_der,
+)
+from xhub.v1 import registry_pb2
+
+ROLE_NAMES: dict[str, registry_pb2.Role.ValueType] = {
+    "issuer": registry_pb2.ROLE_ISSUER,
+    "platform": registry_pb2.ROLE_PLATFORM,
+    "department": registry_pb2.ROLE_DEPARTMENT,
+    "auditor": registry_pb2.ROLE_AUDITOR,
+    "admin": registry_pb2.ROLE_ADMIN,
+}
+ACTIVE = registry_pb2.MEMBER_STATUS_ACTIVE
+REVOKED = registry_pb2.MEMBER_STATUS_REVOKED
+SUBSYSTEM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+MEMBER_ID_RE = re.compile(r"^CN\.\d{6}\.[0-9A-Z]{18}(\.[a-z0-9][a-z0-9-]{0,31})?$")
+
+
+class RegistryError(MalformedError):
+    """A member definition is invalid; ``field`` names what to fix."""
+
+
+def role_name(role: int) -> str:
+    return registry_pb2.Role.Name(role).removeprefix("ROLE_").lower()  # type: ignore[arg-type]
+
+
+def parse_roles(names: Iterable[str]) -> list[registry_pb2.Role.ValueType]:
+    roles: list[registry_pb2.Role.ValueType] = []
+    for raw in names:
+        for name in (part.strip().lower() for part in raw.split(",")):
+            if not name:
+                continue
+            if name not in ROLE_NAMES:
+                raise RegistryError(
+                    f"unknown role {name!r}; choose from {', '.join(ROLE_NAMES)}",
+                    metadata={"field": "roles"},
+                )
+            if ROLE_NAMES[name] not in roles:
+                roles.append(ROLE_NAMES[name])
+    if not roles:
+        raise RegistryError("a member needs at least one role", metadata={"field": "roles"})
+    return roles
+
+
+def make_member_id(division: str, uscc: str, subsystem: str = "") -> str:
+    return f"CN.{division}.{uscc}" + (f".{subsystem}" if subsystem else "")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """A validated request to register a member."""
+
+    name: str
+    uscc: str
+    division_code: str
+    level: codes.Level
+    roles: Sequence[registry_pb2.Role.ValueType]
+    subsystem: str
+    legacy_uscc: bool
+    warnings: tuple[str, ...]
+
+    @property
+    def member_id(self) -> str:
+        return make_member_id(self.division_code, self.uscc, self.subsystem)
+
+
+def validate_member(
+    *,
+    name: str,
+    uscc: str,
+    division: str,
+    roles: Iterable[str],
+    subsystem: str = "",
+    allow_legacy_uscc: bool = False,
+) -> MemberSpec:
+    """Check every code before anything is created."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise RegistryError("name must be 1–200 characters", metadata={"field": "name"})
+    try:
+        uscc_result = codes.validate_uscc(uscc.strip().upper(), allow_legacy=allow_legacy_uscc)
+        division_code = codes.normalize_division(division.strip())
+        level = codes.division_level(division_code)
+    except codes.CodeError as exc:
+        raise RegistryError(str(exc), metadata={"field": exc.field, "code": exc.reason}) from exc
+    if subsystem and not SUBSYSTEM_RE.match(subsystem):
+        raise RegistryError(
+            "subsystem must be 1–32 of a-z, 0-9 and '-'", metadata={"field": "subsystem"}
+        )
+    return MemberSpec(
+        name=name,
+        uscc=uscc_result.code,
+        division_code=division_code,
+        level=level,
+        roles=parse_roles(roles),
+        subsystem=subsystem,
+        legacy_uscc=uscc_result.legacy,
+        warnings=tuple(w for w in [uscc_result.warning] if w),
+    )
+
+
+@dataclass(frozen=True)
+class IssuedMember:
+    spec: MemberSpec
+    tls_key: ec.EllipticCurvePrivateKey
+    signing_key: PrivateKey
+    row: MemberRow
+
+
+def add_member(
+    session: Session,
+    ca: CertificateAuthority,
+    spec: MemberSpec,
+    *,
+    signing_algorithm: registry_pb2.KeyAlgorithm.ValueType = ECDSA_P256,
+    days: int = 730,
+    now: datetime | None = None,
+) -> IssuedMember:
+    """Create keys and certificate and register them (caller commits)."""
+    now = now or datetime.now(UTC)
+    if session.get(MemberRow, spec.member_id) is not None:
+        raise RegistryError(
+            f"member {spec.member_id} already exists", metadata={"field": "member_id"}
+        )
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca.issue(tls_key.public_key(), spec.name, member_id=spec.member_id, days=days, now=now)
+    signing_key: PrivateKey = (
+        tls_key if signing_algorithm == ECDSA_P256 else generate_private_key(signing_algorithm)
+    )
+    row = MemberRow(
+        member_id=spec.member_id,
+        name=spec.name,
+        uscc=spec.uscc,
+        division_code=spec.division_code,
+        level=int(spec.level),
+        subsystem=spec.subsystem,
+        status=ACTIVE,
+        certificate_der=cert.public_bytes(Encoding.DER),
+        certificate_serial=format(cert.serial_number, "x"),
+        not_after=cert.not_valid_after_utc,
+        legacy_uscc=int(spec.legacy_uscc),
+        created_at=now,
+        revoke_reason="",
+    )
+    row.roles = [MemberRoleRow(role=int(r)) for r in spec.roles]
+    row.keys = [_key_row(k.public_key(), now) for k in _distinct(tls_key, signing_key)]
+    session.add(row)
+    session.flush()
+    return IssuedMember(spec=spec, tls_key=tls_key, signing_key=signing_key, row=row)
+
+
+def bind_hub_identity(
+    session: Session, member_id: str, name: str, cert_der: bytes, signing_key: PrivateKey
+) -> None:
+    """Register the hub's own signing key so its responses resolve like any member's."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    now = datetime.now(UTC)
+    row = MemberRow(
+        member_id=member_id,
+        name=name,
+        uscc="",
+        division_code=member_id.split(".")[1] if member_id.count(".") >= 2 else "",
+        level=0,
+        subsystem="",
+        status=ACTIVE,
+        certificate_der=cert_der,
+        certificate_serial=format(cert.serial_number, "x"),
+        not_after=cert.not_valid_after_utc,
+        legacy_uscc=0,
+        created_at=now,
+        revoke_reason="",
+    )
+    row.roles = [MemberRoleRow(role=int(registry_pb2.ROLE_ADMIN))]
+    row.keys = [_key_row(signing_key.public_key(), now)]
+    session.add(row)
+
+
+def _distinct(*keys: PrivateKey) -> list[PrivateKey]:
+    out: list[PrivateKey] = []
+    for key in keys:
+        if all(key is not k for k in out):
+            out.append(key)
+    return out
+
+
+def _key_row(public_key: PublicKey, now: datetime) -> MemberKeyRow:
+    return MemberKeyRow(
+        key_id=key_id_for(public_key),
+        algorithm=int(algorithm_of(public_key)),
+        public_key_der=public_key_der(public_key),
+        created_at=now,
+    )
+
+
+def make_bundle(
+    issued: IssuedMember,
+    *,
+    ca_cert_der: bytes,
+    hub_signing_cert_der: bytes,
+    hub_id: str,
+    hub_address: str,
+    server_name: str,
+    log_key: str = "",
+) -> MemberBundle:
+    return MemberBundle(
+        member_id=issued.spec.member_id,
+        name=issued.spec.name,
+        hub_id=hub_id,
+        hub_address=hub_address,
+        server_name=server_name,
+        tls_key=issued.tls_key,
+        tls_cert=x509.load_der_x509_certificate(issued.row.certificate_der),
+        ca_cert=x509.load_der_x509_certificate(ca_cert_der),
+        hub_signing_cert=x509.load_der_x509_certificate(hub_signing_cert_der),
+        signing_key=issued.signing_key,
+        log_key=log_key,
+    )
+
+
+def get_member(session: Session, member_id: str) -> MemberRow:
+    row = session.get(MemberRow, member_id)
+    if row is None or row.uscc == "":
+        raise NotFoundError(f"no member {member_id!r}", metadata={"member_id": member_id[:128]})
+    return row
+
+
+def list_members(
+    session: Session,
+    *,
+    level: int = 0,
+    role: int = 0,
+    division_prefix: str = "",
+    include_revoked: bool = False,
+    after: str = "",
+    limit: int = 100,
+) -> list[MemberRow]:
+    query = select(MemberRow).where(MemberRow.uscc != "").order_by(MemberRow.member_id)
+    if level:
+        query = query.where(MemberRow.level == level)
+    if role:
+        query = query.where(
+            MemberRow.member_id.in_(
+                select(MemberRoleRow.member_id).where(MemberRoleRow.role == role)
+            )
+        )
+    if division_prefix:
+        query = query.where(MemberRow.division_code.startswith(division_prefix))
+    if not include_revoked:
+        query = query.where(MemberRow.status == ACTIVE)
+    if after:
+        query = query.where(MemberRow.member_id > after)
+    return list(session.scalars(query.limit(limit)))
+
+
+def revoke_member(
+    session: Session, member_id: str, reason: str, *, now: datetime | None = None
+) -> MemberRow:
+    """Mark revoked; every later call by this member is refused (caller commits)."""
+    if not reason.strip():
+        raise RegistryError("a revocation needs a reason", metadata={"field": "reason"})
+    row = get_member(session, member_id)
+    row.status = REVOKED
+    row.revoked_at = now or datetime.now(UTC)
+    row.revoke_reason = reason.strip()
+    return row
+
+
+def _member_message(
+    row: Any, roles: Iterable[int], keys: Iterable[tuple[str, int, bytes]]
+) -> registry_pb2.Member:
+    """The one place a member becomes its proto, from an ORM row or a Core row alike."""
+    return registry_pb2.Member(
+        member_id=row.member_id,
+        name=row.name,
+        uscc=row.uscc,
+        division_code=row.division_code,
+        level=row.level,
+        roles=sorted(roles),  # type: ignore[arg-type]
+        subsystem=row.subsystem,
+        status=row.status,
+        certificate_der=row.certificate_der,
+        signing_keys=[
+            registry_pb2.PublicKey(
+                key_id=key_id,
+                algorithm=algorithm,  # type: ignore[arg-type]
+                public_key_der=der,
+            )
+            for key_id, algorithm, der in keys
+        ],
+    )
+
+
+def member_to_proto(row: MemberRow) -> registry_pb2.Member:
+    return _member_message(
+        row,
+        (r.role for r in row.roles),
+        ((k.key_id, k.algorithm, k.public_key_der) for k in row.keys),
+    )
+
+
+_members = table_of(MemberRow)
+# Built once: every lookup (and so every first contact between two members) runs them.
+_MEMBER = select(_members).where(
+    _members.c.member_id == bindparam("member_id"), _members.c.uscc != ""
+)
+_ROLES = select(MemberRoleRow.role).where(MemberRoleRow.member_id == bindparam("member_id"))
+_KEYS = select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der).where(
+    MemberKeyRow.member_id == bindparam("member_id")
+)
+
+
+def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
+    """One member as proto, by three small Core queries (the lookup hot path)."""
+    connection = session.connection()
+    found = {"member_id": member_id}
+    row = connection.execute(_MEMBER, found).first()
+    if row is None:
+        raise NotFoundError(f"no member {member_id!r}", metadata={"member_id": member_id[:128]})
+    roles = connection.execute(_ROLES, found).scalars()
+    keys = connection.execute(_KEYS, found).all()
+    return _member_message(row, roles, keys)
+
+
+def has_role(row: MemberRow, role: registry_pb2.Role.ValueType) -> bool:
+    return any(r.role == role for r in row.roles)

@@ -1,0 +1,67 @@
+"""Offline checks on the hub's PKI (no database, no network).
+
+Member certificates carry the member id as a SAN URI ``urn:xhub:member:<member id>``.
+Chains are verified with ``cryptography``'s client verifier, never by hand. Issuing lives
+in the hub (``xhub.hub.core.ca``); checking lives here so the SDK and the hub share it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+MEMBER_URI_PREFIX = "urn:xhub:member:"
+
+
+class CertificateError(ValueError):
+    """A certificate does not chain to the hub CA or names no member."""
+
+
+def member_uri(member_id: str) -> str:
+    return MEMBER_URI_PREFIX + member_id
+
+
+def certificate_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+def member_id_of(cert: x509.Certificate) -> str:
+    """The member id in the certificate's SAN URI."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise CertificateError("certificate has no subjectAltName") from exc
+    ids = [
+        uri.removeprefix(MEMBER_URI_PREFIX)
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+        if uri.startswith(MEMBER_URI_PREFIX)
+    ]
+    if len(ids) != 1:
+        raise CertificateError("certificate must name exactly one member in its SAN URI")
+    return ids[0]
+
+
+def verify_member_certificate(
+    cert: x509.Certificate, ca_cert: x509.Certificate, *, at: datetime | None = None
+) -> str:
+    """Verify ``cert`` chains to the hub CA at ``at``; return the member id it names."""
+    verifier = (
+        PolicyBuilder()
+        .store(Store([ca_cert]))
+        .time(at or datetime.now(UTC))
+        .build_client_verifier()
+    )
+    try:
+        verifier.verify(cert, [])
+    except VerificationError as exc:
+        raise CertificateError(f"certificate does not chain to the hub CA: {exc}") from exc
+    return member_id_of(cert)
