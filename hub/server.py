@@ -24,6 +24,7 @@ from xhub.hub.cases.service import CaseService
 from xhub.hub.certificates.service import CertificateService
 from xhub.hub.core.audit_log import TamperedLogError
 from xhub.hub.core.config import HubConfig
+from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import current_revision
 from xhub.hub.core.rpc import Service
 from xhub.hub.core.runtime import HubRuntime
@@ -121,8 +122,15 @@ def check_database(runtime: HubRuntime) -> None:
     runtime.audit.publish_initial_checkpoint()
 
 
+def secure_data_dir(config: HubConfig) -> None:
+    """Repair the data directory's permissions, saying what was too open (personal data)."""
+    for line in secure_tree(config.data_dir):
+        log.warning("data directory was readable by others; fixed %s", line)
+
+
 async def start_hub(config: HubConfig, *, port_override: int | None = None) -> RunningHub:
     """Start serving; returns once the port is bound and health says SERVING."""
+    secure_data_dir(config)
     runtime = HubRuntime(config)
     try:
         check_database(runtime)

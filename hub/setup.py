@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from xhub.hub.core.audit_log import load_log_signer
 from xhub.hub.core.ca import CertificateAuthority
 from xhub.hub.core.config import HubConfig, load_config, render_config
+from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import make_engine, migrate, session_factory
 from xhub.hub.registry.store import MemberSpec, add_member, bind_hub_identity, make_bundle
 from xhub.protocol.bundle import MemberBundle
@@ -86,6 +87,7 @@ def init_data_dir(
                 )
         finally:
             engine.dispose()
+        secure_tree(root)  # the database file and anything else written with the umask
         return config
     except BaseException:
         if created:
@@ -146,6 +148,7 @@ def add_member_with_bundle(
             )
             try:
                 bundle.write(target)
+                secure_tree(config.paths.bundles)  # a bundle holds the TLS key until handed over
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
                 raise

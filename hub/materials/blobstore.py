@@ -76,7 +76,7 @@ class _FileWriter:
     WRITEBACK_WINDOW = 8 * CHUNK
 
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=root)
         self.path = Path(name)
         self._hash = hashlib.sha256()
@@ -133,7 +133,7 @@ class LocalBlobStore:
         self._tmp = root / "tmp"
         self._trash = root / "trash"
         for directory in (self.root, self._tmp, self._trash):
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -151,7 +151,7 @@ class LocalBlobStore:
         if target.exists():
             writer.discard()  # identical content is stored once
             return sha256
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.replace(writer.path, target)
         _fsync_dir(target.parent)
         return sha256
