@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,7 @@ from xhub.hub.core.audit_log import TamperedLogError
 from xhub.hub.core.config import HubConfig
 from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import current_revision
+from xhub.hub.core.health import FailureLog, forget_heartbeat, probe_through, process_id
 from xhub.hub.core.rpc import Service
 from xhub.hub.core.runtime import HubRuntime
 from xhub.hub.intake.service import IntakeService
@@ -84,7 +86,14 @@ class RunningHub:
     runtime: HubRuntime
     health: health.aio.HealthServicer
     port: int
+    ready: bool = True
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def set_health(
+        self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING first, then drain in-flight calls."""
@@ -97,6 +106,11 @@ class RunningHub:
                 await task
         # Leave nothing pending that an in-flight call logged during the drain.
         await self.runtime.run_blocking(lambda: self.runtime.writing(self.runtime.audit.sequence))
+        with contextlib.suppress(Exception):  # a stale heartbeat row is harmless
+            engine, process = self.runtime.engine, process_id()
+            await self.runtime.run_blocking(
+                lambda: self.runtime.writing(lambda: forget_heartbeat(engine, process))
+            )
         self.runtime.close()
 
 
@@ -163,57 +177,100 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
         raise StartupError(f"cannot listen on {address}")
     runtime.notifier.bind(asyncio.get_running_loop())
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningHub(server, runtime, health_servicer, port)
+    await running.set_health(health_pb2.HealthCheckResponse.SERVING)
     running._tasks = [
         asyncio.create_task(_prune_loop(runtime)),
         asyncio.create_task(_sequencer_loop(runtime)),
         asyncio.create_task(_supervision_loop(runtime, cases)),
+        asyncio.create_task(_health_loop(running)),
     ]
     log.info("xhub %s serving on %s (port %d)", config.hub_id, address, port)
     return running
 
 
-async def _prune_loop(runtime: HubRuntime) -> None:
-    interval = runtime.config.replay_prune_interval_seconds
+async def _every(
+    seconds: Callable[[], float], failures: FailureLog, job: Callable[[], Awaitable[object]]
+) -> None:
+    """Run ``job`` for ever with a pause between rounds; a failing round is logged by
+    ``failures`` (one traceback per distinct failure) and retried next round."""
     while True:
         try:
-            pruned = await runtime.run_blocking(runtime.prune)
-            if pruned:
-                log.debug("pruned %d expired message ids", pruned)
-        except Exception:  # keep serving; the next round retries
-            log.exception("pruning the replay store failed")
-        await asyncio.sleep(interval)
+            await job()
+            failures.succeeded()
+        except Exception as exc:  # keep serving; the next round retries
+            failures.failed(exc)
+        await asyncio.sleep(seconds())
 
 
-async def _sequencer_loop(runtime: HubRuntime) -> None:
+def _prune_loop(runtime: HubRuntime) -> Coroutine[Any, Any, None]:
+    async def prune() -> None:
+        pruned = await runtime.run_blocking(runtime.prune)
+        if pruned:
+            log.debug("pruned %d expired message ids", pruned)
+
+    return _every(
+        lambda: runtime.config.replay_prune_interval_seconds,
+        FailureLog(log, "pruning the replay store"),
+        prune,
+    )
+
+
+def _sequencer_loop(runtime: HubRuntime) -> Coroutine[Any, Any, None]:
     """Every hub process runs one; the database lock lets one sequence at a time."""
-    interval = runtime.config.sequencer_interval_seconds
     batch = runtime.config.sequencer_batch
 
     def sequence() -> int:
         return runtime.writing(lambda: runtime.audit.sequence(batch))
 
-    while True:
-        try:
-            while await runtime.run_blocking(sequence) >= batch:
-                pass  # a full batch: more may be waiting
-        except Exception:  # keep serving; the next round retries
-            log.exception("sequencing the audit log failed")
-        await asyncio.sleep(interval)
+    async def drain() -> None:
+        while await runtime.run_blocking(sequence) >= batch:
+            pass  # a full batch: more may be waiting
+
+    return _every(
+        lambda: runtime.config.sequencer_interval_seconds,
+        FailureLog(log, "sequencing the audit log"),
+        drain,
+    )
 
 
-async def _supervision_loop(runtime: HubRuntime, cases: CaseService) -> None:
+def _supervision_loop(runtime: HubRuntime, cases: CaseService) -> Coroutine[Any, Any, None]:
     """Time-limit warnings and escalations; safe with several hub processes."""
-    while True:
+
+    async def supervise() -> None:
+        published = await runtime.run_blocking(lambda: runtime.writing(cases.supervise))
+        if published:
+            log.info("published %d time-limit warning(s) / escalation(s)", published)
+
+    return _every(
+        lambda: runtime.config.supervision_interval_seconds,
+        FailureLog(log, "time-limit supervision"),
+        supervise,
+    )
+
+
+def _health_loop(running: RunningHub) -> Coroutine[Any, Any, None]:
+    """NOT_SERVING while the database cannot take a write, SERVING again once it can."""
+    runtime, process = running.runtime, process_id()
+    failures = FailureLog(log, "the database health probe")
+
+    async def probe() -> None:
         try:
-            published = await runtime.run_blocking(lambda: runtime.writing(cases.supervise))
-            if published:
-                log.info("published %d time-limit warning(s) / escalation(s)", published)
+            await runtime.run_blocking(
+                lambda: probe_through(runtime.write_lock, runtime.engine, process)
+            )
         except Exception:
-            log.exception("time-limit supervision failed")
-        await asyncio.sleep(runtime.config.supervision_interval_seconds)
+            if running.ready:
+                running.ready = False
+                log.warning("database not writable: health NOT_SERVING until it recovers")
+                await running.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            raise
+        if not running.ready:
+            running.ready = True
+            log.info("database writable again: health SERVING")
+            await running.set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    return _every(lambda: runtime.config.health_probe_interval_seconds, failures, probe)
 
 
 async def serve_forever(

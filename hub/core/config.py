@@ -101,6 +101,7 @@ class HubConfig:
     max_material_bytes: int = 50 * 1024 * 1024
     calendar_file: str = ""  # working-day calendar (TOML); default: the bundled 2026 schedule
     supervision_interval_seconds: float = 60.0
+    health_probe_interval_seconds: float = 2.0  # database writable? SERVING : NOT_SERVING
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

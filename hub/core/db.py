@@ -354,3 +354,12 @@ class CaseEventRow(Base):
         Index("ix_case_events_recipient_cursor", "recipient", "kind", "cursor"),
         Index("uq_case_events_author_event", "author", "event_id", unique=True),
     )
+
+
+class HeartbeatRow(Base):
+    """A hub process's last successful write (the readiness probe's proof of a writable DB)."""
+
+    __tablename__ = "hub_heartbeats"
+
+    process_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    beat_at: Mapped[datetime] = mapped_column(UtcDateTime())
