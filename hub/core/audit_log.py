@@ -145,6 +145,8 @@ class AuditDraft:
     recipient: str = ""
     payload_type: str = ""
     envelope_bytes: bytes = b""
+    # The digest of the exact bytes received, when only a prefix of them is kept.
+    envelope_digest: bytes = b""
     signature: bytes = b""
     message_id: str = ""
     case_id: str = ""
@@ -239,7 +241,8 @@ class AuditLog:
                 recipient=draft.recipient,
                 method=draft.method,
                 payload_type=draft.payload_type,
-                envelope_sha256=hashlib.sha256(draft.envelope_bytes).digest(),
+                envelope_sha256=draft.envelope_digest
+                or hashlib.sha256(draft.envelope_bytes).digest(),
                 signature_sha256=hashlib.sha256(draft.signature).digest(),
                 message_id=draft.message_id,
                 case_id=draft.case_id,

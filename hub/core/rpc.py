@@ -6,11 +6,25 @@ lists its unary methods as ``Unary`` rows; its streaming methods stay hand-writt
 the same name. ``Service.rpc_handler`` builds the gRPC handler for the whole service from the
 contract's descriptor, and refuses a service that leaves a method undeclared (so no method
 silently answers ``UNIMPLEMENTED``) or declares one the contract does not have.
+
+Every method, unary or streaming, is guarded the same way at this edge:
+
+- bytes that do not parse as the method's request message become ``Undecodable`` instead of
+  gRPC's bare ``UNKNOWN``: the caller gets ``INVALID_ARGUMENT MALFORMED_ENVELOPE`` with
+  ErrorInfo, and the refusal is audited (digest of what arrived, a bounded prefix), at most
+  ``UNDECODABLE_AUDITS_PER_MINUTE`` times per peer so garbage cannot fill the log;
+- a refusal raised by a streaming method becomes its status; anything else becomes
+  ``INTERNAL`` "internal error; the hub has logged it" — no exception text, SQL or path
+  reaches a client (the log has them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -19,8 +33,13 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from xhub.hub.core.runtime import Call, HubRuntime
-from xhub.v1 import registry_pb2
+from xhub.hub.core.audit_log import AuditDraft
+from xhub.hub.core.gate import peer_member_id
+from xhub.hub.core.runtime import Call, HubRuntime, peer_certificate
+from xhub.protocol.errors import MalformedError, RefusedError
+from xhub.v1 import envelope_pb2, registry_pb2
+
+log = logging.getLogger("xhub.rpc")
 
 M = TypeVar("M", bound=Message)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -30,6 +49,48 @@ _STREAM_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[An
     (True, False): grpc.stream_unary_rpc_method_handler,
     (True, True): grpc.stream_stream_rpc_method_handler,
 }
+
+
+UNDECODABLE_AUDITS_PER_MINUTE = 60
+UNDECODABLE_PREFIX_BYTES = 4096
+INTERNAL_ERROR = "internal error; the hub has logged it"
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Request bytes that do not parse as the method's request message."""
+
+    data: bytes
+
+
+def _lenient(request_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return request_class.FromString(data)
+        except Exception:  # DecodeError, or whatever the parser raises on garbage
+            return Undecodable(data)
+
+    return parse
+
+
+class PeerBudget:
+    """At most ``per_minute`` events per peer in any minute (a fixed window per peer)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def take(self, peer: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        start, used = self._windows.get(peer, (now, 0))
+        if now - start >= 60.0:
+            start, used = now, 0
+        if used >= self.per_minute:
+            return False
+        if len(self._windows) > 10_000:  # forget idle peers rather than grow without bound
+            self._windows.clear()
+        self._windows[peer] = (start, used + 1)
+        return True
 
 
 @dataclass(frozen=True)
@@ -49,6 +110,7 @@ class Service:
 
     def __init__(self, runtime: HubRuntime) -> None:
         self.runtime = runtime
+        self.undecodable_audits = PeerBudget(UNDECODABLE_AUDITS_PER_MINUTE)
 
     def unary(self) -> Sequence[Unary[Any]]:
         """The service's unary methods, one row each."""
@@ -66,13 +128,13 @@ class Service:
                     raise TypeError(f"{self.descriptor.full_name}.{method.name} is not declared")
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                     self._unary_method(method, declared.pop(method.name)),
-                    request_deserializer=request.FromString,
+                    request_deserializer=_lenient(request),
                     response_serializer=response.SerializeToString,
                 )
             else:
                 handlers[method.name] = _STREAM_HANDLERS[shape](
-                    getattr(self, method.name),
-                    request_deserializer=request.FromString,
+                    self._guarded_stream(method, getattr(self, method.name)),
+                    request_deserializer=_lenient(request),
                     response_serializer=response.SerializeToString,
                 )
         if declared:
@@ -88,6 +150,8 @@ class Service:
         runtime = self.runtime
 
         async def handle(request: Any, context: Context) -> Message:
+            if isinstance(request, Undecodable):
+                await self._refuse_undecodable(context, path, request)
             envelope = await runtime.unary(
                 context,
                 request.envelope,
@@ -100,3 +164,81 @@ class Service:
 
         handle.__name__ = method.name
         return handle
+
+    def _guarded_stream(self, method: MethodDescriptor, fn: Callable[..., Any]) -> Any:
+        """The hand-written streaming method behind the edge's guards (see the module doc)."""
+        path = f"/{self.descriptor.full_name}/{method.name}"
+
+        if method.client_streaming and method.server_streaming:
+            raise TypeError(f"{path}: bidirectional streams are not part of the contract")
+        if not method.client_streaming:
+            return self._stream_out(path, fn)
+
+        async def stream_in(requests: AsyncIterator[Any], context: Context) -> Any:
+            first = await anext(aiter(requests), None)
+            if isinstance(first, Undecodable):
+                await self._refuse_undecodable(context, path, first)
+            try:
+                return await fn(_checked(first, requests), context)
+            except Exception as exc:
+                await _abort_for(context, path, exc)
+
+        return stream_in
+
+    def _stream_out(self, path: str, fn: Callable[..., Any]) -> Any:
+        async def stream_out(request: Any, context: Context) -> AsyncIterator[Any]:
+            if isinstance(request, Undecodable):
+                await self._refuse_undecodable(context, path, request)
+            try:
+                async for item in fn(request, context):
+                    yield item
+            except Exception as exc:
+                await _abort_for(context, path, exc)
+
+        return stream_out
+
+    async def _refuse_undecodable(self, context: Context, path: str, request: Undecodable) -> None:
+        """Refuse bytes that are no request message: audited (within the peer's budget)."""
+        refusal = MalformedError(
+            "the request does not parse as this method's request message",
+            reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE,
+        )
+        sender = peer_member_id(peer_certificate(context))
+        if self.undecodable_audits.take(sender):
+            draft = AuditDraft(
+                method=path,
+                sender=sender,
+                envelope_bytes=request.data[:UNDECODABLE_PREFIX_BYTES],
+                envelope_digest=hashlib.sha256(request.data).digest(),
+            )
+            await self.runtime.refuse(context, draft, refusal)  # audits, then aborts
+        log.info(
+            "refused %s from %s: MALFORMED_ENVELOPE (undecodable; over the audit budget)",
+            path,
+            sender or "an unknown peer",
+        )
+        await context.abort_with_status(refusal.to_status())
+
+
+async def _checked(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The request stream, with an undecodable message after the first refused as malformed."""
+    for message in (first,) if first is not None else ():
+        yield message
+    async for message in rest:
+        if isinstance(message, Undecodable):
+            raise MalformedError(
+                "a stream message does not parse as this method's request message",
+                reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE,
+            )
+        yield message
+
+
+async def _abort_for(context: Context, path: str, exc: Exception) -> None:
+    """End a streaming call that raised: its refusal's status, or a bare INTERNAL."""
+    if isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError):
+        raise exc
+    if isinstance(exc, RefusedError):
+        log.info("refused %s: %s", path, exc)
+        await context.abort_with_status(exc.to_status())
+    log.exception("internal error in %s", path, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
