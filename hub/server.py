@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from xhub.hub.core.config import HubConfig
 from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import current_revision
 from xhub.hub.core.health import FailureLog, forget_heartbeat, probe_through, process_id
-from xhub.hub.core.rpc import Service
+from xhub.hub.core.rpc import OpenStreams, Service, StreamLimits
 from xhub.hub.core.runtime import HubRuntime
 from xhub.hub.intake.service import IntakeService
 from xhub.hub.materials.service import MaterialService
@@ -68,6 +69,9 @@ def server_options(config: HubConfig) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", 8 * 1024 * 1024),
         ("grpc.max_send_message_length", 8 * 1024 * 1024),
+        # A connection that does not finish its TLS handshake in time is closed: idle TCP
+        # connections cannot pile up and take the descriptors members need.
+        ("grpc.server_handshake_timeout_ms", int(config.handshake_timeout_seconds * 1000)),
     ]
 
 
@@ -86,6 +90,7 @@ class RunningHub:
     runtime: HubRuntime
     health: health.aio.HealthServicer
     port: int
+    open_streams: OpenStreams = field(default_factory=OpenStreams)
     ready: bool = True
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -142,9 +147,21 @@ def secure_data_dir(config: HubConfig) -> None:
         log.warning("data directory was readable by others; fixed %s", line)
 
 
+def raise_descriptor_limit() -> None:
+    """Every connection and open file costs a descriptor; a soft limit of 1024 lets an idle
+    connection flood lock members out. Raise the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("descriptor limit raised from %d to %d", soft, target)
+
+
 async def start_hub(config: HubConfig, *, port_override: int | None = None) -> RunningHub:
     """Start serving; returns once the port is bound and health says SERVING."""
     secure_data_dir(config)
+    raise_descriptor_limit()
     runtime = HubRuntime(config)
     try:
         check_database(runtime)
@@ -164,6 +181,16 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
         MaterialService(runtime),
         cases,
     ]
+    open_streams = OpenStreams(
+        StreamLimits(
+            streams_per_member=config.max_streams_per_member,
+            uploads_per_member=config.max_uploads_per_member,
+            lifetime_seconds=config.stream_lifetime_seconds,
+            upload_idle_seconds=config.upload_idle_seconds,
+        )
+    )
+    for service in services:
+        service.open_streams = open_streams  # the caps are per member across all services
     server.add_generic_rpc_handlers([service.rpc_handler() for service in services])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -177,7 +204,7 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
         raise StartupError(f"cannot listen on {address}")
     runtime.notifier.bind(asyncio.get_running_loop())
     await server.start()
-    running = RunningHub(server, runtime, health_servicer, port)
+    running = RunningHub(server, runtime, health_servicer, port, open_streams)
     await running.set_health(health_pb2.HealthCheckResponse.SERVING)
     running._tasks = [
         asyncio.create_task(_prune_loop(runtime)),

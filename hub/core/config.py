@@ -102,6 +102,11 @@ class HubConfig:
     calendar_file: str = ""  # working-day calendar (TOML); default: the bundled 2026 schedule
     supervision_interval_seconds: float = 60.0
     health_probe_interval_seconds: float = 2.0  # database writable? SERVING : NOT_SERVING
+    max_streams_per_member: int = 64  # open subscriptions and downloads per member
+    max_uploads_per_member: int = 16
+    stream_lifetime_seconds: float = 3600.0  # a stream then ends cleanly; the SDK resumes
+    upload_idle_seconds: float = 60.0  # an upload with nothing arriving this long is refused
+    handshake_timeout_seconds: float = 10.0  # a connection must finish its TLS handshake
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -13,6 +13,11 @@ Every method, unary or streaming, is guarded the same way at this edge:
   gRPC's bare ``UNKNOWN``: the caller gets ``INVALID_ARGUMENT MALFORMED_ENVELOPE`` with
   ErrorInfo, and the refusal is audited (digest of what arrived, a bounded prefix), at most
   ``UNDECODABLE_AUDITS_PER_MINUTE`` times per peer so garbage cannot fill the log;
+- a member holds at most ``StreamLimits.streams_per_member`` open server streams
+  (subscriptions, downloads) and ``uploads_per_member`` uploads: one member cannot take every
+  slot of the hub-wide ``max_concurrent_rpcs`` from the others and the health check. A server
+  stream ends cleanly after ``lifetime_seconds`` (the SDK resumes from its cursor); an upload
+  with nothing arriving for ``upload_idle_seconds`` is refused and discarded;
 - a refusal raised by a streaming method becomes its status; anything else becomes
   ``INTERNAL`` "internal error; the hub has logged it" — no exception text, SQL or path
   reaches a client (the log has them).
@@ -24,8 +29,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import grpc
@@ -36,7 +42,7 @@ from google.protobuf.message_factory import GetMessageClass
 from xhub.hub.core.audit_log import AuditDraft
 from xhub.hub.core.gate import peer_member_id
 from xhub.hub.core.runtime import Call, HubRuntime, peer_certificate
-from xhub.protocol.errors import MalformedError, RefusedError
+from xhub.protocol.errors import MalformedError, RefusedError, ResourceExhaustedError
 from xhub.v1 import envelope_pb2, registry_pb2
 
 log = logging.getLogger("xhub.rpc")
@@ -94,6 +100,46 @@ class PeerBudget:
 
 
 @dataclass(frozen=True)
+class StreamLimits:
+    """Fair shares of the long-lived calls (settings of the same names in ``xhub.toml``)."""
+
+    streams_per_member: int = 64  # max_streams_per_member
+    uploads_per_member: int = 16  # max_uploads_per_member
+    lifetime_seconds: float = 3600.0  # stream_lifetime_seconds
+    upload_idle_seconds: float = 60.0  # upload_idle_seconds
+
+
+@dataclass
+class OpenStreams:
+    """The open long-lived calls of one hub process, by member (event-loop thread only)."""
+
+    limits: StreamLimits = field(default_factory=StreamLimits)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @contextmanager
+    def slot(self, member: str, *, upload: bool) -> Iterator[None]:
+        kind = "uploads" if upload else "streams"
+        cap = self.limits.uploads_per_member if upload else self.limits.streams_per_member
+        key = (member, kind)
+        if self.counts.get(key, 0) >= cap:
+            setting = "max_uploads_per_member" if upload else "max_streams_per_member"
+            raise ResourceExhaustedError(
+                f"{member or 'this peer'} already holds {cap} open {kind}; close one first",
+                reason=envelope_pb2.ERROR_REASON_TOO_MANY_STREAMS,
+                metadata={"cap": str(cap), "setting": setting},
+            )
+        self.counts[key] = self.counts.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self.counts[key] - 1
+            if left:
+                self.counts[key] = left
+            else:
+                del self.counts[key]
+
+
+@dataclass(frozen=True)
 class Unary(Generic[M]):
     """A unary RPC: the signed payload it takes, what it does, who may call it."""
 
@@ -111,6 +157,7 @@ class Service:
     def __init__(self, runtime: HubRuntime) -> None:
         self.runtime = runtime
         self.undecodable_audits = PeerBudget(UNDECODABLE_AUDITS_PER_MINUTE)
+        self.open_streams = OpenStreams()  # the server hands every service the same one
 
     def unary(self) -> Sequence[Unary[Any]]:
         """The service's unary methods, one row each."""
@@ -175,11 +222,14 @@ class Service:
             return self._stream_out(path, fn)
 
         async def stream_in(requests: AsyncIterator[Any], context: Context) -> Any:
-            first = await anext(aiter(requests), None)
-            if isinstance(first, Undecodable):
-                await self._refuse_undecodable(context, path, first)
+            member = peer_member_id(peer_certificate(context))
             try:
-                return await fn(_checked(first, requests), context)
+                with self.open_streams.slot(member, upload=True):
+                    idle = self.open_streams.limits.upload_idle_seconds
+                    first = await _next_within(aiter(requests), idle)
+                    if isinstance(first, Undecodable):
+                        await self._refuse_undecodable(context, path, first)
+                    return await fn(_checked(first, requests, idle), context)
             except Exception as exc:
                 await _abort_for(context, path, exc)
 
@@ -187,11 +237,24 @@ class Service:
 
     def _stream_out(self, path: str, fn: Callable[..., Any]) -> Any:
         async def stream_out(request: Any, context: Context) -> AsyncIterator[Any]:
-            if isinstance(request, Undecodable):
-                await self._refuse_undecodable(context, path, request)
+            member = peer_member_id(peer_certificate(context))
             try:
-                async for item in fn(request, context):
-                    yield item
+                with self.open_streams.slot(member, upload=False):
+                    if isinstance(request, Undecodable):
+                        await self._refuse_undecodable(context, path, request)
+                    lifetime = self.open_streams.limits.lifetime_seconds
+                    stream = aiter(fn(request, context))
+                    end = asyncio.get_running_loop().time() + lifetime
+                    while True:
+                        try:
+                            async with asyncio.timeout_at(end):
+                                item = await anext(stream)
+                        except StopAsyncIteration:
+                            return
+                        except TimeoutError:  # the lifetime is up: end cleanly, resume later
+                            await stream.aclose()
+                            return
+                        yield item
             except Exception as exc:
                 await _abort_for(context, path, exc)
 
@@ -220,11 +283,26 @@ class Service:
         await context.abort_with_status(refusal.to_status())
 
 
-async def _checked(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The request stream, with an undecodable message after the first refused as malformed."""
-    for message in (first,) if first is not None else ():
-        yield message
-    async for message in rest:
+async def _next_within(messages: AsyncIterator[Any], seconds: float) -> Any:
+    """The next message of a request stream, or None at its end; refused when idle too long."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await anext(messages, None)
+    except TimeoutError:
+        raise ResourceExhaustedError(
+            f"nothing arrived for {seconds:g} s; the upload was discarded",
+            reason=envelope_pb2.ERROR_REASON_IDLE_TIMEOUT,
+            metadata={"setting": "upload_idle_seconds"},
+        ) from None
+
+
+async def _checked(first: Any, rest: AsyncIterator[Any], idle: float) -> AsyncIterator[Any]:
+    """The request stream: an undecodable message after the first is malformed, and a gap of
+    more than ``idle`` seconds between messages is refused."""
+    if first is None:
+        return
+    yield first
+    while (message := await _next_within(rest, idle)) is not None:
         if isinstance(message, Undecodable):
             raise MalformedError(
                 "a stream message does not parse as this method's request message",

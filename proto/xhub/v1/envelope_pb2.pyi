@@ -82,6 +82,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The uploaded content does not match the declared size or SHA-256 (内容与清单不符). INVALID_ARGUMENT."""
     ERROR_REASON_NOT_YOUR_CASE: _ErrorReason.ValueType  # 25
     """The case was not dispatched to the calling department (非本部门办件). PERMISSION_DENIED."""
+    ERROR_REASON_TOO_MANY_STREAMS: _ErrorReason.ValueType  # 26
+    """The member already holds as many open streams or uploads as the hub allows; the ErrorInfo
+    metadata names the cap and its setting (并发流超限). RESOURCE_EXHAUSTED.
+    """
+    ERROR_REASON_IDLE_TIMEOUT: _ErrorReason.ValueType  # 27
+    """Nothing arrived on an upload within the idle limit; the upload was discarded (上传空闲超时).
+    RESOURCE_EXHAUSTED.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable reason carried in google.rpc.ErrorInfo
@@ -141,6 +149,14 @@ ERROR_REASON_CONTENT_MISMATCH: ErrorReason.ValueType  # 24
 """The uploaded content does not match the declared size or SHA-256 (内容与清单不符). INVALID_ARGUMENT."""
 ERROR_REASON_NOT_YOUR_CASE: ErrorReason.ValueType  # 25
 """The case was not dispatched to the calling department (非本部门办件). PERMISSION_DENIED."""
+ERROR_REASON_TOO_MANY_STREAMS: ErrorReason.ValueType  # 26
+"""The member already holds as many open streams or uploads as the hub allows; the ErrorInfo
+metadata names the cap and its setting (并发流超限). RESOURCE_EXHAUSTED.
+"""
+ERROR_REASON_IDLE_TIMEOUT: ErrorReason.ValueType  # 27
+"""Nothing arrived on an upload within the idle limit; the upload was discarded (上传空闲超时).
+RESOURCE_EXHAUSTED.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
