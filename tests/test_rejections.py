@@ -66,7 +66,7 @@ def get_member(
         if envelope is None
         else registry_pb2.GetMemberRequest(envelope=envelope)
     )
-    response: registry_pb2.GetMemberResponse = (stub or client.registry).GetMember(
+    response: registry_pb2.GetMemberResponse = (stub or client.transport.registry).GetMember(
         request, timeout=5
     )
     return response

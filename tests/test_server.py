@@ -305,7 +305,7 @@ def _count_calls(client: HubClient):  # type: ignore[no-untyped-def]
         calls += 1
         return original(*args, **kwargs)
 
-    setattr(client.registry, "ListMembers", counting)  # noqa: B010
+    setattr(client.transport.registry, "ListMembers", counting)  # noqa: B010
     return lambda: calls
 
 
