@@ -229,7 +229,9 @@ def test_every_accepted_rpc_is_audited_with_a_receipt(hub_kit: HubKit) -> None:
     # Each call returns its own receipt: in its answer's header, or the checkpoint's.
     calls: dict[str, Callable[[HubClient], envelope_pb2.AuditReceipt | None]] = {
         GET_MEMBER: lambda c: c.lookup_member(hub_kit.member_id("department")).header.receipt,
-        LIST_MEMBERS: lambda c: list(c.member_pages(page_size=10))[-1].header.receipt,
+        LIST_MEMBERS: lambda c: (
+            list(c.member_pages(registry_pb2.MemberListQuery(page_size=10)))[-1].header.receipt
+        ),
         AUDIT + "GetCheckpoint": lambda c: c.checkpoint().receipt,
         AUDIT + "GetInclusionProof": lambda c: c.inclusion_proof(leaf_index=0).header.receipt,
         AUDIT + "GetConsistencyProof": lambda c: c.consistency_proof(1, 2).header.receipt,

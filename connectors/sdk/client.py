@@ -7,7 +7,9 @@ retried, and only when the error is ``retryable``.
 
 **Receipts.** The hub's answer to every call carries that call's audit receipt in its
 signed header, so a method returns the verified answer and the receipt is
-``answer.header.receipt`` — there is no "last receipt" on the client. Three conveniences
+``answer.header.receipt`` — there is no "last receipt" on the client (e.g.
+``pull_certificates(...).certificates`` are verified, ``.header.receipt`` proves the pull,
+not the issuer look-ups made to verify them). Three conveniences
 return just what was asked for: ``get_member`` (the member of ``lookup_member``'s answer),
 ``list_members`` and ``query_audit`` (the items of the pages that ``member_pages`` and
 ``audit_pages`` yield, each page an answer with its receipt). ``checkpoint`` returns a

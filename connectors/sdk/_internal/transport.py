@@ -74,6 +74,12 @@ def secure_channel(
     )
 
 
+def _copy(message: M) -> M:
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, XhubError) and exc.retryable
 
@@ -187,7 +193,8 @@ class Transport:
         page_type: type[M],
     ) -> Iterator[M]:
         """The answers to a paged ``query``, page after page, following ``next_page_token``
-        until it is empty (each page is its own idempotent call)."""
+        until it is empty (each page is its own idempotent call; ``query`` stays as given)."""
+        query = _copy(query)
         while True:
             page = self.call(rpc, request_type, query, page_type, idempotent=True)
             yield page

@@ -34,25 +34,13 @@ class RegistryCalls(Calls):
         return self.lookup_member(member_id).member
 
     def member_pages(
-        self,
-        *,
-        level: registry_pb2.Level.ValueType = registry_pb2.LEVEL_UNSPECIFIED,
-        role: registry_pb2.Role.ValueType = registry_pb2.ROLE_UNSPECIFIED,
-        division_prefix: str = "",
-        include_revoked: bool = False,
-        page_size: int = 100,
+        self, query: registry_pb2.MemberListQuery
     ) -> Iterator[registry_pb2.MemberListResult]:
-        """Every page of matching members, each a signed answer with its receipt.
+        """Every page of the members ``query`` matches, each a signed answer with its receipt
+        (``query.page_token`` is where the first page starts).
 
         Raises: MalformedError (a bad page size or token), AuthenticationError.
         """
-        query = registry_pb2.MemberListQuery(
-            level=level,
-            role=role,
-            division_prefix=division_prefix,
-            include_revoked=include_revoked,
-            page_size=page_size,
-        )
         return self.transport.pages(
             self.transport.registry.ListMembers,
             registry_pb2.ListMembersRequest,
@@ -73,14 +61,14 @@ class RegistryCalls(Calls):
 
         Raises: as ``member_pages``.
         """
-        pages = self.member_pages(
+        query = registry_pb2.MemberListQuery(
             level=level,
             role=role,
             division_prefix=division_prefix,
             include_revoked=include_revoked,
             page_size=page_size,
         )
-        for page in pages:
+        for page in self.member_pages(query):
             yield from page.members
 
     def verified_certificate(self, member: registry_pb2.Member) -> x509.Certificate:
