@@ -47,7 +47,7 @@ from xhub.connectors.sdk.services.certificates import CertificateCalls
 from xhub.connectors.sdk.services.intake import IntakeCalls
 from xhub.connectors.sdk.services.materials import MaterialCalls
 from xhub.protocol.bundle import MemberBundle
-from xhub.protocol.errors import TransportError
+from xhub.protocol.errors import TransportError, XhubError, typed_error
 
 # RetryPolicy, VerifiedCheckpoint and secure_channel are re-exported: callers name them here.
 __all__ = ["HubClient", "RetryPolicy", "VerifiedCheckpoint", "secure_channel"]
@@ -110,11 +110,14 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
     def health(self, service: str = "") -> str:
         """SERVING / NOT_SERVING / … from the standard health service (unsigned).
 
-        Raises: grpc.RpcError when the hub cannot be reached.
+        Raises: TransportError when the hub cannot be reached.
         """
         stub = health_pb2_grpc.HealthStub(self.transport.channel)
         request = health_pb2.HealthCheckRequest(service=service)
-        response = stub.Check(request, timeout=self.transport.timeout)
+        try:
+            response = stub.Check(request, timeout=self.transport.timeout)
+        except grpc.RpcError as exc:
+            raise typed_error(exc) from exc
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def wait_until_serving(self, timeout: float = 30.0) -> None:
@@ -127,7 +130,7 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
             try:
                 if self.health() == "SERVING":
                     return
-            except grpc.RpcError:
+            except XhubError:
                 pass
             if time.monotonic() > deadline:
                 raise TransportError(
