@@ -109,9 +109,9 @@ def _signed_floor(
     hub signature, verify each certificate's issuer signature."""
     request = intake_pb2.CertificatePull()
     request.CopyFrom(template)  # one message per call: threads must not share a header
-    envelope = client.seal(request, case_id=case_id, purpose="bench")
+    envelope = client.transport.seal(request, case_id=case_id, purpose="bench")
     answer = stub(intake_pb2.PullCertificatesRequest(envelope=envelope), timeout=10)
-    result = client.open_response(
+    result = client.transport.open_response(
         answer.envelope, intake_pb2.PulledCertificates, request.header.message_id
     )
     for pulled in result.certificates:
@@ -188,17 +188,19 @@ def bench_pull(root: Path, calls: int, store_sizes: list[int]) -> list[Row]:
         pull()
         # The echo carries exactly as many bytes as the signed pull and its answer.
         raw = intake_pb2.PullCertificatesRequest(
-            envelope=client.seal(
+            envelope=client.transport.seal(
                 intake_pb2.CertificatePull(holder_code=company, type_codes=[BUSINESS_LICENCE]),
                 case_id=checklist.case_id,
                 purpose="bench",
             )
         )
         request_size = len(raw.SerializeToString())
-        response_size = len(client.intake.PullCertificates(raw, timeout=10).SerializeToString())
+        response_size = len(
+            client.transport.intake.PullCertificates(raw, timeout=10).SerializeToString()
+        )
         answer_file = root / "pull-answer.bin"
         answer_file.write_bytes(
-            intake_pb2.PulledCertificates(certificates=pull()).SerializeToString()
+            intake_pb2.PulledCertificates(certificates=pull().certificates).SerializeToString()
         )
         with process(
             [

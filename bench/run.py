@@ -41,12 +41,14 @@ def bench_signed_lookup(root: Path, calls: int) -> list[Row]:
         target = HubClient.from_bundle(bundles["gz_market"]).member_id
         lookup = registry_pb2.MemberLookup(member_id=target)
         request_size = len(
-            registry_pb2.GetMemberRequest(envelope=client.seal(lookup)).SerializeToString()
+            registry_pb2.GetMemberRequest(
+                envelope=client.transport.seal(lookup)
+            ).SerializeToString()
         )
         response_size = len(
             registry_pb2.GetMemberResponse(
-                envelope=client.registry.GetMember(
-                    registry_pb2.GetMemberRequest(envelope=client.seal(lookup)), timeout=5
+                envelope=client.transport.registry.GetMember(
+                    registry_pb2.GetMemberRequest(envelope=client.transport.seal(lookup)), timeout=5
                 ).envelope
             ).SerializeToString()
         )

@@ -7,7 +7,7 @@ Public API::
         member = hub.get_member("CN.440100....")
 """
 
-from xhub.connectors.sdk.client import HubClient, RetryPolicy
+from xhub.connectors.sdk import HubClient, RetryPolicy, VerifiedCheckpoint
 from xhub.protocol.bundle import BundleError, MemberBundle
 from xhub.protocol.errors import (
     AuthenticationError,
@@ -36,5 +36,6 @@ __all__ = [
     "RetryPolicy",
     "TransportError",
     "VerificationError",
+    "VerifiedCheckpoint",
     "XhubError",
 ]

@@ -18,9 +18,7 @@ def audit_section(
         "\n-- audit log (审计): every call above, allowed or refused, is a leaf of an RFC 9162 tree"
     )
     platform = clients["lw_center"]
-    platform.get_member(clients["gz_market"].member_id)
-    receipt = platform.last_receipt
-    assert receipt is not None
+    receipt = platform.lookup_member(clients["gz_market"].member_id).header.receipt
     first = platform.checkpoint()
     checkpoint, index = platform.prove_logged(receipt)
     say(

@@ -133,9 +133,14 @@ def intake_section(
             detail = f" — {ref.type_name} by {ref.issuer_name}, valid {ref.valid_from}–{until}"
         say(f"    {mark:<18} {line.material.name}{detail}")
     purpose = "食品经营许可(新办)受理"
-    pulled = platform.pull_certificates(
-        checklist.case_id, COMPANY, [BUSINESS_LICENCE, REAL_ESTATE_TITLE], purpose=purpose
-    ) + platform.pull_certificates(checklist.case_id, LEGAL_REP, [RESIDENT_ID], purpose=purpose)
+    pulled = [
+        *platform.pull_certificates(
+            checklist.case_id, COMPANY, [BUSINESS_LICENCE, REAL_ESTATE_TITLE], purpose=purpose
+        ).certificates,
+        *platform.pull_certificates(
+            checklist.case_id, LEGAL_REP, [RESIDENT_ID], purpose=purpose
+        ).certificates,
+    ]
     say(
         f"  platform pulls {len(pulled)} certificates once, each verified against its issuer's "
         f"key (use copy bound to case {checklist.case_id})"
@@ -203,7 +208,7 @@ def second_application(data_dir: Path, clients: dict[str, HubClient], tally: Tal
             holder = LEGAL_REP if line.material.holder == LEGAL_REP_ROLE else COMPANY
             pulled += platform.pull_certificates(
                 checklist.case_id, holder, [line.certificate.type_code], purpose=purpose
-            )
+            ).certificates
             say(f"    ✓ from library     {line.material.name} — {line.certificate.type_name}")
         else:
             say(f"    ✗ applicant brings {line.material.name}")

@@ -85,10 +85,10 @@ def run(data_dir: Path) -> int:
             say("\n-- refusals")
             platform = clients["lw_center"]
             lookup = registry_pb2.MemberLookup(member_id=clients["gz_market"].member_id)
-            tampered = platform.seal(lookup)
+            tampered = platform.transport.seal(lookup)
             tampered.payload = tampered.payload.replace(b"440100", b"440000", 1)
             try:
-                platform.registry.GetMember(
+                platform.transport.registry.GetMember(
                     registry_pb2.GetMemberRequest(envelope=tampered), timeout=5
                 )
                 say("  tampered message: ACCEPTED (this is a bug)")
@@ -98,10 +98,12 @@ def run(data_dir: Path) -> int:
                     f"  tampered message (one payload byte changed after signing): "
                     f"refused {refusal(exc)}"
                 )
-            original = platform.seal(lookup)
-            platform.registry.GetMember(registry_pb2.GetMemberRequest(envelope=original), timeout=5)
+            original = platform.transport.seal(lookup)
+            platform.transport.registry.GetMember(
+                registry_pb2.GetMemberRequest(envelope=original), timeout=5
+            )
             try:
-                platform.registry.GetMember(
+                platform.transport.registry.GetMember(
                     registry_pb2.GetMemberRequest(envelope=original), timeout=5
                 )
                 say("  replayed message: ACCEPTED (this is a bug)")

@@ -84,7 +84,9 @@ def send(client: HubClient, envelope: Envelope | None) -> registry_pb2.GetMember
         if envelope is None
         else registry_pb2.GetMemberRequest(envelope=envelope)
     )
-    response: registry_pb2.GetMemberResponse = client.registry.GetMember(request, timeout=5)
+    response: registry_pb2.GetMemberResponse = client.transport.registry.GetMember(
+        request, timeout=5
+    )
     return response
 
 
@@ -163,9 +165,10 @@ def log_key(kit: HubKit) -> str:
 def test_accepted_call_returns_a_receipt_that_proves_logged(kit: HubKit) -> None:
     platform, auditor = kit.client("platform"), kit.client("auditor")
     before = datetime.now(UTC)
-    assert platform.get_member(kit.member_id("issuer")).member_id == kit.member_id("issuer")
-    receipt = platform.last_receipt
-    assert receipt is not None and len(receipt.leaf_hash) == 32
+    answer = platform.lookup_member(kit.member_id("issuer"))
+    assert answer.member.member_id == kit.member_id("issuer")
+    receipt = answer.header.receipt
+    assert answer.header.HasField("receipt") and len(receipt.leaf_hash) == 32
     assert receipt.log_origin == kit.config.effective_log_origin
     logged_at = receipt.logged_at.ToDatetime(tzinfo=UTC)
     assert before - timedelta(seconds=1) <= logged_at <= datetime.now(UTC)
@@ -193,9 +196,9 @@ def test_accepted_call_returns_a_receipt_that_proves_logged(kit: HubKit) -> None
 def test_receipt_is_in_the_hub_signed_response_header(hub_kit: HubKit) -> None:
     platform = hub_kit.client("platform")
     lookup = registry_pb2.MemberLookup(member_id=hub_kit.member_id("issuer"))
-    envelope = platform.seal(lookup)
+    envelope = platform.transport.seal(lookup)
     response = send(platform, envelope)
-    result = platform.open_response(
+    result = platform.transport.open_response(
         response.envelope, registry_pb2.MemberLookupResult, lookup.header.message_id
     )
     assert result.header.HasField("receipt")
@@ -209,34 +212,39 @@ def test_receipt_is_in_the_hub_signed_response_header(hub_kit: HubKit) -> None:
     tampered.CopyFrom(response.envelope)
     tampered.payload = forged.SerializeToString()
     with pytest.raises(BadResponseError):
-        platform.open_response(tampered, registry_pb2.MemberLookupResult, lookup.header.message_id)
+        platform.transport.open_response(
+            tampered, registry_pb2.MemberLookupResult, lookup.header.message_id
+        )
 
 
 def test_every_accepted_rpc_is_audited_with_a_receipt(hub_kit: HubKit) -> None:
     platform, auditor = hub_kit.client("platform"), hub_kit.client("auditor")
-    platform.get_member(hub_kit.member_id("issuer"))
-    first = platform.last_receipt
-    assert first is not None
+    first = platform.lookup_member(hub_kit.member_id("issuer")).header.receipt
+    assert first.leaf_hash
     platform.prove_logged(first)
-    platform.get_member(hub_kit.member_id("auditor"))
-    assert platform.last_receipt is not None
-    platform.prove_logged(platform.last_receipt)
+    second = platform.lookup_member(hub_kit.member_id("auditor")).header.receipt
+    assert second.leaf_hash
+    platform.prove_logged(second)
 
-    calls: dict[str, Callable[[HubClient], object]] = {
-        GET_MEMBER: lambda c: c.get_member(hub_kit.member_id("department")),
-        LIST_MEMBERS: lambda c: list(c.list_members(page_size=10)),
-        AUDIT + "GetCheckpoint": lambda c: c.checkpoint(),
-        AUDIT + "GetInclusionProof": lambda c: c.inclusion_proof(leaf_index=0),
-        AUDIT + "GetConsistencyProof": lambda c: c.consistency_proof(1, 2),
-        AUDIT + "Query": lambda c: list(c.query_audit(page_size=1000)),
+    # Each call returns its own receipt: in its answer's header, or the checkpoint's.
+    calls: dict[str, Callable[[HubClient], envelope_pb2.AuditReceipt | None]] = {
+        GET_MEMBER: lambda c: c.lookup_member(hub_kit.member_id("department")).header.receipt,
+        LIST_MEMBERS: lambda c: (
+            list(c.member_pages(registry_pb2.MemberListQuery(page_size=10)))[-1].header.receipt
+        ),
+        AUDIT + "GetCheckpoint": lambda c: c.checkpoint().receipt,
+        AUDIT + "GetInclusionProof": lambda c: c.inclusion_proof(leaf_index=0).header.receipt,
+        AUDIT + "GetConsistencyProof": lambda c: c.consistency_proof(1, 2).header.receipt,
+        AUDIT + "Query": lambda c: list(c.audit_pages(page_size=1000))[-1].header.receipt,
     }
     receipts: dict[str, bytes] = {}
+    before = second
     for method, call in calls.items():
         client = auditor if method.endswith("Query") else platform
-        before = client.last_receipt
-        call(client)
-        assert client.last_receipt is not None and client.last_receipt != before, method
-        receipts[method] = bytes(client.last_receipt.leaf_hash)
+        receipt = call(client)
+        assert receipt is not None and receipt.leaf_hash and receipt != before, method
+        receipts[method] = bytes(receipt.leaf_hash)
+        before = receipt
     assert len(set(receipts.values())) == len(receipts)
     for method, leaf in receipts.items():
         _, index = platform.prove_logged(receipt_for(leaf))
@@ -254,9 +262,9 @@ MEMBERS = ("issuer", "platform", "department", "auditor")
 def test_checkpoint_and_proofs_are_open_to_every_member(hub_kit: HubKit) -> None:
     platform = hub_kit.client("platform")
     for _ in range(3):
-        platform.get_member(hub_kit.member_id("issuer"))
-    assert platform.last_receipt is not None
-    platform.prove_logged(platform.last_receipt)
+        receipt = platform.lookup_member(hub_kit.member_id("issuer")).header.receipt
+    assert receipt.leaf_hash
+    platform.prove_logged(receipt)
     for key in MEMBERS:
         client = hub_kit.client(key)
         checkpoint = client.checkpoint()
@@ -277,13 +285,13 @@ def test_checkpoint_and_proofs_are_open_to_every_member(hub_kit: HubKit) -> None
 
 def test_prove_consistent_between_two_checkpoints(hub_kit: HubKit) -> None:
     platform, department = hub_kit.client("platform"), hub_kit.client("department")
-    platform.get_member(hub_kit.member_id("issuer"))
-    assert platform.last_receipt is not None
-    old, _ = platform.prove_logged(platform.last_receipt)
+    receipt = platform.lookup_member(hub_kit.member_id("issuer")).header.receipt
+    assert receipt.leaf_hash
+    old, _ = platform.prove_logged(receipt)
     for _ in range(5):
-        department.get_member(hub_kit.member_id("platform"))
-    assert department.last_receipt is not None
-    new, index = department.prove_logged(department.last_receipt)
+        receipt = department.lookup_member(hub_kit.member_id("platform")).header.receipt
+    assert receipt.leaf_hash
+    new, index = department.prove_logged(receipt)
     assert new.size > old.size and index >= old.size
     department.prove_consistent(old, new)
     platform.prove_consistent(old, new)
@@ -300,9 +308,9 @@ def test_prove_consistent_between_two_checkpoints(hub_kit: HubKit) -> None:
 def test_bad_proof_requests_are_refused_and_audited(hub_kit: HubKit) -> None:
     platform, auditor = hub_kit.client("platform"), hub_kit.client("auditor")
     for _ in range(3):
-        platform.get_member(hub_kit.member_id("issuer"))
-    assert platform.last_receipt is not None
-    latest, _ = platform.prove_logged(platform.last_receipt)
+        receipt = platform.lookup_member(hub_kit.member_id("issuer")).header.receipt
+    assert receipt.leaf_hash
+    latest, _ = platform.prove_logged(receipt)
 
     refusals: list[tuple[Callable[[], object], type[Exception], str]] = [
         (lambda: platform.inclusion_proof(leaf_hash=b"\x42" * 32), NotFoundError, "NOT_FOUND"),
@@ -351,20 +359,22 @@ class Refusal:
 
 
 def _bad_signature(kit: HubKit, c: HubClient) -> Envelope:
-    envelope = c.seal(registry_pb2.MemberLookup(member_id=kit.member_id("issuer")))
+    envelope = c.transport.seal(registry_pb2.MemberLookup(member_id=kit.member_id("issuer")))
     envelope.payload = envelope.payload[:-1] + bytes([envelope.payload[-1] ^ 1])
     return envelope
 
 
 def _unknown_key(kit: HubKit, c: HubClient) -> Envelope:
-    envelope = c.seal(registry_pb2.MemberLookup(member_id=kit.member_id("issuer")))
+    envelope = c.transport.seal(registry_pb2.MemberLookup(member_id=kit.member_id("issuer")))
     return sign_payload(
         envelope.payload, envelope.payload_type, KeySigner(generate_private_key(ECDSA_P256))
     )
 
 
 def _signed_by_issuer(kit: HubKit, c: HubClient) -> Envelope:
-    return kit.client("issuer").seal(registry_pb2.MemberLookup(member_id=kit.member_id("issuer")))
+    return kit.client("issuer").transport.seal(
+        registry_pb2.MemberLookup(member_id=kit.member_id("issuer"))
+    )
 
 
 def _wrong_recipient(kit: HubKit, c: HubClient) -> Envelope:
@@ -378,7 +388,7 @@ def _stale(kit: HubKit, c: HubClient) -> Envelope:
 
 
 def _replay(kit: HubKit, c: HubClient) -> Envelope:
-    envelope = c.seal(registry_pb2.MemberLookup(member_id=kit.member_id("issuer")))
+    envelope = c.transport.seal(registry_pb2.MemberLookup(member_id=kit.member_id("issuer")))
     send(c, envelope)  # accepted once
     return envelope
 
@@ -392,12 +402,12 @@ def _signed_garbage(kit: HubKit, c: HubClient) -> Envelope:
 
 
 def _bad_member_id(kit: HubKit, c: HubClient) -> Envelope:
-    return c.seal(registry_pb2.MemberLookup(member_id="not a member id"))
+    return c.transport.seal(registry_pb2.MemberLookup(member_id="not a member id"))
 
 
 def _unknown_member(kit: HubKit, c: HubClient) -> Envelope:
     unknown = f"CN.440106.{make_uscc('1', '1', '440106', 'MB2C9088')}"  # valid, not registered
-    return c.seal(registry_pb2.MemberLookup(member_id=unknown))
+    return c.transport.seal(registry_pb2.MemberLookup(member_id=unknown))
 
 
 REFUSALS: dict[str, Refusal] = {
@@ -491,9 +501,10 @@ def test_only_auditors_may_query_and_the_denial_is_logged(hub_kit: HubKit) -> No
 def test_clear_subject_is_only_in_the_auditor_query(hub_kit: HubKit) -> None:
     auditor = hub_kit.client("auditor")
     subject = "91440101MA5CQ8XY2K"
-    assert list(auditor.query_audit(subject=subject)) == []  # this query names the subject
-    first_query = auditor.last_receipt
-    assert first_query is not None
+    [page] = auditor.audit_pages(subject=subject)  # this query names the subject
+    assert list(page.records) == []
+    first_query = page.header.receipt
+    assert first_query.leaf_hash
     records = list(auditor.query_audit(subject=subject))
     assert [merkle.leaf_hash(r.entry) for r in records] == [first_query.leaf_hash]
     record = records[0]
@@ -566,8 +577,8 @@ def test_query_filters_and_paging(hub_kit: HubKit) -> None:
     assert paged == all_at_once
     times = [parse(e).time.ToDatetime() for e in paged]
     assert times == sorted(times)
-    first = auditor.call(
-        auditor.audit.Query,
+    first = auditor.transport.call(
+        auditor.transport.audit.Query,
         audit_pb2.QueryRequest,
         audit_pb2.AuditQuery(member_id=platform.member_id, page_size=2),
         audit_pb2.AuditQueryResult,
@@ -576,8 +587,8 @@ def test_query_filters_and_paging(hub_kit: HubKit) -> None:
     assert len(first.records) == 2 and first.next_page_token
     pages, token = [list(first.records)], first.next_page_token
     while token:
-        page = auditor.call(
-            auditor.audit.Query,
+        page = auditor.transport.call(
+            auditor.transport.audit.Query,
             audit_pb2.QueryRequest,
             audit_pb2.AuditQuery(member_id=platform.member_id, page_size=2, page_token=token),
             audit_pb2.AuditQueryResult,
@@ -590,8 +601,8 @@ def test_query_filters_and_paging(hub_kit: HubKit) -> None:
 
     for bad in (audit_pb2.AuditQuery(page_size=-1), audit_pb2.AuditQuery(page_token="x")):
         with pytest.raises(MalformedError):
-            auditor.call(
-                auditor.audit.Query,
+            auditor.transport.call(
+                auditor.transport.audit.Query,
                 audit_pb2.QueryRequest,
                 bad,
                 audit_pb2.AuditQueryResult,
@@ -613,18 +624,18 @@ class Evidence:
 def _export(kit: HubKit) -> Evidence:
     platform, department = kit.client("platform"), kit.client("department")
     auditor = kit.client("auditor")
-    platform.get_member(kit.member_id("issuer"))
-    assert platform.last_receipt is not None
-    leaves = {"allowed": bytes(platform.last_receipt.leaf_hash)}
-    older, _ = platform.prove_logged(platform.last_receipt)
+    receipt = platform.lookup_member(kit.member_id("issuer")).header.receipt
+    assert receipt.leaf_hash
+    leaves = {"allowed": bytes(receipt.leaf_hash)}
+    older, _ = platform.prove_logged(receipt)
     for name in ("bad-signature", "signed-by-another-member", "wrong-recipient", "no-envelope"):
         envelope = REFUSALS[name].build(kit, platform)
         leaves[name] = refused_leaf(
             functools.partial(send, platform, envelope), REFUSALS[name].reason
         )
-    department.get_member(kit.member_id("platform"))  # Ed25519 signer
-    assert department.last_receipt is not None
-    leaves["ed25519"] = bytes(department.last_receipt.leaf_hash)
+    receipt = department.lookup_member(kit.member_id("platform")).header.receipt  # Ed25519 signer
+    assert receipt.leaf_hash
+    leaves["ed25519"] = bytes(receipt.leaf_hash)
     for leaf in leaves.values():
         platform.prove_logged(receipt_for(leaf))
 
@@ -934,9 +945,9 @@ def _tamper_entry_sql(kit: HubKit, index: int) -> None:
 
 def _allowed_index(kit: HubKit) -> int:
     platform = kit.client("platform")
-    platform.get_member(kit.member_id("issuer"))
-    assert platform.last_receipt is not None
-    _, index = platform.prove_logged(platform.last_receipt)
+    receipt = platform.lookup_member(kit.member_id("issuer")).header.receipt
+    assert receipt.leaf_hash
+    _, index = platform.prove_logged(receipt)
     return index
 
 
@@ -1086,9 +1097,9 @@ def test_two_hubs_share_one_log_on_postgres(hub_kit_pg: HubKit) -> None:
         client = kit.client(key, address=addresses[job % 2])
         leaves = []
         for i in range(6):
-            client.get_member(kit.member_id("auditor" if i % 2 else "platform"))
-            assert client.last_receipt is not None
-            leaves.append(bytes(client.last_receipt.leaf_hash))
+            answer = client.lookup_member(kit.member_id("auditor" if i % 2 else "platform"))
+            assert answer.header.receipt.leaf_hash
+            leaves.append(bytes(answer.header.receipt.leaf_hash))
         leaves.append(
             refused_leaf(lambda: send(client, _bad_signature(kit, client)), "BAD_SIGNATURE")
         )

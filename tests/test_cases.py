@@ -968,10 +968,10 @@ def test_a_subscriber_sees_only_its_own_events(desk: Desk) -> None:
 def _raw_status_stream(client: HubClient, after: int = 0) -> tuple[str, list[Any]]:
     """The hub's signed envelopes as they arrive, without the SDK's checks."""
     payload = case_pb2.CaseSubscription(after_cursor=after)
-    envelope = client.seal(payload)
+    envelope = client.transport.seal(payload)
     responses: list[Any] = []
     try:
-        for message in client.cases.SubscribeStatus(
+        for message in client.transport.cases.SubscribeStatus(
             case_pb2.SubscribeStatusRequest(envelope=envelope), timeout=1.0
         ):
             responses.append(message.envelope)
@@ -988,7 +988,7 @@ def test_stream_events_are_hub_signed_and_the_sdk_checks_them(desk: Desk) -> Non
     for envelope in envelopes:
         assert envelope.payload_type == "xhub.v1.StatusEvent"
         verify_signature_by(envelope, desk.platform.bundle.hub_verifier)
-        event = desk.platform.open_response(envelope, case_pb2.StatusEvent, request_id)
+        event = desk.platform.transport.open_response(envelope, case_pb2.StatusEvent, request_id)
         assert event.header.sender == desk.kit.hub_id
         assert event.header.recipient == desk.kit.member_id("platform")
         # Altered in transit, or answering another subscription: the SDK refuses it.
@@ -996,11 +996,11 @@ def test_stream_events_are_hub_signed_and_the_sdk_checks_them(desk: Desk) -> Non
         tampered.CopyFrom(envelope)
         tampered.payload = envelope.payload.replace(case.encode(), case[:-1].encode() + b"X")
         with pytest.raises(BadResponseError):
-            desk.platform.open_response(tampered, case_pb2.StatusEvent, request_id)
+            desk.platform.transport.open_response(tampered, case_pb2.StatusEvent, request_id)
         with pytest.raises(BadResponseError):
-            desk.platform.open_response(envelope, case_pb2.StatusEvent, "another-request")
+            desk.platform.transport.open_response(envelope, case_pb2.StatusEvent, "another-request")
         with pytest.raises(BadResponseError):  # the right bytes, but for another recipient
-            desk.department.open_response(envelope, case_pb2.StatusEvent, request_id)
+            desk.department.transport.open_response(envelope, case_pb2.StatusEvent, request_id)
 
 
 def test_a_status_event_carries_the_departments_own_signed_push(desk: Desk) -> None:
@@ -1262,7 +1262,7 @@ def test_an_event_committed_after_a_later_cursor_is_still_delivered(pg_kit: HubK
     # The slow push: its transaction inserts its case event (taking cursor N), then waits
     # on the replay-store row this test holds uncommitted with the same message id.
     payload = case_pb2.StatusPush(case_number=slow_case, stage=ACCEPTED, event_id="slow-1")
-    envelope = slow_client.seal(payload, case_id=slow_case)
+    envelope = slow_client.transport.seal(payload, case_id=slow_case)
     header = payload.header
     outcome: list[Any] = []
     with pg_kit.engine.connect() as blocker:
@@ -1279,7 +1279,7 @@ def test_an_event_committed_after_a_later_cursor_is_still_delivered(pg_kit: HubK
         def slow_push() -> None:
             try:
                 outcome.append(
-                    slow_client.cases.PushStatus(
+                    slow_client.transport.cases.PushStatus(
                         case_pb2.PushStatusRequest(envelope=envelope), timeout=30
                     )
                 )

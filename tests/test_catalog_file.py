@@ -118,7 +118,7 @@ def test_demo_file_loads_and_lists(hub_kit: HubKit, run: Run) -> None:
 
     # The platform sees the loaded item through the hub (查询事项).
     with hub_kit.client("platform") as platform:
-        assert platform.get_item("PUBLIC-HYGIENE") == hygiene
+        assert platform.get_item("PUBLIC-HYGIENE").item == hygiene
 
     code, out, _err = run("catalog", "list", "--data-dir", data_dir)
     assert code == 0

@@ -454,8 +454,8 @@ def publish_raw(
     client: HubClient, inner: envelope_pb2.Envelope
 ) -> certificate_pb2.PublicationResult:
     """Publish an inner certificate envelope exactly as given (the SDK would re-sign it)."""
-    return client.call(
-        client.certificates.PublishCertificate,
+    return client.transport.call(
+        client.transport.certificates.PublishCertificate,
         certificate_pb2.PublishCertificateRequest,
         certificate_pb2.CertificatePublication(certificate=inner),
         certificate_pb2.PublicationResult,

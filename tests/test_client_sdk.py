@@ -535,8 +535,8 @@ def test_gives_up_after_policy_attempts(
 def test_non_idempotent_call_is_not_retried(make_hub: Callable[..., Hub]):
     hub = make_hub(retry=RetryPolicy(attempts=4))
     future = hub.start(
-        hub.client.call,
-        hub.client.registry.GetMember,
+        hub.client.transport.call,
+        hub.client.transport.registry.GetMember,
         registry_pb2.GetMemberRequest,
         registry_pb2.MemberLookup(member_id=TARGET_ID),
         registry_pb2.MemberLookupResult,
@@ -554,8 +554,8 @@ def test_non_idempotent_call_is_not_retried(make_hub: Callable[..., Hub]):
 def test_non_idempotent_call_succeeds_once(make_hub: Callable[..., Hub]):
     hub = make_hub()
     future = hub.start(
-        hub.client.call,
-        hub.client.registry.GetMember,
+        hub.client.transport.call,
+        hub.client.transport.registry.GetMember,
         registry_pb2.GetMemberRequest,
         registry_pb2.MemberLookup(member_id=TARGET_ID),
         registry_pb2.MemberLookupResult,

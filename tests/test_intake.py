@@ -200,7 +200,7 @@ def prepared_cases(kit: HubKit) -> int:
 
 
 def test_get_item_for_any_member(world: World) -> None:
-    item = world.department.get_item(ITEM_CODE)
+    item = world.department.get_item(ITEM_CODE).item
     assert item.name == "食品经营许可(新办)"
     assert [m.code for m in item.materials] == ["M01", "M02", "M03", "M04"]
     assert list(item.departments) == [world.kit.member_id("department")]
@@ -447,7 +447,9 @@ def test_pull_returns_issuer_signed_copies_that_verify_offline(kit: HubKit) -> N
     case_id = checklist.case_id
     before = datetime.now(UTC) - timedelta(seconds=5)
 
-    [pulled] = world.platform.pull_certificates(case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE)
+    [pulled] = world.platform.pull_certificates(
+        case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE
+    ).certificates
     # The SDK verified it against the issuer's registered key.
     assert world.platform.verify_issuer_signature(pulled) == world.licence
     assert (pulled.issuer_member_id, pulled.status, pulled.raw_status_code) == (
@@ -475,7 +477,9 @@ def test_pull_returns_issuer_signed_copies_that_verify_offline(kit: HubKit) -> N
     assert note.use_until.ToDatetime(tzinfo=UTC) > pulled_at
 
     # The legal representative's ID card: Ed25519, checked with the department's registered key.
-    [id_copy] = world.platform.pull_certificates(case_id, PERSON, [ID_TYPE], purpose=PURPOSE)
+    [id_copy] = world.platform.pull_certificates(
+        case_id, PERSON, [ID_TYPE], purpose=PURPOSE
+    ).certificates
     member = world.platform.get_member(kit.member_id("department"))
     [key] = [k for k in member.signing_keys if k.key_id == id_copy.certificate.signatures[0].key_id]
     assert open_certificate(id_copy.certificate, KeyVerifier.from_der(key.public_key_der)) == (
@@ -499,18 +503,21 @@ def test_pull_returns_issuer_signed_copies_that_verify_offline(kit: HubKit) -> N
 
 
 def test_pull_receipt_is_the_pulls_own(world: World) -> None:
-    """``last_receipt`` after ``pull_certificates`` proves the pull, not a lookup made inside it."""
+    """The receipt ``pull_certificates`` returns proves the pull, not an issuer lookup made
+    to verify it."""
     case_id = world.prepare().case_id
-    world.platform.pull_certificates(case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE)
-    receipt = world.platform.last_receipt
-    assert receipt is not None
+    answer = world.platform.pull_certificates(case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE)
+    receipt = answer.header.receipt
+    assert answer.header.HasField("receipt")
     record = audit_record(world, receipt.leaf_hash)
     assert audit_pb2.AuditEntry.FromString(record.entry).method == PULL
 
 
 def test_a_tampered_pulled_copy_fails_the_sdk_check(world: World) -> None:
     case_id = world.prepare().case_id
-    [pulled] = world.platform.pull_certificates(case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE)
+    [pulled] = world.platform.pull_certificates(
+        case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE
+    ).certificates
     forged = certificate(world.kit, "issuer", valid_until="2099-12-31")
     pulled.certificate.payload = forged.SerializeToString()
     with pytest.raises(XhubError) as caught:
@@ -628,7 +635,7 @@ def test_every_satisfied_line_can_be_pulled(
         holder = representative if line.material.holder == LEGAL_REP else applicant
         pulled = world.platform.pull_certificates(
             checklist.case_id, holder, [line.certificate.type_code], purpose=PURPOSE
-        )
+        ).certificates
         identifiers = [world.platform.verify_issuer_signature(p).identifier for p in pulled]
         assert line.certificate.identifier in identifiers
 
@@ -668,7 +675,9 @@ def test_pull_returns_the_renewed_version(world: World) -> None:
     v2 = certificate(world.kit, "issuer", version=2, issue_date="2026-01-05")
     world.issuer.publish_certificate(v2)
     case_id = world.prepare().case_id
-    [pulled] = world.platform.pull_certificates(case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE)
+    [pulled] = world.platform.pull_certificates(
+        case_id, COMPANY, [LICENCE_TYPE], purpose=PURPOSE
+    ).certificates
     assert world.platform.verify_issuer_signature(pulled).identifier == v2.identifier
 
 
@@ -680,8 +689,8 @@ def _verify_wire(
 ) -> bytes:
     """The exact bytes of a VerifyCertificate response, as they crossed the wire."""
     check = intake_pb2.CertificateCheck(identifier=identifier, number=number, type_code=type_code)
-    envelope = client.seal(check)
-    response = client.intake.VerifyCertificate(
+    envelope = client.transport.seal(check)
+    response = client.transport.intake.VerifyCertificate(
         intake_pb2.VerifyCertificateRequest(envelope=envelope), timeout=10
     )
     return bytes(response.SerializeToString())

@@ -183,7 +183,7 @@ def manifest(client: HubClient, data: bytes, **overrides: Any) -> material_pb2.U
         "name": "经营场所平面布局图.pdf",
     }
     fields.update(overrides)
-    envelope = client.seal(material_pb2.MaterialManifest(**fields))
+    envelope = client.transport.seal(material_pb2.MaterialManifest(**fields))
     return material_pb2.UploadRequest(manifest=envelope)
 
 
@@ -194,7 +194,7 @@ def chunks(data: bytes, size: int = CHUNK) -> list[material_pb2.UploadRequest]:
 def send(client: HubClient, messages: Any, timeout: float = 15.0) -> material_pb2.UploadResponse:
     """The raw client-streaming call; a refusal comes back as the typed XhubError."""
     try:
-        response: material_pb2.UploadResponse = client.materials.Upload(
+        response: material_pb2.UploadResponse = client.transport.materials.Upload(
             iter(messages), timeout=timeout
         )
     except grpc.RpcError as exc:
@@ -358,7 +358,7 @@ def test_upload_stores_a_verified_material(kit: HubKit, tmp_path: Path) -> None:
     with blob_store(kit).open(sha(data)) as blob:
         assert blob.read() == data
     # The upload is audited as allowed, with its own receipt.
-    assert platform.last_receipt is not None
+    assert receipt.header.HasField("receipt")
     records = list(kit.client("auditor").query_audit(method=UPLOAD, decision=ALLOWED))
     assert [audit_pb2.AuditEntry.FromString(r.entry).sender for r in records] == [
         platform.member_id
@@ -681,14 +681,16 @@ def _interrupt(library: Library, how: str) -> str:
         release,
         fail=(how == "generator-raises"),
     )
-    future = platform.materials.Upload.future(stream, timeout=1.5 if how == "deadline" else 30)
+    future = platform.transport.materials.Upload.future(
+        stream, timeout=1.5 if how == "deadline" else 30
+    )
     try:
         # Half the content is on the hub: not a material yet, nothing to find.
         assert wait_for(lambda: _temporary_is_written(kit)), "no temporary file appeared"
         assert store_state(kit).rows == before.rows
         case = library.prepare(applicant)
         assert not case.lines[PLAN_LINE].satisfied
-        assert platform.find_materials(case.case_id, [PLAN], purpose=PURPOSE) == []
+        assert list(platform.find_materials(case.case_id, [PLAN], purpose=PURPOSE).materials) == []
         if how == "cancel":
             assert future.cancel()
             with pytest.raises(grpc.FutureCancelledError):
@@ -775,12 +777,12 @@ def test_prepare_case_offers_earlier_valid_materials(kit: HubKit, tmp_path: Path
     # Materials are the applicant's own: the legal representative's line is not met by them.
     assert not lines[ID_LINE].HasField("earlier_material")
     # The platform then finds and downloads exactly what the checklist offered.
-    found = platform.find_materials(checklist.case_id, [PLAN, LEASE], purpose=PURPOSE)
+    found = platform.find_materials(checklist.case_id, [PLAN, LEASE], purpose=PURPOSE).materials
     assert [m.material_id for m in found] == [older.material.material_id]
     destination = tmp_path / "downloaded.pdf"
     ref = platform.download_material(
         checklist.case_id, older.material.material_id, destination, purpose=PURPOSE
-    )
+    ).material
     assert ref == older.material
     assert destination.read_bytes() == content("plan-v1")
 
@@ -811,7 +813,7 @@ def test_reuse_follows_valid_until(
     assert line.HasField("earlier_material") is offered
     if offered:
         assert line.earlier_material.material_id == receipt.material.material_id
-    found = library.platform.find_materials(checklist.case_id, [PLAN], purpose=PURPOSE)
+    found = library.platform.find_materials(checklist.case_id, [PLAN], purpose=PURPOSE).materials
     assert [m.material_id for m in found] == ([receipt.material.material_id] if offered else [])
 
 
@@ -821,7 +823,7 @@ def test_newest_valid_material_is_offered_first(library: Library) -> None:
     second = library.upload(content(f"n2-{applicant}"), applicant_code=applicant)
     checklist = library.prepare(applicant)
     assert checklist.lines[PLAN_LINE].earlier_material.material_id == second.material.material_id
-    found = library.platform.find_materials(checklist.case_id, [PLAN], purpose=PURPOSE)
+    found = library.platform.find_materials(checklist.case_id, [PLAN], purpose=PURPOSE).materials
     assert [m.material_id for m in found] == [
         second.material.material_id,
         first.material.material_id,
@@ -833,7 +835,10 @@ def test_another_applicants_material_is_never_offered(library: Library) -> None:
     library.upload(content(f"other-{other}"), applicant_code=other)
     checklist = library.prepare(applicant)
     assert not checklist.lines[PLAN_LINE].satisfied
-    assert library.platform.find_materials(checklist.case_id, [PLAN], purpose=PURPOSE) == []
+    assert (
+        list(library.platform.find_materials(checklist.case_id, [PLAN], purpose=PURPOSE).materials)
+        == []
+    )
 
 
 def test_material_uploaded_with_a_lowercase_code_is_reused(library: Library) -> None:
@@ -862,7 +867,7 @@ def test_a_material_type_the_catalogue_accepts_can_be_uploaded(library: Library)
 
 def test_find_and_download_within_the_prepared_case(library: Library, tmp_path: Path) -> None:
     checklist = library.prepare()
-    found = library.platform.find_materials(checklist.case_id, [PLAN], purpose=PURPOSE)
+    found = library.platform.find_materials(checklist.case_id, [PLAN], purpose=PURPOSE).materials
     ids = [m.material_id for m in found]
     assert library.mine.material.material_id in ids
     assert library.theirs.material.material_id not in ids  # another applicant's
@@ -870,7 +875,7 @@ def test_find_and_download_within_the_prepared_case(library: Library, tmp_path: 
     destination = tmp_path / "plan.pdf"
     ref = library.platform.download_material(
         checklist.case_id, library.mine.material.material_id, destination, purpose=PURPOSE
-    )
+    ).material
     assert ref == library.mine.material
     assert destination.read_bytes() == content("mine")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.pdf"]
@@ -1292,7 +1297,7 @@ def test_gc_racing_uploads(kit: HubKit, tmp_path: Path) -> None:
         destination = out / material_id
         ref = platform.download_material(
             checklist.case_id, material_id, destination, purpose=PURPOSE
-        )
+        ).material
         assert sha(destination.read_bytes()) == digest == ref.sha256.hex()
     # gc itself never failed while uploads ran, and ran often enough to matter.
     assert not gc_errors, f"{len(gc_errors)} gc run(s) failed; first:\n{gc_errors[0]}"

@@ -66,7 +66,7 @@ def get_member(
         if envelope is None
         else registry_pb2.GetMemberRequest(envelope=envelope)
     )
-    response: registry_pb2.GetMemberResponse = (stub or client.registry).GetMember(
+    response: registry_pb2.GetMemberResponse = (stub or client.transport.registry).GetMember(
         request, timeout=5
     )
     return response
@@ -77,7 +77,7 @@ def lookup(member_id: str) -> registry_pb2.MemberLookup:
 
 
 def sealed_lookup(client: HubClient, member_id: str) -> Envelope:
-    return client.seal(lookup(member_id))
+    return client.transport.seal(lookup(member_id))
 
 
 def signed_with_header(
@@ -168,12 +168,12 @@ def _flipped_signature_byte(kit: HubKit, c: HubClient) -> Envelope:
 
 
 def _list_query(kit: HubKit, c: HubClient) -> Envelope:
-    return c.seal(registry_pb2.MemberListQuery(page_size=1))
+    return c.transport.seal(registry_pb2.MemberListQuery(page_size=1))
 
 
 def _list_query_relabelled(kit: HubKit, c: HubClient) -> Envelope:
     """Type bound by the signature: relabelling a signed query as a lookup breaks it."""
-    envelope = c.seal(registry_pb2.MemberListQuery(page_size=1))
+    envelope = c.transport.seal(registry_pb2.MemberListQuery(page_size=1))
     envelope.payload_type = "xhub.v1.MemberLookup"
     return envelope
 

@@ -209,8 +209,8 @@ def test_verified_certificate_refuses_a_member_with_a_swapped_certificate(
 def test_response_is_signed_by_the_hub_and_answers_this_request(shared_hub_kit: HubKit) -> None:
     client = shared_hub_kit.client("department")
     payload = registry_pb2.MemberLookup(member_id=shared_hub_kit.member_id("platform"))
-    envelope = client.seal(payload)
-    response = client.registry.GetMember(
+    envelope = client.transport.seal(payload)
+    response = client.transport.registry.GetMember(
         registry_pb2.GetMemberRequest(envelope=envelope), timeout=5
     )
     answer = response.envelope
@@ -219,7 +219,7 @@ def test_response_is_signed_by_the_hub_and_answers_this_request(shared_hub_kit: 
     hub_verifier = client.bundle.hub_verifier
     hub_verifier.verify(answer.signatures[0].sig, pae(answer.payload_type, answer.payload))
 
-    result = client.open_response(
+    result = client.transport.open_response(
         answer, registry_pb2.MemberLookupResult, payload.header.message_id
     )
     assert result.header.sender == shared_hub_kit.hub_id
@@ -229,18 +229,20 @@ def test_response_is_signed_by_the_hub_and_answers_this_request(shared_hub_kit: 
 
     # the SDK refuses a response that answers another request, or was altered
     with pytest.raises(BadResponseError):
-        client.open_response(answer, registry_pb2.MemberLookupResult, "another-request")
+        client.transport.open_response(answer, registry_pb2.MemberLookupResult, "another-request")
     tampered = registry_pb2.GetMemberResponse()
     tampered.CopyFrom(response)
     tampered.envelope.payload = answer.payload[:-1] + bytes([answer.payload[-1] ^ 1])
     with pytest.raises(BadResponseError):
-        client.open_response(
+        client.transport.open_response(
             tampered.envelope, registry_pb2.MemberLookupResult, payload.header.message_id
         )
     # ...and one meant for another member
     other = shared_hub_kit.client("platform")
     with pytest.raises(BadResponseError):
-        other.open_response(answer, registry_pb2.MemberLookupResult, payload.header.message_id)
+        other.transport.open_response(
+            answer, registry_pb2.MemberLookupResult, payload.header.message_id
+        )
 
 
 ALL = ("issuer", "platform", "department", "auditor")
@@ -296,14 +298,14 @@ def test_list_members_filters_and_pages(
 
 def _count_calls(client: HubClient):  # type: ignore[no-untyped-def]
     calls = 0
-    original = client.registry.ListMembers
+    original = client.transport.registry.ListMembers
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
         return original(*args, **kwargs)
 
-    setattr(client.registry, "ListMembers", counting)  # noqa: B010
+    setattr(client.transport.registry, "ListMembers", counting)  # noqa: B010
     return lambda: calls
 
 
@@ -311,8 +313,8 @@ def test_list_page_carries_a_token_until_the_last_page(shared_hub_kit: HubKit) -
     client = shared_hub_kit.client("auditor")
     token, seen = "", []
     for _ in range(10):
-        page = client.call(
-            client.registry.ListMembers,
+        page = client.transport.call(
+            client.transport.registry.ListMembers,
             registry_pb2.ListMembersRequest,
             registry_pb2.MemberListQuery(page_size=3, page_token=token),
             registry_pb2.MemberListResult,
@@ -346,8 +348,8 @@ def test_list_members_refuses_bad_queries(
     )
     client = kit.client("platform")
     with pytest.raises(grpc.RpcError) as caught:
-        client.registry.ListMembers(
-            registry_pb2.ListMembersRequest(envelope=client.seal(query)), timeout=5
+        client.transport.registry.ListMembers(
+            registry_pb2.ListMembersRequest(envelope=client.transport.seal(query)), timeout=5
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info_of(caught.value)  # type: ignore[arg-type]

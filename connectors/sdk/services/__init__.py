@@ -1,0 +1,1 @@
+"""HubClient's operations, one module per hub service (HubClient composes them)."""

@@ -1,0 +1,108 @@
+"""HubClient's intake operations (platforms): items, case preparation, certificate pulls."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from xhub.connectors.sdk._internal.verify import (
+    issuers_to_fetch,
+    verify_pulled,
+    verify_pulled_certificate,
+)
+from xhub.connectors.sdk.services.registry import RegistryCalls
+from xhub.v1 import certificate_pb2, intake_pb2
+
+HolderCodeType: TypeAlias = certificate_pb2.HolderCodeType.ValueType
+
+
+class IntakeCalls(RegistryCalls):
+    """HubClient's intake operations (platforms): items, case preparation, certificate pulls."""
+
+    def get_item(self, code: str) -> intake_pb2.ItemLookupResult:
+        """A catalogue item (事项) by code; the answer's ``item``. Raises: NotFoundError."""
+        return self.transport.call(
+            self.transport.intake.GetItem,
+            intake_pb2.GetItemRequest,
+            intake_pb2.ItemLookup(code=code),
+            intake_pb2.ItemLookupResult,
+            idempotent=True,
+        )
+
+    def prepare_case(
+        self,
+        item_code: str,
+        applicant_code: str,
+        *,
+        purpose: str,
+        applicant_code_type: HolderCodeType = certificate_pb2.HOLDER_CODE_TYPE_USCC,
+        legal_representative_code: str = "",
+    ) -> intake_pb2.Checklist:
+        """The one-time checklist (一次性告知) for an application; platform members only.
+
+        Raises: PermissionDeniedError (not a platform, no purpose), NotFoundError (no such
+        item), MalformedError (a bad applicant code).
+        """
+        return self.transport.call(
+            self.transport.intake.PrepareCase,
+            intake_pb2.PrepareCaseRequest,
+            intake_pb2.CasePreparation(
+                item_code=item_code,
+                applicant_code=applicant_code,
+                applicant_code_type=applicant_code_type,
+                legal_representative_code=legal_representative_code,
+            ),
+            intake_pb2.Checklist,
+            idempotent=False,
+            purpose=purpose,
+        )
+
+    def pull_certificates(
+        self, case_id: str, holder_code: str, type_codes: list[str], *, purpose: str
+    ) -> intake_pb2.PulledCertificates:
+        """Certificates bound to a prepared case, each verified against its issuer's key.
+
+        First the pull, then the issuers' member records not yet trusted, then the offline
+        check of every certificate (``_internal.verify.verify_pulled``).
+
+        Raises: PermissionDeniedError (purpose or case binding), NotFoundError (no such
+        case), MalformedError, BadResponseError (a certificate fails its issuer's check).
+        """
+        answer = self.transport.call(
+            self.transport.intake.PullCertificates,
+            intake_pb2.PullCertificatesRequest,
+            intake_pb2.CertificatePull(holder_code=holder_code, type_codes=type_codes),
+            intake_pb2.PulledCertificates,
+            idempotent=True,
+            case_id=case_id,
+            purpose=purpose,
+        )
+        self._trust(issuers_to_fetch(answer))
+        verify_pulled(answer, self._trusted)
+        return answer
+
+    def verify_issuer_signature(
+        self, pulled: certificate_pb2.PulledCertificate
+    ) -> certificate_pb2.ElectronicCertificate:
+        """Check a pulled certificate against its issuer's registered keys (offline once the
+        issuer is trusted; otherwise its member record is fetched first).
+
+        Raises: BadResponseError; NotFoundError when the hub knows no such issuer.
+        """
+        if pulled.certificate.signatures:
+            self._trust([pulled.issuer_member_id])
+        return verify_pulled_certificate(pulled, self._trusted)
+
+    def verify_certificate(
+        self, *, identifier: str = "", number: str = "", type_code: str = ""
+    ) -> intake_pb2.CertificateVerification:
+        """Ask the hub whether a certificate exists and is valid (核验).
+
+        Raises: MalformedError (neither identifier nor number and type), NotFoundError.
+        """
+        return self.transport.call(
+            self.transport.intake.VerifyCertificate,
+            intake_pb2.VerifyCertificateRequest,
+            intake_pb2.CertificateCheck(identifier=identifier, number=number, type_code=type_code),
+            intake_pb2.CertificateVerification,
+            idempotent=True,
+        )

@@ -1,0 +1,127 @@
+"""HubClient's material library operations: upload, find, download."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from xhub.connectors.sdk._internal.verify import ContentCheck
+from xhub.connectors.sdk.services.base import Calls
+from xhub.connectors.sdk.services.intake import HolderCodeType
+from xhub.protocol.errors import typed_error
+from xhub.v1 import certificate_pb2, material_pb2
+
+
+class MaterialCalls(Calls):
+    """HubClient's material library operations: upload, find, download."""
+
+    # -- material library -----------------------------------------------------
+
+    def upload_material(
+        self,
+        path: Path,
+        *,
+        material_type: str,
+        applicant_code: str,
+        media_type: str,
+        source_case: str = "",
+        valid_until: str = "",
+        name: str = "",
+        applicant_code_type: HolderCodeType = certificate_pb2.HOLDER_CODE_TYPE_USCC,
+        chunk_size: int = 1024 * 1024,
+    ) -> material_pb2.MaterialReceipt:
+        """Upload a file once: hash it, send a signed manifest, then stream it in chunks.
+
+        Never holds the whole file in memory. Not retried (an upload is not idempotent
+        at the protocol level, though identical content is stored once).
+
+        Raises: PermissionDeniedError, MalformedError (a bad manifest, or content that
+        does not match it), ResourceExhaustedError (TOO_LARGE), OSError (reading ``path``).
+        """
+        with path.open("rb") as source:
+            digest = hashlib.file_digest(source, "sha256")
+            size = source.tell()  # what was hashed, even if the file grows meanwhile
+        manifest = material_pb2.MaterialManifest(
+            material_type=material_type,
+            applicant_code=applicant_code,
+            applicant_code_type=applicant_code_type,
+            size=size,
+            sha256=digest.digest(),
+            media_type=media_type,
+            source_case=source_case,
+            valid_until=valid_until,
+            name=name or path.name,
+        )
+        envelope = self.transport.seal(manifest, case_id=source_case)
+
+        def stream() -> Iterator[material_pb2.UploadRequest]:
+            yield material_pb2.UploadRequest(manifest=envelope)
+            with path.open("rb") as source:
+                while block := source.read(chunk_size):
+                    yield material_pb2.UploadRequest(chunk=block)
+
+        timeout = max(self.transport.timeout, size / 1e6)
+        try:
+            response = self.transport.materials.Upload(stream(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise typed_error(exc) from exc
+        return self.transport.open_response(
+            response.envelope, material_pb2.MaterialReceipt, manifest.header.message_id
+        )
+
+    def find_materials(
+        self, case_id: str, material_types: list[str], *, purpose: str
+    ) -> material_pb2.MaterialList:
+        """The applicant's stored materials of these types, for a prepared case.
+
+        Raises: PermissionDeniedError (purpose or case binding), NotFoundError, MalformedError.
+        """
+        return self.transport.call(
+            self.transport.materials.FindMaterials,
+            material_pb2.FindMaterialsRequest,
+            material_pb2.MaterialQuery(material_types=material_types),
+            material_pb2.MaterialList,
+            idempotent=True,
+            case_id=case_id,
+            purpose=purpose,
+        )
+
+    def download_material(
+        self, case_id: str, material_id: str, destination: Path, *, purpose: str
+    ) -> material_pb2.MaterialDescriptor:
+        """Stream a material to ``destination``; returns the hub-signed descriptor.
+
+        Size and SHA-256 are checked against the descriptor before the file appears
+        (written to a temporary name, then renamed).
+
+        Raises: PermissionDeniedError (purpose or case binding), NotFoundError,
+        BadResponseError (content differs from the descriptor), OSError (writing).
+        """
+        payload = material_pb2.MaterialFetch(material_id=material_id)
+        envelope = self.transport.seal(payload, case_id=case_id, purpose=purpose)
+        stream = self.transport.materials.Download(
+            material_pb2.DownloadRequest(envelope=envelope),
+            timeout=max(self.transport.timeout, 120.0),
+        )
+        partial = destination.with_name(destination.name + ".part")
+        try:
+            first = next(stream)
+            descriptor = self.transport.open_response(
+                first.descriptor, material_pb2.MaterialDescriptor, payload.header.message_id
+            )
+            content = ContentCheck(descriptor.material)
+            with partial.open("wb") as out:
+                for message in stream:
+                    chunk = message.chunk  # each access copies the bytes: read it once
+                    content.add(chunk)
+                    out.write(chunk)
+            content.finish()
+            partial.replace(destination)
+            return descriptor
+        except grpc.RpcError as exc:
+            raise typed_error(exc) from exc
+        finally:
+            partial.unlink(missing_ok=True)

@@ -1,0 +1,85 @@
+"""HubClient's registry operations: members, their keys and certificates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from cryptography import x509
+
+from xhub.connectors.sdk._internal.verify import check_member_certificate
+from xhub.connectors.sdk.services.base import Calls
+from xhub.v1 import registry_pb2
+
+
+class RegistryCalls(Calls):
+    """HubClient's registry operations: members, their keys and certificates."""
+
+    # -- registry -------------------------------------------------------------
+
+    def lookup_member(self, member_id: str) -> registry_pb2.MemberLookupResult:
+        """The hub's signed answer for one member (查询接入单位), with its receipt.
+
+        Raises: NotFoundError, MalformedError, AuthenticationError.
+        """
+        return self.transport.call(
+            self.transport.registry.GetMember,
+            registry_pb2.GetMemberRequest,
+            registry_pb2.MemberLookup(member_id=member_id),
+            registry_pb2.MemberLookupResult,
+            idempotent=True,
+        )
+
+    def get_member(self, member_id: str) -> registry_pb2.Member:
+        """One member, as ``lookup_member`` answers. Raises: as ``lookup_member``."""
+        return self.lookup_member(member_id).member
+
+    def member_pages(
+        self, query: registry_pb2.MemberListQuery
+    ) -> Iterator[registry_pb2.MemberListResult]:
+        """Every page of the members ``query`` matches, each a signed answer with its receipt
+        (``query.page_token`` is where the first page starts).
+
+        Raises: MalformedError (a bad page size or token), AuthenticationError.
+        """
+        return self.transport.pages(
+            self.transport.registry.ListMembers,
+            registry_pb2.ListMembersRequest,
+            query,
+            registry_pb2.MemberListResult,
+        )
+
+    def list_members(
+        self,
+        *,
+        level: registry_pb2.Level.ValueType = registry_pb2.LEVEL_UNSPECIFIED,
+        role: registry_pb2.Role.ValueType = registry_pb2.ROLE_UNSPECIFIED,
+        division_prefix: str = "",
+        include_revoked: bool = False,
+        page_size: int = 100,
+    ) -> Iterator[registry_pb2.Member]:
+        """All matching members (the items of ``member_pages``), page after page.
+
+        Raises: as ``member_pages``.
+        """
+        query = registry_pb2.MemberListQuery(
+            level=level,
+            role=role,
+            division_prefix=division_prefix,
+            include_revoked=include_revoked,
+            page_size=page_size,
+        )
+        for page in self.member_pages(query):
+            yield from page.members
+
+    def verified_certificate(self, member: registry_pb2.Member) -> x509.Certificate:
+        """Check offline that a looked-up member's certificate chains to our hub CA.
+
+        Raises: BadResponseError (not chained, or naming another member).
+        """
+        return check_member_certificate(member, self.bundle.ca_cert)
+
+    def _trust(self, member_ids: Iterable[str]) -> None:
+        """Fetch and trust the members not trusted yet (their certificates chain to our CA)."""
+        for member_id in sorted(set(member_ids)):
+            if member_id not in self._trusted:
+                self._trusted.add(self.get_member(member_id))
