@@ -40,6 +40,32 @@ class Section:
 
 
 @dataclass(frozen=True)
+class Backoff:
+    """How a connector waits for the hub while it is unreachable (exponential, with jitter)."""
+
+    initial_seconds: float = 0.5
+    max_seconds: float = 30.0
+    once_attempts: int = 5  # a bounded pass (``--once``) gives up after this many tries
+
+    @classmethod
+    def from_section(cls, hub: Section) -> Backoff:
+        """From ``retry_initial_seconds``, ``retry_max_seconds`` and ``once_attempts``."""
+        default = cls()
+        backoff = cls(
+            initial_seconds=hub.get("retry_initial_seconds", float, default.initial_seconds),
+            max_seconds=hub.get("retry_max_seconds", float, default.max_seconds),
+            once_attempts=hub.get("once_attempts", int, default.once_attempts),
+        )
+        if backoff.once_attempts <= 0:
+            raise hub.error(f"{hub.where}: once_attempts must be > 0")
+        return backoff
+
+
+BACKOFF_KEYS = frozenset({"retry_initial_seconds", "retry_max_seconds", "once_attempts"})
+"""The ``[hub]`` keys ``Backoff.from_section`` reads."""
+
+
+@dataclass(frozen=True)
 class ConfigFile:
     """A connector TOML file, read and checked for unknown tables."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from tenacity import (
@@ -22,6 +21,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from xhub.connectors.common.config import Backoff
 from xhub.protocol.errors import TransportError, XhubError
 
 T = TypeVar("T")
@@ -30,15 +30,6 @@ T = TypeVar("T")
 def retryable(exc: BaseException) -> bool:
     """True when the hub was not reached or asks to be asked again: wait and retry."""
     return isinstance(exc, TransportError) or (isinstance(exc, XhubError) and exc.retryable)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """How a connector waits for the hub (the ``[hub]`` retry keys of its config)."""
-
-    initial_seconds: float
-    max_seconds: float
-    once_attempts: int  # a bounded pass (``--once``) gives up after this many tries
 
 
 def call_hub(

@@ -82,17 +82,6 @@ def decode_value(text: str) -> Any:
 # -- the state file ---------------------------------------------------------------------------
 
 
-def open_state(path: Path, metadata: MetaData, *, pool_size: int) -> Engine:
-    """The connector's SQLite file, with its tables created if missing.
-
-    Local bookkeeping of the connector, not the hub schema (which only Alembic changes).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(f"sqlite:///{path}", pool_size=pool_size)
-    metadata.create_all(engine)
-    return engine
-
-
 def watermark_table(name: str, metadata: MetaData) -> Table:
     """One row (id 1): the encoded ``(updated_at, key)`` of the last row committed."""
     return Table(
@@ -125,46 +114,71 @@ class RowError:
     reason: str
 
 
-def read_watermark(engine: Engine, table: Table) -> Watermark | None:
-    with engine.connect() as connection:
-        row = connection.execute(select(table).where(table.c.id == 1)).first()
-    return None if row is None else (decode_value(row.updated_at), decode_value(row.row_key))
+class LocalState:
+    """A connector's own SQLite file, with a watermark and a table of rows passed over.
 
+    Local bookkeeping of the connector, not the hub schema (which only Alembic changes):
+    the tables of ``metadata`` are created when missing.
+    """
 
-def save_watermark(connection: Connection, table: Table, updated_at: Any, key: Any) -> None:
-    """Move the watermark to this row, inside the caller's transaction."""
-    values = {
-        "updated_at": encode_value(updated_at),
-        "row_key": encode_value(key),
-        "saved_at": now_text(),
-    }
-    moved = connection.execute(update(table).where(table.c.id == 1).values(**values))
-    if moved.rowcount == 0:
-        connection.execute(insert(table).values(id=1, **values))
+    def __init__(
+        self,
+        path: Path,
+        metadata: MetaData,
+        *,
+        watermark: Table,
+        row_errors: Table,
+        pool_size: int,
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = make_engine(f"sqlite:///{path}", pool_size=pool_size)
+        metadata.create_all(self.engine)
+        self._watermark = watermark
+        self._row_errors = row_errors
 
+    def close(self) -> None:
+        self.engine.dispose()
 
-def set_row_error(
-    connection: Connection, table: Table, key: Any, updated_at: Any, reason: str
-) -> None:
-    """Record why this row is passed over, or (``reason`` empty) that it no longer is."""
-    row_key = encode_value(key)
-    connection.execute(delete(table).where(table.c.row_key == row_key))
-    if reason:
-        connection.execute(
-            insert(table).values(
-                row_key=row_key,
-                updated_at=encode_value(updated_at),
-                reason=reason,
-                recorded_at=now_text(),
+    def watermark(self) -> Watermark | None:
+        """The last row committed, or None before the first."""
+        table = self._watermark
+        with self.engine.connect() as connection:
+            row = connection.execute(select(table).where(table.c.id == 1)).first()
+        return None if row is None else (decode_value(row.updated_at), decode_value(row.row_key))
+
+    def save_watermark(self, connection: Connection, updated_at: Any, key: Any) -> None:
+        """Move the watermark to this row, inside the caller's transaction."""
+        table = self._watermark
+        values = {
+            "updated_at": encode_value(updated_at),
+            "row_key": encode_value(key),
+            "saved_at": now_text(),
+        }
+        moved = connection.execute(update(table).where(table.c.id == 1).values(**values))
+        if moved.rowcount == 0:
+            connection.execute(insert(table).values(id=1, **values))
+
+    def set_row_error(self, connection: Connection, key: Any, updated_at: Any, reason: str) -> None:
+        """Record why this row is passed over, or (``reason`` empty) that it no longer is."""
+        table = self._row_errors
+        row_key = encode_value(key)
+        connection.execute(delete(table).where(table.c.row_key == row_key))
+        if reason:
+            connection.execute(
+                insert(table).values(
+                    row_key=row_key,
+                    updated_at=encode_value(updated_at),
+                    reason=reason,
+                    recorded_at=now_text(),
+                )
             )
-        )
 
-
-def read_row_errors(engine: Engine, table: Table) -> list[RowError]:
-    """Every row recorded as passed over, oldest first."""
-    with engine.connect() as connection:
-        rows = connection.execute(select(table).order_by(table.c.recorded_at)).all()
-    return [RowError(decode_value(r.row_key), r.reason) for r in rows]
+    def row_errors(self) -> list[RowError]:
+        """Every row recorded as passed over, oldest first."""
+        table = self._row_errors
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(table).order_by(table.c.recorded_at)).all()
+        return [RowError(decode_value(r.row_key), r.reason) for r in rows]
 
 
 # -- the department's table, read after the watermark -----------------------------------------

@@ -41,13 +41,17 @@ SUPPLEMENT_REQUIRED 补正, APPROVED 审批通过, REJECTED 不予许可, COMPLE
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from xhub.connectors.common.config import ConfigFile, ConnectorConfigError
-from xhub.connectors.common.retry import Backoff
+from xhub.connectors.common.config import (
+    BACKOFF_KEYS,
+    Backoff,
+    ConfigFile,
+    ConnectorConfigError,
+)
 from xhub.protocol.stages import TRANSITIONS, Actor, Stage
 
 DEPARTMENT_STAGES: Final = frozenset(
@@ -94,15 +98,9 @@ class DepartmentConfig:
     inbox_table: str = "xhub_inbox"
     poll_seconds: float = 5.0
     batch_size: int = 500
-    retry_initial_seconds: float = 0.5
-    retry_max_seconds: float = 30.0
-    once_attempts: int = 5
+    backoff: Backoff = field(default_factory=Backoff)
     subscribe_seconds: float = 2.0
     keep_sent_days: int = 30
-
-    @property
-    def backoff(self) -> Backoff:
-        return Backoff(self.retry_initial_seconds, self.retry_max_seconds, self.once_attempts)
 
 
 def stage_of(name: str) -> Stage | None:
@@ -120,14 +118,7 @@ def stage_of(name: str) -> Stage | None:
     )
 
 
-_HUB_KEYS = {
-    "bundle",
-    "address",
-    "retry_initial_seconds",
-    "retry_max_seconds",
-    "once_attempts",
-    "subscribe_seconds",
-}
+_HUB_KEYS = {"bundle", "address", "subscribe_seconds", *BACKOFF_KEYS}
 _DEPARTMENT_KEYS = {
     "url",
     "inbox_table",
@@ -194,13 +185,11 @@ def load_department_config(path: Path) -> DepartmentConfig:
         batch_size=department.get("batch_size", int, 500),
         state_path=file.relative(state.get("path", str, "department-state.sqlite")),
         keep_sent_days=state.get("keep_sent_days", int, 30),
-        retry_initial_seconds=hub.get("retry_initial_seconds", float, 0.5),
-        retry_max_seconds=hub.get("retry_max_seconds", float, 30.0),
-        once_attempts=hub.get("once_attempts", int, 5),
+        backoff=Backoff.from_section(hub),
         subscribe_seconds=hub.get("subscribe_seconds", float, 2.0),
     )
-    if min(config.poll_seconds, config.batch_size, config.once_attempts) <= 0:
-        raise DepartmentConfigError(f"{path}: poll_seconds, batch_size, once_attempts must be > 0")
+    if min(config.poll_seconds, config.batch_size) <= 0:
+        raise DepartmentConfigError(f"{path}: poll_seconds and batch_size must be > 0")
     if config.subscribe_seconds <= 0 or config.keep_sent_days < 0:
         raise DepartmentConfigError(
             f"{path}: subscribe_seconds must be > 0 and keep_sent_days >= 0"

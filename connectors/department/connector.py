@@ -197,8 +197,8 @@ class DepartmentConnector:
             bundle,
             channel=secure_channel(
                 bundle,
-                reconnect_initial=self.config.retry_initial_seconds,
-                reconnect_max=self.config.retry_max_seconds,
+                reconnect_initial=self.config.backoff.initial_seconds,
+                reconnect_max=self.config.backoff.max_seconds,
             ),
             retry=RetryPolicy(attempts=1),
         )
@@ -296,7 +296,7 @@ class DepartmentConnector:
                     self._fail("the hub refused the case subscription", exc)
                     return
                 log.warning("case stream interrupted: %s; resubscribing", exc)
-                self.stop.wait(self.config.retry_initial_seconds)
+                self.stop.wait(self.config.backoff.initial_seconds)
             except Exception as exc:  # pragma: no cover - a bug: stop loudly, not silently
                 self._fail("the case receiver crashed", exc)
                 return

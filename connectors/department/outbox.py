@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
-    Engine,
     Integer,
     MetaData,
     Table,
@@ -31,16 +30,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from xhub.connectors.common.state import (
+    LocalState,
     RowError,
-    Watermark,
     encode_value,
     now_text,
-    open_state,
-    read_row_errors,
-    read_watermark,
     row_errors_table,
-    save_watermark,
-    set_row_error,
     watermark_table,
 )
 from xhub.protocol.stages import Stage
@@ -145,15 +139,14 @@ def _entry(row: Any) -> OutboxEntry:
     )
 
 
-class DepartmentState:
+class DepartmentState(LocalState):
     """The connector's own SQLite file: cursor, watermark and the outbox of pushes."""
 
     def __init__(self, path: Path) -> None:
         # Three threads in loop mode: receiver, reader and sender.
-        self.engine: Engine = open_state(path, _state_metadata, pool_size=3)
-
-    def close(self) -> None:
-        self.engine.dispose()
+        super().__init__(
+            path, _state_metadata, watermark=_watermark, row_errors=_skipped, pool_size=3
+        )
 
     # -- inbound ------------------------------------------------------------------------------
 
@@ -184,9 +177,6 @@ class DepartmentState:
 
     # -- outbound: reading the status table -------------------------------------------------------
 
-    def watermark(self) -> Watermark | None:
-        return read_watermark(self.engine, _watermark)
-
     def ingest(self, rows: Sequence[StatusRow]) -> dict[str, int]:
         """Queue the pushes of a batch and move the watermark past it, in one transaction."""
         counts = {"queued": 0, "unchanged": 0, "ignored": 0, "skipped": 0}
@@ -195,7 +185,7 @@ class DepartmentState:
         now = now_text()
         with self.engine.begin() as connection:
             for row in rows:
-                set_row_error(connection, _skipped, row.key, row.updated_at, row.skip_reason)
+                self.set_row_error(connection, row.key, row.updated_at, row.skip_reason)
                 if row.skip_reason:
                     counts["skipped"] += 1
                     continue
@@ -240,7 +230,7 @@ class DepartmentState:
                     )
                 )
                 counts["queued"] += 1
-            save_watermark(connection, _watermark, rows[-1].updated_at, rows[-1].key)
+            self.save_watermark(connection, rows[-1].updated_at, rows[-1].key)
         return counts
 
     # -- outbound: the sender -------------------------------------------------------------------
@@ -310,4 +300,5 @@ class DepartmentState:
             return [_entry(row) for row in connection.execute(query)]
 
     def skipped(self) -> list[RowError]:
-        return read_row_errors(self.engine, _skipped)
+        """Status rows passed over (unknown status code, no case number), oldest first."""
+        return self.row_errors()

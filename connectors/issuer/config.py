@@ -37,11 +37,10 @@ Relative paths are relative to the file::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from xhub.connectors.common.config import ConfigFile, ConnectorConfigError
-from xhub.connectors.common.retry import Backoff
+from xhub.connectors.common.config import BACKOFF_KEYS, Backoff, ConfigFile, ConnectorConfigError
 from xhub.connectors.issuer.importer import FieldMapping, ImportFileError
 
 
@@ -62,16 +61,10 @@ class SyncConfig:
     reason_column: str = ""
     poll_seconds: float = 5.0
     batch_size: int = 500
-    retry_initial_seconds: float = 0.5
-    retry_max_seconds: float = 30.0
-    once_attempts: int = 5
-
-    @property
-    def backoff(self) -> Backoff:
-        return Backoff(self.retry_initial_seconds, self.retry_max_seconds, self.once_attempts)
+    backoff: Backoff = field(default_factory=Backoff)
 
 
-_HUB_KEYS = {"bundle", "address", "retry_initial_seconds", "retry_max_seconds", "once_attempts"}
+_HUB_KEYS = {"bundle", "address", *BACKOFF_KEYS}
 _SOURCE_KEYS = {
     "url",
     "table",
@@ -117,10 +110,8 @@ def load_sync_config(path: Path) -> SyncConfig:
         batch_size=source.get("batch_size", int, 500),
         state_path=file.relative(state.get("path", str, "sync-state.sqlite")),
         mapping=mapping,
-        retry_initial_seconds=hub.get("retry_initial_seconds", float, 0.5),
-        retry_max_seconds=hub.get("retry_max_seconds", float, 30.0),
-        once_attempts=hub.get("once_attempts", int, 5),
+        backoff=Backoff.from_section(hub),
     )
-    if config.poll_seconds <= 0 or config.batch_size <= 0 or config.once_attempts <= 0:
-        raise SyncConfigError(f"{path}: poll_seconds, batch_size and once_attempts must be > 0")
+    if config.poll_seconds <= 0 or config.batch_size <= 0:
+        raise SyncConfigError(f"{path}: poll_seconds and batch_size must be > 0")
     return config

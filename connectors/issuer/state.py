@@ -11,20 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, Text, delete, insert, select
+from sqlalchemy import Column, Integer, MetaData, Table, Text, delete, insert, select
 
 from xhub.certificates_store.model import Status
 from xhub.connectors.common.state import (
+    LocalState,
     RowError,
-    Watermark,
     encode_value,
     now_text,
-    open_state,
-    read_row_errors,
-    read_watermark,
     row_errors_table,
-    save_watermark,
-    set_row_error,
     watermark_table,
 )
 
@@ -53,17 +48,13 @@ class PublishedState:
     fingerprint: str
 
 
-class SyncState:
+class SyncState(LocalState):
     """The connector's own SQLite file; one writer (this connector) at a time."""
 
     def __init__(self, path: Path) -> None:
-        self.engine: Engine = open_state(path, _state_metadata, pool_size=1)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def watermark(self) -> Watermark | None:
-        return read_watermark(self.engine, _watermark)
+        super().__init__(
+            path, _state_metadata, watermark=_watermark, row_errors=_errors, pool_size=1
+        )
 
     def published(self, key: Any) -> PublishedState | None:
         with self.engine.connect() as connection:
@@ -77,7 +68,8 @@ class SyncState:
         )
 
     def errors(self) -> list[RowError]:
-        return read_row_errors(self.engine, _errors)
+        """Rows the hub refused or that failed validation, oldest first."""
+        return self.row_errors()
 
     def commit_row(
         self,
@@ -103,5 +95,5 @@ class SyncState:
                         synced_at=now_text(),
                     )
                 )
-            set_row_error(connection, _errors, key, updated_at, error)
-            save_watermark(connection, _watermark, updated_at, key)
+            self.set_row_error(connection, key, updated_at, error)
+            self.save_watermark(connection, updated_at, key)
