@@ -21,6 +21,7 @@ from bench.cert_bench import bench_pull
 from bench.echo_server import ECHO_METHOD
 from bench.harness import Row, measure, print_table, ratio_row, write_results
 from bench.hubproc import process, setup, wait_echo
+from bench.import_bench import bench_import
 from bench.material_bench import bench_materials
 from xhub.connectors import HubClient
 from xhub.connectors.sdk.client import secure_channel
@@ -132,6 +133,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--append-entries", type=int, default=50_000)
+    parser.add_argument("--import-rows", type=int, default=10_000, help="rows of the CSV import")
     parser.add_argument("--store-sizes", default="10000,1000000", help="certificate store sizes")
     parser.add_argument(
         "--proof-sizes", default="1000,100000,1000000", help="tree sizes for proof timing"
@@ -150,6 +152,11 @@ def main() -> int:
         rows += bench_materials(Path(tmp) / "materials")
         print("status events: department push → platform stream", flush=True)
         rows += bench_status_stream(Path(tmp) / "cases")
+        print(
+            f"certificate import of {args.import_rows} CSV rows (xhub certificates import)",
+            flush=True,
+        )
+        rows += bench_import(Path(tmp) / "import", args.import_rows)
         print("audit append + sequencing (SQLite)", flush=True)
         rows += bench_append(Path(tmp), args.append_entries)
         sizes = [int(s) for s in args.proof_sizes.split(",")]

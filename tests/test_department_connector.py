@@ -38,17 +38,14 @@ from sqlalchemy import (
     update,
 )
 
+from xhub.connectors.cli import main
+from xhub.connectors.department.config import DepartmentConfigError, load_department_config
 from xhub.connectors.department.connector import (
-    FAILED,
-    PENDING,
-    SENT,
-    DepartmentConfigError,
     DepartmentConnector,
     PassResult,
-    load_department_config,
     parse_missing_items,
 )
-from xhub.connectors.issuer.sync import main
+from xhub.connectors.department.outbox import FAILED, PENDING, SENT
 from xhub.connectors.sdk.client import HubClient
 from xhub.hub.catalog import store as catalog
 from xhub.protocol.codes import make_uscc
@@ -513,7 +510,7 @@ def test_cli_loop_stops_cleanly_on_sigterm(world: World) -> None:
     case = world.submit()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "xhub.connectors.issuer.sync", "run", str(world.config)],
+        [sys.executable, "-m", "xhub.connectors.cli", "run", str(world.config)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -38,13 +38,10 @@ from sqlalchemy import (
 
 from xhub.certificates_store.model import REVOKED, SUSPENDED, VALID
 from xhub.certificates_store.schema import CertificateRow
-from xhub.connectors.issuer.sync import (
-    IssuerSync,
-    SyncConfigError,
-    SyncState,
-    load_sync_config,
-    main,
-)
+from xhub.connectors.cli import main
+from xhub.connectors.issuer.config import SyncConfigError, load_sync_config
+from xhub.connectors.issuer.state import SyncState
+from xhub.connectors.issuer.sync import IssuerSync
 from xhub.protocol.codes import make_uscc
 
 FOOD_LICENCE = "11100000000013338W004"  # 食品经营许可证
@@ -326,7 +323,7 @@ def test_restart_resumes_from_the_watermark(
     command = [
         sys.executable,
         "-m",
-        "xhub.connectors.issuer.sync",
+        "xhub.connectors.cli",
         "sync-certificates",
         str(config),
     ]

@@ -1,0 +1,95 @@
+"""``xhub-connector``: the department and issuer connectors (前置机) as one command.
+
+    xhub-connector run department.toml [--once]          # cases in, approval status out
+    xhub-connector sync-certificates sync.toml [--once]  # certificates from the department's table
+    xhub-connector sync-status sync.toml                 # the sync's watermark and rows in error
+
+Exit codes: 0 ok; 1 some rows, pushes or cases were refused or failed a check (``--once``);
+2 configuration or database; 3 the hub is unreachable; 4 the hub refused the connector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from xhub.connectors.common.config import ConnectorConfigError
+from xhub.connectors.department.cli import run_command
+from xhub.connectors.issuer.cli import status_command, sync_command
+from xhub.protocol.bundle import BundleError
+from xhub.protocol.errors import TransportError, XhubError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xhub-connector", description="xhub department connector (前置机)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sync = commands.add_parser(
+        "sync-certificates", help="publish certificates from the department's table (证照同步)"
+    )
+    sync.add_argument("config", type=Path, help="connector TOML (see connectors/issuer/config.py)")
+    sync.add_argument(
+        "--once", action="store_true", help="catch up once and exit (default: keep polling)"
+    )
+    status = commands.add_parser("sync-status", help="show the watermark and rows in error")
+    status.add_argument("config", type=Path)
+    run = commands.add_parser(
+        "run", help="receive cases and send approval status back (办件接收与状态回传)"
+    )
+    run.add_argument(
+        "config", type=Path, help="connector TOML (see connectors/department/config.py)"
+    )
+    run.add_argument(
+        "--once", action="store_true", help="one pass and exit (default: keep running)"
+    )
+    return parser
+
+
+# What a database error is called in the message, by command.
+_DATABASE = {
+    "run": "database",
+    "sync-certificates": "source database",
+    "sync-status": "source database",
+}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return run_command(args.config, once=args.once)
+    if args.command == "sync-status":
+        return status_command(args.config)
+    return sync_command(args.config, once=args.once)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except (ConnectorConfigError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        where = _DATABASE[args.command]
+        print(f"error: {where}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except TransportError as exc:
+        print(f"error: cannot reach the hub: {exc}", file=sys.stderr)
+        return 3
+    except XhubError as exc:
+        print(f"error: the hub refused the connector: {exc}", file=sys.stderr)
+        return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())
