@@ -56,8 +56,8 @@ from xhub.certificates_store.model import (
 from xhub.certificates_store.schema import CertificateRow
 from xhub.connectors import HubClient, XhubError
 from xhub.protocol.codes import make_citizen_id, make_uscc
-from xhub.protocol.envelope import seal
-from xhub.protocol.errors import AuthenticationError, MalformedError
+from xhub.protocol.envelope import seal, sign_payload
+from xhub.protocol.errors import AuthenticationError, MalformedError, RefusedError
 from xhub.protocol.log import merkle
 from xhub.protocol.signing import ECDSA_P256, ED25519, KeySigner, generate_private_key
 from xhub.v1 import audit_pb2, certificate_pb2, envelope_pb2
@@ -400,6 +400,15 @@ def test_status_from_raw_unknown_code(raw: str) -> None:
     assert caught.value.code == Code.INVALID_ARGUMENT
 
 
+def test_model_errors_are_domain_errors_not_refusals() -> None:
+    """The pure model raises its own error; only the servicer turns it into a refusal."""
+    with pytest.raises(CertificateDataError) as caught:
+        status_from_raw("99")
+    assert not isinstance(caught.value, RefusedError)
+    assert isinstance(caught.value, XhubError)
+    assert not caught.value.retryable
+
+
 def test_status_from_raw_department_mapping() -> None:
     mapping = {"A": VALID, "Z": REVOKED}
     assert status_from_raw("Z", mapping) == REVOKED
@@ -650,6 +659,9 @@ def test_inner_certificate_must_carry_the_callers_signature(hub_kit: HubKit) -> 
     altered = sign_certificate(cert, issuer.bundle.signer)
     altered.payload = issued_by(hub_kit, valid_until="2099-12-31").SerializeToString()
     refused(lambda: publish_raw(issuer, altered), Code.UNAUTHENTICATED, "BAD_SIGNATURE")
+    # Signed by the issuer, but the bytes are no certificate: the one opener's verdict.
+    garbage = sign_payload(b"\xff\xff\xff", cert.DESCRIPTOR.full_name, issuer.bundle.signer)
+    refused(lambda: publish_raw(issuer, garbage), Code.INVALID_ARGUMENT, "MALFORMED_PAYLOAD")
     assert rows(hub_kit, cert) == []
     # Exactly as signed it is accepted.
     signed = sign_certificate(cert, issuer.bundle.signer)
