@@ -34,19 +34,6 @@ LIST_MEMBERS = "/xhub.v1.RegistryService/ListMembers"
 AUDIT = "/xhub.v1.AuditService/"
 
 
-@pytest.fixture(
-    name="kit",
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-    ids=["sqlite", "postgres"],
-)
-def kit_fixture(request: pytest.FixtureRequest) -> HubKit:
-    """The running hub, once on SQLite and once on PostgreSQL."""
-    fixture: HubKit = request.getfixturevalue(
-        "hub_kit" if request.param == "sqlite" else "hub_kit_pg"
-    )
-    return fixture
-
-
 # -- helpers ----------------------------------------------------------------------------------
 
 

@@ -112,17 +112,11 @@ def sha(data: bytes) -> str:
 # -- fixtures and helpers ---------------------------------------------------------------------
 
 
-@pytest.fixture(
-    name="kit",
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-    ids=["sqlite", "postgres"],
-)
-def kit_fixture(request: pytest.FixtureRequest) -> HubKit:
-    """A fresh running hub, once on SQLite and once on PostgreSQL."""
-    name = "hub_kit" if request.param == "sqlite" else "hub_kit_pg"
-    fixture: HubKit = request.getfixturevalue(name)
-    load_item(fixture)
-    return fixture
+@pytest.fixture(name="kit")
+def kit_fixture(kit: HubKit) -> HubKit:
+    """The fresh hub of each backend (tests/conftest.py ``kit``), with the item loaded."""
+    load_item(kit)
+    return kit
 
 
 def load_item(kit: HubKit, item: intake_pb2.Item = ITEM) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import grpc
-import pytest
 from hubkit import HubKit
 
 from xhub.connectors import HubClient
@@ -21,18 +20,6 @@ UNKNOWN_BUT_VALID_ID = f"CN.440106.{make_uscc('1', '1', '440106', 'MB2C9088')}"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-@pytest.fixture(
-    name="kit",
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-    ids=["sqlite", "postgres"],
-)
-def kit_fixture(request: pytest.FixtureRequest) -> HubKit:
-    """The running hub, once on SQLite and once on PostgreSQL."""
-    name = "hub_kit" if request.param == "sqlite" else "hub_kit_pg"
-    fixture: HubKit = request.getfixturevalue(name)
-    return fixture
 
 
 def get_member(

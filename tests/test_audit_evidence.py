@@ -15,7 +15,6 @@ from audit_world import (
     REFUSALS,
     _allowed_index,
     _tamper_entry_sql,
-    kit_fixture,  # noqa: F401  (the kit fixture)
     log_key,
     parse,
     receipt_for,

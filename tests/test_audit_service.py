@@ -27,7 +27,6 @@ from audit_world import (
     Envelope,
     _bad_signature,
     header_of,
-    kit_fixture,  # noqa: F401  (the kit fixture)
     parse,
     receipt_for,
     record_of,

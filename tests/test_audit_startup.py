@@ -14,7 +14,6 @@ from audit_world import (
     _allowed_index,
     _bad_signature,
     _tamper_entry_sql,
-    kit_fixture,  # noqa: F401  (the kit fixture)
     receipt_for,
     refused_leaf,
     send,

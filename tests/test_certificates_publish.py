@@ -53,17 +53,6 @@ from xhub.v1 import audit_pb2, certificate_pb2, envelope_pb2
 # == publishing over a running hub ============================================================
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-    ids=["sqlite", "postgres"],
-)
-def kit(request: pytest.FixtureRequest) -> HubKit:
-    """The running hub, once on SQLite and once on PostgreSQL."""
-    name = "hub_kit" if request.param == "sqlite" else "hub_kit_pg"
-    fixture: HubKit = request.getfixturevalue(name)
-    return fixture
-
-
 def issued_by(kit: HubKit, member: str = "issuer", **overrides: Any) -> Cert:
     """A licence naming ``member`` (its USCC and name) as issuer."""
     spec = kit.members[member].spec

@@ -20,7 +20,6 @@ from rejections_world import (
     assert_still_serving,
     flip_last,
     get_member,
-    kit_fixture,  # noqa: F401  (the kit fixture)
     lookup,
     sealed_lookup,
     signed_with_header,

@@ -20,7 +20,6 @@ from rejections_world import (
     Envelope,
     assert_still_serving,
     get_member,
-    kit_fixture,  # noqa: F401  (the kit fixture)
     sealed_lookup,
     signed_with_header,
 )
