@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TypeAlias
 
+import grpc
 from google.protobuf.message import DecodeError
 
 from xhub.certificates_store.identifier import IdentifierError, make_identifier, parse_identifier
 from xhub.protocol import codes
-from xhub.protocol.envelope import check_shape, payload_type_of, seal, verify_signature_by
-from xhub.protocol.errors import MalformedError
+from xhub.protocol.envelope import open_signed, seal
+from xhub.protocol.errors import XhubError, reason_name
 from xhub.protocol.signing import Signer, Verifier
 from xhub.v1 import certificate_pb2, envelope_pb2
 
@@ -53,10 +54,27 @@ DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 EXTENSION_KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
 
-class CertificateDataError(MalformedError):
-    """A certificate field fails validation; metadata names the field."""
+class CertificateDataError(XhubError):
+    """A certificate field fails validation; metadata names the field.
 
-    default_reason = envelope_pb2.ERROR_REASON_INVALID_CERTIFICATE
+    A domain error, not a hub refusal: the servicer that meets it maps it to a refusal
+    (hub/certificates/service.py). It reads like one (``code``, ``reason_name``,
+    ``message``, ``metadata``) so an importer's report treats both alike.
+    """
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = envelope_pb2.ERROR_REASON_INVALID_CERTIFICATE
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    @property
+    def reason_name(self) -> str:
+        return reason_name(self.reason)
+
+    def __str__(self) -> str:
+        return f"{self.code.name} {self.reason_name}: {self.message}"
 
 
 def _fail(field: str, message: str) -> CertificateDataError:
@@ -187,10 +205,11 @@ def sign_certificate(
 def open_certificate(
     envelope: envelope_pb2.Envelope, issuer: Verifier
 ) -> certificate_pb2.ElectronicCertificate:
-    """Verify the issuer's signature over the exact bytes, then parse (works offline)."""
-    check_shape(envelope, payload_type_of(certificate_pb2.ElectronicCertificate))
-    verify_signature_by(envelope, issuer)
-    return parse_certificate(envelope.payload)
+    """Verify the issuer's signature over the exact bytes, then parse (works offline).
+
+    Raises MalformedError or AuthenticationError, as ``open_signed`` does.
+    """
+    return open_signed(envelope, certificate_pb2.ElectronicCertificate, lambda _: issuer).message
 
 
 def parse_certificate(payload: bytes) -> certificate_pb2.ElectronicCertificate:

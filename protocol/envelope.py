@@ -140,7 +140,7 @@ def verify_signature_by(envelope: envelope_pb2.Envelope, verifier: Verifier) -> 
     )
 
 
-def parse_verified(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
+def parse_payload(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
     """Parse the payload bytes that verified; call only after the signature check."""
     message = message_type()
     try:
@@ -150,6 +150,11 @@ def parse_verified(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
             f"payload is not a valid {payload_type_of(message_type)}",
             reason=envelope_pb2.ERROR_REASON_MALFORMED_PAYLOAD,
         ) from exc
+    return message
+
+
+def check_header(message: Message) -> envelope_pb2.Header:
+    """The message's header, complete and bounded; refused before any use."""
     header = getattr(message, "header", None)
     if not isinstance(header, envelope_pb2.Header) or not message.HasField("header"):
         raise MalformedError(
@@ -165,6 +170,13 @@ def parse_verified(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
             metadata={"missing": ",".join(missing)},
         )
     _check_header_fields(header)
+    return header
+
+
+def parse_verified(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
+    """Parse the payload bytes that verified and check its header (after the signature)."""
+    message = parse_payload(envelope, message_type)
+    check_header(message)
     return message
 
 
@@ -202,13 +214,43 @@ def _check_header_fields(header: envelope_pb2.Header) -> None:
 
 
 @dataclass(frozen=True)
-class Opened(Generic[M]):
-    """A payload whose signature verified, with the header pulled out."""
+class Verified(Generic[M]):
+    """A payload whose signature verified, parsed from exactly the bytes that verified."""
 
     message: M
-    header: envelope_pb2.Header
     envelope: envelope_pb2.Envelope
     key_id: str
+
+
+@dataclass(frozen=True)
+class Opened(Verified[M]):
+    """A verified request or answer, with its checked header pulled out."""
+
+    header: envelope_pb2.Header
+
+
+def open_signed(
+    envelope: envelope_pb2.Envelope | None,
+    message_type: type[M],
+    resolve: Callable[[str], Verifier],
+) -> Verified[M]:
+    """The one opening sequence: shape, type, key, signature, and only then the payload.
+
+    For signed objects without a header (a certificate); requests and answers go through
+    ``open_envelope``. ``resolve`` maps the first signature's key id to a Verifier or
+    raises AuthenticationError(UNKNOWN_KEY). Raises MalformedError (shape, payload type,
+    undecodable payload) or AuthenticationError (key, signature).
+    """
+    # 1–2. shape and payload type
+    check_shape(envelope, payload_type_of(message_type))
+    assert envelope is not None
+    # 3. the first signature is the signer's; find its key
+    verifier = resolve(envelope.signatures[0].key_id)
+    # 4. signature over the exact received bytes
+    verify_signature_by(envelope, verifier)
+    # 5. only now parse
+    message = parse_payload(envelope, message_type)
+    return Verified(message=message, envelope=envelope, key_id=verifier.key_id)
 
 
 def open_envelope(
@@ -216,19 +258,14 @@ def open_envelope(
     message_type: type[M],
     resolve: Callable[[str], Verifier],
 ) -> Opened[M]:
-    """Verify then parse: shape, type, key, signature, and only then the payload.
+    """Verify then parse (``open_signed``), then check the header the message carries.
 
     ``resolve`` maps the first signature's key id to a Verifier or raises
     AuthenticationError(UNKNOWN_KEY).
     """
-    # 1–2. shape and payload type
-    check_shape(envelope, payload_type_of(message_type))
-    assert envelope is not None
-    # 3. the first signature is the sender's; find its key
-    verifier = resolve(envelope.signatures[0].key_id)
-    # 4. signature over the exact received bytes
-    verify_signature_by(envelope, verifier)
-    # 5. only now parse
-    message = parse_verified(envelope, message_type)
-    header: envelope_pb2.Header = getattr(message, "header")  # noqa: B009
-    return Opened(message=message, header=header, envelope=envelope, key_id=verifier.key_id)
+    verified = open_signed(envelope, message_type, resolve)
+    # 6. a complete, bounded header
+    header = check_header(verified.message)
+    return Opened(
+        message=verified.message, envelope=verified.envelope, key_id=verified.key_id, header=header
+    )

@@ -11,8 +11,9 @@ never go green without having exercised PostgreSQL.  ``XHUB_PG_BIN=/path/to/bin`
 binaries explicitly.  ``pytest -m "not postgres"`` runs the SQLite side alone.
 
 A running hub: ``hub_kit`` (SQLite) and ``hub_kit_pg`` (PostgreSQL) yield a started
-``tests/hubkit.HubKit`` per test; ``shared_hub_kit`` / ``shared_hub_kit_pg`` share one per module
-for tests that change no registry state.  ``kit.client(key)`` is an SDK client for a member.
+``tests/hubkit.HubKit`` per test, ``kit`` runs a test on each of the two;
+``shared_hub_kit`` / ``shared_hub_kit_pg`` share one per module for tests that change no
+registry state.  ``kit.client(key)`` is an SDK client for a member.
 
 Hypothesis: profile "ci" (200 examples) when ``$CI`` is set, else "dev" (50 examples).
 """
@@ -124,6 +125,17 @@ def hub_kit_pg(tmp_path: Path, pg_url: str) -> Iterator[HubKit]:
         yield kit
     finally:
         kit.close()
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    ids=["sqlite", "postgres"],
+)
+def kit(request: pytest.FixtureRequest) -> HubKit:
+    """A fresh running hub, once on SQLite (``hub_kit``) and once on PostgreSQL (``hub_kit_pg``)."""
+    name = "hub_kit" if request.param == "sqlite" else "hub_kit_pg"
+    fixture: HubKit = request.getfixturevalue(name)
+    return fixture
 
 
 @pytest.fixture(scope="module")

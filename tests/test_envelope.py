@@ -15,6 +15,7 @@ from xhub.protocol.envelope import (
     countersign,
     new_header,
     open_envelope,
+    open_signed,
     pae,
     parse_verified,
     payload_type_of,
@@ -31,7 +32,7 @@ from xhub.protocol.signing import (
     generate_private_key,
     public_key_der,
 )
-from xhub.v1 import envelope_pb2, registry_pb2
+from xhub.v1 import certificate_pb2, envelope_pb2, registry_pb2
 
 R = envelope_pb2
 LOOKUP_TYPE = "xhub.v1.MemberLookup"
@@ -390,6 +391,53 @@ def test_payload_without_header_is_malformed_payload() -> None:
     with pytest.raises(MalformedError) as exc:
         open_envelope(envelope, registry_pb2.MemberLookup, _resolver(signer))
     assert exc.value.reason == R.ERROR_REASON_MALFORMED_PAYLOAD
+
+
+# -- open_signed: the same sequence for signed objects without a header --------------------
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_open_signed_opens_a_message_without_header(alg: str) -> None:
+    """A certificate carries no header: open_signed opens it, open_envelope refuses it."""
+    signer = SIGNERS[alg]
+    message = certificate_pb2.CertificateRef(identifier="x")
+    envelope = seal(message, signer)
+    verified = open_signed(envelope, certificate_pb2.CertificateRef, _resolver(signer))
+    assert verified.message == message
+    assert verified.key_id == signer.key_id
+    assert verified.envelope is envelope
+    with pytest.raises(MalformedError) as exc:
+        open_envelope(envelope, certificate_pb2.CertificateRef, _resolver(signer))
+    assert exc.value.reason == R.ERROR_REASON_MALFORMED_PAYLOAD
+
+
+@pytest.mark.parametrize(
+    ("tamper", "error", "reason"),
+    [
+        ("type", MalformedError, R.ERROR_REASON_WRONG_PAYLOAD_TYPE),
+        ("key", AuthenticationError, R.ERROR_REASON_UNKNOWN_KEY),
+        ("payload", AuthenticationError, R.ERROR_REASON_BAD_SIGNATURE),
+        ("garbage", MalformedError, R.ERROR_REASON_MALFORMED_PAYLOAD),
+    ],
+)
+def test_open_signed_refuses_in_the_order_open_envelope_does(
+    tamper: str, error: type[Exception], reason: int
+) -> None:
+    signer = SIGNERS["ed25519"]
+    ref_type = payload_type_of(certificate_pb2.CertificateRef)
+    envelope = seal(certificate_pb2.CertificateRef(identifier="x"), signer)
+    resolve = _resolver(signer)
+    if tamper == "type":
+        envelope = seal(_lookup(), signer)
+    elif tamper == "key":
+        resolve = _resolver(OTHER_SIGNERS["ed25519"])
+    elif tamper == "payload":
+        envelope.payload += b"\x00"
+    else:
+        envelope = sign_payload(NOT_PROTOBUF, ref_type, signer)
+    with pytest.raises(error) as caught:
+        open_signed(envelope, certificate_pb2.CertificateRef, resolve)
+    assert getattr(caught.value, "reason") == reason  # noqa: B009
 
 
 def test_parse_verified_keeps_optional_header_fields_and_times() -> None:

@@ -1,149 +1,65 @@
-"""The registry and replay store on both backends (SQLite and a real PostgreSQL server).
+"""The registry on both backends (SQLite and a real PostgreSQL server).
 
 Migrations, member validation and registration, listing filters and paging, revocation,
-the Member proto, and the seen-messages replay store used by the admission gate.
+and the Member proto.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from alembic import command
-from alembic.script import ScriptDirectory
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Engine, func, select
+from registry_world import (
+    BEIJING,
+    CITY,
+    HUB_ID,
+    LEGACY_PILOT,
+    LIWAN,
+    NOW,
+    PROVINCE,
+    REGISTRY_TABLES,
+    TIANHE,
+    bare_engine_fixture,  # noqa: F401  (the bare_engine fixture)
+    ca_fixture,  # noqa: F401  (the ca fixture)
+    counts,
+    engine_fixture,  # noqa: F401  (the engine fixture)
+    head_revision,
+    member_id_for,
+    register,
+    register_sample,
+    sessions_fixture,  # noqa: F401  (the sessions fixture)
+    uscc_for,
+)
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from xhub.hub.core.ca import CertificateAuthority
 from xhub.hub.core.db import (
-    MemberKeyRow,
-    MemberRoleRow,
-    MemberRow,
     SeenMessageRow,
     alembic_config,
     current_revision,
     make_engine,
     migrate,
-    session_factory,
     table_names,
 )
-from xhub.hub.core.gate import Gate
 from xhub.hub.registry.store import (
     ACTIVE,
     REVOKED,
-    IssuedMember,
     RegistryError,
-    add_member,
     bind_hub_identity,
     get_member,
     list_members,
     member_to_proto,
     revoke_member,
-    validate_member,
 )
 from xhub.protocol import codes
-from xhub.protocol.errors import MalformedError, NotFoundError, ReplayError
+from xhub.protocol.errors import MalformedError, NotFoundError
 from xhub.protocol.pki import load_certificate, verify_member_certificate
 from xhub.protocol.signing import ECDSA_P256, ED25519, KeySigner, KeyVerifier, key_id_for
 from xhub.v1 import registry_pb2
-
-HUB_ID = "CN.440000.XHUB"
-REGISTRY_TABLES = {"members", "member_roles", "member_keys", "seen_messages"}
-LEGACY_PILOT = "91350100M0001TGQXM"
-NOW = datetime(2026, 11, 23, 9, 30, 0, 123456, tzinfo=UTC)
-
-# name, division, org base (8 chars), roles
-PROVINCE = ("广东省政务服务数据管理局", "440000", "MB2C9041", ["platform", "admin"])
-CITY = ("广州市市场监督管理局", "440100", "0A7K3QX1", ["issuer"])
-LIWAN = ("荔湾区行政审批局", "440103", "3H8J2K4L", ["issuer", "department"])
-TIANHE = ("天河区人力资源和社会保障局", "440106", "5N6P7Q8R", ["department"])
-BEIJING = ("北京市西城区审计局", "110102", "9T1U2W3X", ["auditor"])
-
-
-def uscc_for(division: str, org: str) -> str:
-    return codes.make_uscc("1", "1", division, org)
-
-
-def member_id_for(division: str, org: str) -> str:
-    return f"CN.{division}.{uscc_for(division, org)}"
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def ca() -> CertificateAuthority:
-    return CertificateAuthority.create("xhub test CA")
-
-
-@pytest.fixture
-def bare_engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture
-def engine(bare_engine: Engine) -> Engine:
-    migrate(bare_engine)
-    return bare_engine
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
-
-
-def head_revision(engine: Engine) -> str | None:
-    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
-
-
-def register(
-    sessions: sessionmaker[Session],
-    ca: CertificateAuthority,
-    *,
-    name: str,
-    uscc: str,
-    division: str,
-    roles: Sequence[str],
-    subsystem: str = "",
-    allow_legacy_uscc: bool = False,
-    signing_algorithm: Any = ECDSA_P256,
-) -> IssuedMember:
-    """What `xhub member add` does with the database: validate, then add and commit."""
-    with sessions.begin() as session:
-        spec = validate_member(
-            name=name,
-            uscc=uscc,
-            division=division,
-            roles=list(roles),
-            subsystem=subsystem,
-            allow_legacy_uscc=allow_legacy_uscc,
-        )
-        return add_member(session, ca, spec, signing_algorithm=signing_algorithm, now=NOW)
-
-
-def register_sample(
-    sessions: sessionmaker[Session], ca: CertificateAuthority, sample: tuple[Any, ...]
-) -> IssuedMember:
-    name, division, org, roles = sample
-    return register(
-        sessions, ca, name=name, uscc=uscc_for(division, org), division=division, roles=roles
-    )
-
-
-def counts(sessions: sessionmaker[Session]) -> dict[str, int]:
-    with sessions() as session:
-        return {
-            row.__tablename__: int(session.scalar(select(func.count()).select_from(row)) or 0)
-            for row in (MemberRow, MemberRoleRow, MemberKeyRow)
-        }
-
 
 # --------------------------------------------------------------------------- migrations
 
@@ -551,82 +467,3 @@ def test_member_to_proto_round_trip(
     published = {k.key_id: k for k in member.signing_keys}[signer.key_id]
     KeyVerifier.from_der(published.public_key_der).verify(signer.sign(b"PAE"), b"PAE")
     assert published.algorithm == signer.algorithm
-
-
-# --------------------------------------------------------------------------- replay store
-
-
-def gate_at(sessions: sessionmaker[Session], now: datetime = NOW) -> Gate:
-    return Gate(sessions, HUB_ID, clock_skew=timedelta(minutes=5), clock=lambda: now)
-
-
-def seen_ids(sessions: sessionmaker[Session]) -> list[tuple[str, str]]:
-    with sessions() as session:
-        rows = session.scalars(
-            select(SeenMessageRow).order_by(SeenMessageRow.sender, SeenMessageRow.message_id)
-        )
-        return [(r.sender, r.message_id) for r in rows]
-
-
-@pytest.mark.parametrize(
-    ("first", "second", "replayed"),
-    [
-        (("CN.A", "m-1"), ("CN.A", "m-1"), True),
-        (("CN.A", "m-1"), ("CN.B", "m-1"), False),
-        (("CN.A", "m-1"), ("CN.A", "m-2"), False),
-        (("CN.A", "x" * 64), ("CN.A", "x" * 64), True),
-    ],
-    ids=["same-sender-same-id", "other-sender", "other-id", "max-length-id"],
-)
-def test_remember_refuses_a_replay(
-    sessions: sessionmaker[Session],
-    first: tuple[str, str],
-    second: tuple[str, str],
-    replayed: bool,
-):
-    gate = gate_at(sessions)
-    gate._remember(first[0], first[1], NOW, NOW)
-    if replayed:
-        with pytest.raises(ReplayError) as info:
-            gate._remember(second[0], second[1], NOW, NOW + timedelta(seconds=1))
-        assert info.value.metadata["message_id"] == second[1]
-        assert seen_ids(sessions) == [first]
-    else:
-        gate._remember(second[0], second[1], NOW, NOW)
-        assert seen_ids(sessions) == sorted([first, second])
-
-
-def test_replay_is_refused_across_gates_sharing_the_database(
-    sessions: sessionmaker[Session], engine: Engine
-):
-    """Two hub processes (two gates, two session factories) share one replay store."""
-    gate_at(sessions)._remember("CN.A", "m-1", NOW, NOW)
-    other = gate_at(session_factory(engine))
-    with pytest.raises(ReplayError):
-        other._remember("CN.A", "m-1", NOW, NOW)
-
-
-def test_remember_refuses_an_overlong_message_id(sessions: sessionmaker[Session]):
-    with pytest.raises(MalformedError):
-        gate_at(sessions)._remember("CN.A", "x" * 65, NOW, NOW)
-    assert seen_ids(sessions) == []
-
-
-def test_prune_seen_deletes_only_old_messages(sessions: sessionmaker[Session]):
-    gate = gate_at(sessions)
-    ages = {
-        "ancient": timedelta(days=2),
-        "old": timedelta(minutes=10, seconds=1),
-        "edge": timedelta(minutes=9, seconds=59),
-        "recent": timedelta(minutes=1),
-        "future": -timedelta(minutes=1),
-    }
-    for message_id, age in ages.items():
-        gate._remember("CN.A", message_id, NOW - age, NOW)
-    assert gate.prune_seen() == 2
-    assert [m for _s, m in seen_ids(sessions)] == ["edge", "future", "recent"]
-    assert gate.prune_seen() == 0
-    # a pruned id can be stored again (its replay would now fail the clock-skew check)
-    gate._remember("CN.A", "old", NOW, NOW)
-    with pytest.raises(ReplayError):
-        gate._remember("CN.A", "recent", NOW, NOW)

@@ -357,15 +357,18 @@ def test_list_members_refuses_bad_queries(
     assert (info.reason, info.metadata["field"]) == ("INVALID_FIELD", field)
 
 
-def test_round_trip_on_postgres(hub_kit_pg: HubKit) -> None:
-    district = hub_kit_pg.client("department")
-    province = hub_kit_pg.client("issuer")
-    assert province.get_member(hub_kit_pg.member_id("department")).level == (
+def test_round_trip_on_postgres(shared_hub_kit_pg: HubKit) -> None:
+    district = shared_hub_kit_pg.client("department")
+    province = shared_hub_kit_pg.client("issuer")
+    assert province.get_member(shared_hub_kit_pg.member_id("department")).level == (
         registry_pb2.LEVEL_DISTRICT
     )
-    assert district.get_member(hub_kit_pg.member_id("issuer")).level == registry_pb2.LEVEL_PROVINCE
+    assert (
+        district.get_member(shared_hub_kit_pg.member_id("issuer")).level
+        == registry_pb2.LEVEL_PROVINCE
+    )
     listed = [m.member_id for m in district.list_members(division_prefix="4401", page_size=1)]
-    assert listed == sorted(hub_kit_pg.member_id(k) for k in ("platform", "department"))
+    assert listed == sorted(shared_hub_kit_pg.member_id(k) for k in ("platform", "department"))
 
 
 # -- `xhub serve` as a real process --------------------------------------------------------

@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy import select
 
 from xhub.certificates_store import store
-from xhub.certificates_store.model import parse_certificate
+from xhub.certificates_store.model import CertificateDataError
 from xhub.hub.core.db import MemberKeyRow, MemberRow
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
-from xhub.protocol.envelope import check_shape, payload_type_of, verify_signature_by
-from xhub.protocol.errors import AuthenticationError, PermissionDeniedError
-from xhub.protocol.signing import KeyVerifier
+from xhub.protocol.envelope import open_signed
+from xhub.protocol.errors import AuthenticationError, MalformedError, PermissionDeniedError
+from xhub.protocol.signing import KeyVerifier, Verifier
 from xhub.v1 import certificate_pb2, envelope_pb2, registry_pb2
 
 
@@ -43,16 +43,18 @@ def _publish(
 ) -> certificate_pb2.PublicationResult:
     publication = call.message
     inner = publication.certificate
+
+    def callers_key(key_id: str) -> Verifier:
+        key = call.session.get(MemberKeyRow, key_id)
+        if key is None or key.member_id != call.caller.member_id:
+            raise AuthenticationError(
+                "the certificate is not signed by one of the caller's keys",
+                reason=envelope_pb2.ERROR_REASON_UNKNOWN_KEY,
+            )
+        return KeyVerifier.from_der(key.public_key_der)
+
     # 1. The certificate is its own envelope, signed by the caller's key over its exact bytes.
-    check_shape(inner, payload_type_of(certificate_pb2.ElectronicCertificate))
-    key = call.session.get(MemberKeyRow, inner.signatures[0].key_id)
-    if key is None or key.member_id != call.caller.member_id:
-        raise AuthenticationError(
-            "the certificate is not signed by one of the caller's keys",
-            reason=envelope_pb2.ERROR_REASON_UNKNOWN_KEY,
-        )
-    verify_signature_by(inner, KeyVerifier.from_der(key.public_key_der))
-    cert = parse_certificate(inner.payload)
+    cert = open_signed(inner, certificate_pb2.ElectronicCertificate, callers_key).message
     call.audit.subject = cert.holder_code
     # 2. Only the issuer named in the certificate may publish it.
     uscc = call.session.scalar(
@@ -65,13 +67,17 @@ def _publish(
             metadata={"issuer_code": cert.issuer_code[:64]},
         )
     # 3. Validate and store; an identical re-publish is a no-op.
-    published = store.publish(
-        call.session,
-        envelope=inner,
-        issuer_member_id=call.caller.member_id,
-        status=publication.status or certificate_pb2.CERTIFICATE_STATUS_VALID,
-        raw_status_code=publication.raw_status_code,
-    )
+    try:
+        published = store.publish(
+            call.session,
+            envelope=inner,
+            issuer_member_id=call.caller.member_id,
+            status=publication.status or certificate_pb2.CERTIFICATE_STATUS_VALID,
+            raw_status_code=publication.raw_status_code,
+        )
+    except CertificateDataError as exc:
+        # The model's verdict on the data, refused with the same status and reason.
+        raise MalformedError(exc.message, reason=exc.reason, metadata=exc.metadata) from exc
     return certificate_pb2.PublicationResult(
         identifier=published.identifier, already_published=published.already_published
     )
