@@ -48,7 +48,7 @@ from xhub.protocol.errors import (
 )
 from xhub.protocol.log import merkle
 from xhub.protocol.log.note import Checkpoint
-from xhub.v1 import audit_pb2, registry_pb2
+from xhub.v1 import audit_pb2, envelope_pb2, registry_pb2
 
 # -- receipts ---------------------------------------------------------------------------------
 
