@@ -32,6 +32,9 @@ from hubkit import HubKit
 from hypothesis import settings
 from pgserver import PgServer, PgServerError, find_pg_bin
 
+# The worlds that several test files of one feature share (their fixtures and helpers).
+pytest_plugins = ["cases_world", "intake_world"]
+
 settings.register_profile("ci", max_examples=200, deadline=None)
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")

@@ -1,18 +1,31 @@
-"""Purpose binding (用途绑定): the prepared case a certificate pull or material download
-is bound to. Shared by intake, materials and cases, so it sits below all three."""
+"""Purpose binding (用途绑定) for the servicers: the prepared case a certificate pull, a
+material download or a submission is bound to — one read (``store``), then the pure check
+(``rules``). Shared by intake, materials and cases, so it sits below all three; it also maps
+the pure rules' ``RuleError`` to the refusal each servicer answers with."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, select
+from google.protobuf.message import Message
 
-from xhub.hub.core.db import PreparedCaseRow, table_of
+from xhub.hub.binding.rules import BoundCase, Refusal, RuleError, check_binding
+from xhub.hub.binding.store import read_bound_case
 from xhub.hub.core.runtime import Call
-from xhub.protocol.errors import MalformedError, PermissionDeniedError
+from xhub.protocol.errors import (
+    FailedPreconditionError,
+    MalformedError,
+    NotFoundError,
+    PermissionDeniedError,
+    RefusedError,
+)
 from xhub.v1 import envelope_pb2 as R
+
+__all__ = ["BoundCase", "bound_case", "deny_unbound", "refusal", "refusing"]
+
+M = TypeVar("M", bound=Message)
 
 
 def deny_unbound(message: str, **metadata: str) -> PermissionDeniedError:
@@ -21,45 +34,51 @@ def deny_unbound(message: str, **metadata: str) -> PermissionDeniedError:
     )
 
 
-@dataclass(frozen=True)
-class BoundCase:
-    """The prepared case a request is bound to (read without ORM loading: every pull)."""
+def refusal(error: RuleError) -> RefusedError:
+    """The refusal a broken pure rule is answered with (the reasons clients see)."""
+    message, metadata = error.message, dict(error.metadata)
+    match error.refusal:
+        case Refusal.MALFORMED:
+            return MalformedError(message, metadata=metadata)
+        case Refusal.NOT_FOUND:
+            return NotFoundError(message, metadata=metadata)
+        case Refusal.UNBOUND:
+            return deny_unbound(message, **metadata)
+        case Refusal.NOT_YOUR_CASE:
+            return PermissionDeniedError(
+                message, reason=R.ERROR_REASON_NOT_YOUR_CASE, metadata=metadata
+            )
+        case Refusal.STATUS_TRANSITION:
+            return FailedPreconditionError(
+                message, reason=R.ERROR_REASON_STATUS_TRANSITION, metadata=metadata
+            )
+        case Refusal.PRECONDITION:
+            return FailedPreconditionError(message, metadata=metadata)
 
-    case_id: str
-    item_code: str
-    platform_member_id: str
-    applicant_code: str
-    legal_representative_code: str
-    purpose: str
-    expires_at: datetime
 
+def refusing(handler: Callable[[Call[M]], Message]) -> Callable[[Call[M]], Message]:
+    """A handler whose pure rules' ``RuleError`` reaches the caller as its refusal."""
 
-_prepared = table_of(PreparedCaseRow)
-_BOUND_CASE = select(*(_prepared.c[name] for name in BoundCase.__dataclass_fields__)).where(
-    _prepared.c.case_id == bindparam("case_id")
-)
+    def run(call: Call[M]) -> Message:
+        try:
+            return handler(call)
+        except RuleError as exc:
+            if exc.subject:
+                call.audit.subject = exc.subject
+            raise refusal(exc) from exc
+
+    return run
 
 
 def bound_case(call: Call[Any]) -> BoundCase:
     """Purpose binding shared by certificate pulls and material reuse (steps 1–2)."""
-    # 1. The request names a prepared case, and the caller is the platform that prepared it.
-    row = (
-        call.session.execute(_BOUND_CASE, {"case_id": call.header.case_id}).first()
-        if call.header.case_id
-        else None
-    )
-    case = BoundCase(*row) if row is not None else None
-    if case is None:
-        raise deny_unbound(
-            "the request names no prepared case (case_id)", case_id=call.header.case_id[:64]
+    try:
+        return check_binding(
+            read_bound_case(call.session, call.header.case_id),
+            case_id=call.header.case_id,
+            caller=call.caller.member_id,
+            purpose=call.header.purpose,
+            now=datetime.now(UTC),
         )
-    if case.platform_member_id != call.caller.member_id:
-        raise deny_unbound("this case was prepared by another platform", case_id=case.case_id)
-    if case.expires_at <= datetime.now(UTC):
-        raise deny_unbound("the prepared case has expired; prepare it again", case_id=case.case_id)
-    # 2. The purpose is the one the case was prepared for.
-    if not call.header.purpose.strip():
-        raise MalformedError("a purpose (用证事由) is required", metadata={"field": "purpose"})
-    if call.header.purpose != case.purpose:
-        raise deny_unbound("the purpose differs from the prepared case's", case_id=case.case_id)
-    return case
+    except RuleError as exc:
+        raise refusal(exc) from exc

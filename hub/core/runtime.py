@@ -24,7 +24,14 @@ from google.protobuf.message import Message
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from xhub.hub.core.audit_log import ALLOWED, DENIED, AuditDraft, AuditLog, load_log_signer
+from xhub.hub.core.audit_log import (
+    ALLOWED,
+    DENIED,
+    AuditDraft,
+    AuditLog,
+    LoggedEntry,
+    load_log_signer,
+)
 from xhub.hub.core.config import HubConfig
 from xhub.hub.core.db import make_engine, session_factory
 from xhub.hub.core.gate import Admitted, Caller, Gate, peer_member_id
@@ -32,7 +39,7 @@ from xhub.protocol.envelope import new_header, seal
 from xhub.protocol.errors import PermissionDeniedError, RefusedError
 from xhub.protocol.pki import load_certificate
 from xhub.protocol.signing import KeySigner, load_signer
-from xhub.v1 import envelope_pb2, registry_pb2
+from xhub.v1 import audit_pb2, envelope_pb2, registry_pb2
 
 log = logging.getLogger("xhub.runtime")
 
@@ -119,6 +126,10 @@ class Notifier:
         # Every waiter has seen this wake-up once it returns; arm the next one.
         if event is self._event:
             self._event = asyncio.Event()
+
+
+class _NothingDone(Exception):
+    """A hub action found nothing to do: its transaction is rolled back, nothing logged."""
 
 
 class HubRuntime:
@@ -282,21 +293,44 @@ class HubRuntime:
     ) -> tuple[Message, envelope_pb2.AuditReceipt | None]:
         """The call's effect, its replay record and its audit entry: one transaction, so
         all land or none; then the hooks that wait for the commit."""
-        with self.write_lock:
-            try:
-                response = effect(call)
-                if record:
-                    self.gate.record(call.session, call.admitted)
-                receipt = None
-                if self.config.audit_enabled:
-                    receipt = self.audit.append(call.session, call.audit, ALLOWED).receipt
-                call.session.commit()
-            except BaseException:
-                call.session.rollback()  # inside the lock: release the database too
-                raise
+
+        def effect_and_record() -> Message:
+            response = effect(call)
+            if record:
+                self.gate.record(call.session, call.admitted)
+            return response
+
+        response, logged = self._audited(call.session, call.audit, effect_and_record)
         for hook in call.after_commit:
             hook()
-        return response, receipt
+        return response, logged.receipt if logged is not None else None
+
+    def hub_action(
+        self,
+        method: str,
+        effect: Callable[[Session], bool],
+        *,
+        recipient: str,
+        case_id: str,
+        reason: str,
+    ) -> bool:
+        """An action the hub takes by itself (no request), e.g. a supervision escalation:
+        ``effect`` and its audit entry, sent by the hub, in one transaction. ``effect``
+        returns False when there was nothing to do; then nothing is written or logged."""
+        draft = AuditDraft(
+            method=method, sender=self.identity.hub_id, recipient=recipient, case_id=case_id
+        )
+
+        def act(session: Session) -> None:
+            if not effect(session):
+                raise _NothingDone
+
+        try:
+            with self.sessions() as session:
+                self._audited(session, draft, lambda: act(session), reason=reason)
+        except _NothingDone:
+            return False
+        return True
 
     def audit_refusal(self, draft: AuditDraft, reason: str) -> None:
         """Log a call that ended without an RefusedError (e.g. the client went away)."""
@@ -312,13 +346,39 @@ class HubRuntime:
         if not self.config.audit_enabled:
             return
         try:
-            with self.write_lock, self.sessions.begin() as session:
-                logged = self.audit.append(session, draft, DENIED, reason)
+            with self.sessions() as session:
+                _, logged = self._audited(
+                    session, draft, lambda: None, decision=DENIED, reason=reason
+                )
         except Exception:
             log.exception("could not audit a refused %s call", draft.method)
             return
-        if isinstance(exc, RefusedError):
+        if logged is not None and isinstance(exc, RefusedError):
             exc.metadata["audit_leaf"] = logged.leaf_hash.hex()
+
+    def _audited(
+        self,
+        session: Session,
+        draft: AuditDraft,
+        effect: Callable[[], T],
+        *,
+        decision: audit_pb2.AuditDecision.ValueType = ALLOWED,
+        reason: str = "",
+    ) -> tuple[T, LoggedEntry | None]:
+        """The one audit path: ``effect``, then ``draft``'s entry (unless auditing is off),
+        then the commit, in ``session``'s transaction under the write lock; all land or
+        none."""
+        with self.write_lock:
+            try:
+                result = effect()
+                logged = None
+                if self.config.audit_enabled:
+                    logged = self.audit.append(session, draft, decision, reason)
+                session.commit()
+            except BaseException:
+                session.rollback()  # inside the lock: release the database too
+                raise
+        return result, logged
 
     def sign_response(
         self,

@@ -12,7 +12,8 @@ from sqlalchemy import select
 from xhub.certificates_store import store
 from xhub.certificates_store.model import STATUS_NAMES, VALID, CertificateDataError, validate_holder
 from xhub.certificates_store.schema import CertificateRow
-from xhub.hub.binding.purpose import bound_case, deny_unbound
+from xhub.hub.binding.purpose import bound_case, refusing
+from xhub.hub.binding.rules import LEGAL_REP, check_pull, check_purpose
 from xhub.hub.catalog import store as catalog
 from xhub.hub.core.db import MemberKeyRow, PreparedCaseRow
 from xhub.hub.core.rpc import Service, Unary
@@ -31,7 +32,6 @@ from xhub.v1 import (
 
 PREPARED_CASE_LIFETIME = timedelta(hours=24)
 USE_COPY_LIFETIME = timedelta(days=30)
-LEGAL_REP = intake_pb2.HOLDER_ROLE_LEGAL_REPRESENTATIVE
 R = envelope_pb2
 
 
@@ -44,13 +44,13 @@ class IntakeService(Service):
             Unary(
                 "PrepareCase",
                 intake_pb2.CasePreparation,
-                _prepare_case,
+                refusing(_prepare_case),
                 role=registry_pb2.ROLE_PLATFORM,
             ),
             Unary(
                 "PullCertificates",
                 intake_pb2.CertificatePull,
-                _pull,
+                refusing(_pull),
                 role=registry_pb2.ROLE_PLATFORM,
             ),
             Unary("VerifyCertificate", intake_pb2.CertificateCheck, _verify),
@@ -70,8 +70,7 @@ def _holder_code(code: str, code_type: int, field: str) -> str:
 
 def _prepare_case(call: Call[intake_pb2.CasePreparation]) -> intake_pb2.Checklist:
     request = call.message
-    if not call.header.purpose.strip():
-        raise MalformedError("a purpose (用证事由) is required", metadata={"field": "purpose"})
+    check_purpose(call.header.purpose)
     applicant = _holder_code(request.applicant_code, request.applicant_code_type, "applicant_code")
     call.audit.subject = applicant
     representative = ""
@@ -151,29 +150,8 @@ def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificat
     request = call.message
     call.audit.subject = request.holder_code[:32]
     case = bound_case(call)
+    check_pull(case, request.holder_code, request.type_codes)
     now = datetime.now(UTC)
-    # 3. The holder is the applicant (or the legal representative named for this case);
-    #    one person may be both, when an individual represents itself.
-    roles: dict[str, set[int]] = {case.applicant_code: {intake_pb2.HOLDER_ROLE_UNSPECIFIED}}
-    if case.legal_representative_code:
-        roles.setdefault(case.legal_representative_code, set()).add(LEGAL_REP)
-    if request.holder_code not in roles:
-        raise deny_unbound("the holder is not this case's applicant", case_id=case.case_id)
-    # 4. Every type is required by the item for that holder.
-    item = catalog.get_item(call.session, case.item_code)
-    allowed = {
-        type_code
-        for material in item.materials
-        if material.holder in roles[request.holder_code]
-        for type_code in material.certificate_types
-    }
-    refused = [t for t in request.type_codes if t not in allowed]
-    if refused or not request.type_codes:
-        raise deny_unbound(
-            f"item {item.code} does not require type(s) {', '.join(refused) or '(none)'}",
-            case_id=case.case_id,
-            type_codes=",".join(refused)[:200],
-        )
     rows = store.latest_for_holder(call.session, request.holder_code, list(request.type_codes))
     today = now.date()
     pulled = []
