@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-
 from xhub.certificates_store import store
 from xhub.certificates_store.model import STATUS_NAMES, VALID, CertificateDataError, validate_holder
 from xhub.certificates_store.schema import CertificateRow
@@ -19,7 +17,7 @@ from xhub.hub.core.db import MemberKeyRow, PreparedCaseRow
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
 from xhub.hub.materials import store as materials
-from xhub.protocol.envelope import verify_signature_by
+from xhub.protocol.envelope import open_signed
 from xhub.protocol.errors import AuthenticationError, MalformedError
 from xhub.protocol.signing import KeyVerifier
 from xhub.v1 import (
@@ -188,15 +186,20 @@ def _verify(call: Call[intake_pb2.CertificateCheck]) -> intake_pb2.CertificateVe
 
 
 def _issuer_signature_holds(call: Call[Any], row: CertificateRow) -> bool:
-    envelope = envelope_pb2.Envelope()
-    envelope.ParseFromString(row.envelope)
-    keys = call.session.execute(
-        select(MemberKeyRow.public_key_der).where(MemberKeyRow.member_id == row.issuer_member_id)
-    ).scalars()
-    for der in keys:
-        try:
-            verify_signature_by(envelope, KeyVerifier.from_der(der))
-            return True
-        except AuthenticationError:
-            continue
-    return False
+    """The stored bytes still open, as the kernel opens any envelope, with the key the
+    issuer registered under the signature's key id."""
+    envelope = envelope_pb2.Envelope.FromString(row.envelope)
+
+    def issuer_key(key_id: str) -> KeyVerifier:
+        key = call.session.get(MemberKeyRow, key_id)
+        if key is None or key.member_id != row.issuer_member_id:
+            raise AuthenticationError(
+                "not a key of the issuer", reason=envelope_pb2.ERROR_REASON_UNKNOWN_KEY
+            )
+        return KeyVerifier.from_der(key.public_key_der)
+
+    try:
+        open_signed(envelope, certificate_pb2.ElectronicCertificate, issuer_key)
+    except (AuthenticationError, MalformedError):
+        return False
+    return True
