@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from xhub.hub.core.config import ConfigError
-from xhub.hub.core.data_dir import UMASK
+from xhub.hub.core.data_dir import private_files
 from xhub.hub.core.db import make_engine, migrate, session_factory
 from xhub.hub.registry.store import list_members, revoke_member, role_name, validate_member
 from xhub.hub.server import StartupError
@@ -170,14 +170,14 @@ def _add_catalog_and_certificate_commands(
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    os.umask(UMASK)
-    config = init_data_dir(
-        args.data_dir,
-        hub_id=args.hub_id,
-        hub_name=args.name,
-        listen=args.listen,
-        database_url=args.database_url,
-    )
+    with private_files():
+        config = init_data_dir(
+            args.data_dir,
+            hub_id=args.hub_id,
+            hub_name=args.name,
+            listen=args.listen,
+            database_url=args.database_url,
+        )
     print(f"initialised hub {config.hub_id} in {config.data_dir}")
     print(f"  CA certificate : {config.paths.ca_cert}")
     print(f"  database       : {config.effective_database_url}")
@@ -244,11 +244,11 @@ def cmd_member_revoke(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from xhub.hub.server import serve_forever
 
-    os.umask(UMASK)  # what the hub writes while serving (database pages, blobs) stays private
     config = open_config(args.data_dir)
     if args.listen:
         config = with_listen(config, args.listen)
-    asyncio.run(serve_forever(config))
+    with private_files():  # what the hub writes while serving (database pages, blobs)
+        asyncio.run(serve_forever(config))
     return 0
 
 

@@ -33,7 +33,8 @@ def test_init_writes_a_private_tree(tmp_path: Path) -> None:
 
 
 def test_secure_tree_tightens_and_reports_only_what_was_loose(tmp_path: Path) -> None:
-    (tmp_path / "sub").mkdir(mode=0o755)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub").chmod(0o755)
     (tmp_path / "sub" / "open.txt").write_text("x")
     (tmp_path / "sub" / "open.txt").chmod(0o644)
     (tmp_path / "private.txt").write_text("y")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DIRECTORY_MODE = 0o700
@@ -33,3 +35,13 @@ def secure_tree(root: Path) -> list[str]:
             os.chmod(path, wanted)
             fixed.append(f"{path}: {mode:04o} -> {wanted:04o}")
     return fixed
+
+
+@contextmanager
+def private_files() -> Iterator[None]:
+    """Create files readable by their owner only while inside (umask 077), then restore."""
+    previous = os.umask(UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
