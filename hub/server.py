@@ -28,7 +28,8 @@ from xhub.hub.core.audit_log import TamperedLogError
 from xhub.hub.core.config import HubConfig
 from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import current_revision
-from xhub.hub.core.health import FailureLog, forget_heartbeat, probe_through, process_id
+from xhub.hub.core.failures import FailureLog
+from xhub.hub.core.health import forget_heartbeat, probe_through, process_id
 from xhub.hub.core.rpc import OpenStreams, Service, StreamLimits
 from xhub.hub.core.runtime import HubRuntime
 from xhub.hub.intake.service import IntakeService

@@ -19,7 +19,7 @@ import pytest
 from hubkit import HubKit
 from pgserver import PgServer
 
-from xhub.hub.core.health import FailureLog
+from xhub.hub.core.failures import FailureLog, log_internal_error
 
 WAIT_SECONDS = 20.0
 
@@ -93,3 +93,19 @@ def test_a_failing_job_logs_one_traceback_then_one_line_a_minute(
         ("ERROR", "the job failed (TimeoutError)", True),
         ("INFO", "the job recovered after 51 failure(s)", False),
     ]
+
+
+def test_an_internal_error_logs_its_traceback_once_per_place_and_kind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("xhub.test.internal")
+    with caplog.at_level(logging.ERROR, logger="xhub.test.internal"):
+        for _ in range(3):
+            log_internal_error(log, "/xhub.v1.Test/Once", KeyError("x"))
+        log_internal_error(log, "/xhub.v1.Test/Once", ValueError("y"))
+    with_traceback = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert with_traceback == [
+        "internal error in /xhub.v1.Test/Once (KeyError)",
+        "internal error in /xhub.v1.Test/Once (ValueError)",
+    ]
+    assert len(caplog.records) == 4

@@ -3,15 +3,12 @@
 The probe writes this process's heartbeat row (an upsert, committed) with a short lock wait,
 so a locked, unreachable, read-only or full database fails it within about a second. The
 server's health loop turns the answer into SERVING / NOT_SERVING for every service.
-``FailureLog`` keeps a failing background loop from printing a traceback every round.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-import time
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
@@ -72,37 +69,3 @@ def probe_database(engine: Engine, process: str) -> None:
 def forget_heartbeat(engine: Engine, process: str) -> None:
     with engine.begin() as connection:
         connection.execute(delete(_HEARTBEATS).where(_HEARTBEATS.c.process_id == process))
-
-
-class FailureLog:
-    """A background job's failures: one traceback per distinct failure, then one line a
-    minute while it goes on, and one line when it recovers."""
-
-    REPEAT_EVERY_SECONDS = 60.0
-
-    def __init__(self, log: logging.Logger, what: str) -> None:
-        self.log = log
-        self.what = what
-        self.current: str | None = None
-        self.failures = 0
-        self.last_line = 0.0
-
-    def failed(self, exc: BaseException) -> None:
-        kind = type(exc).__name__
-        self.failures += 1
-        now = time.monotonic()
-        if kind != self.current:
-            self.current = kind
-            self.last_line = now
-            self.log.error("%s failed (%s)", self.what, kind, exc_info=exc)
-        elif now - self.last_line >= self.REPEAT_EVERY_SECONDS:
-            self.last_line = now
-            self.log.warning("%s still failing (%s, %d times)", self.what, kind, self.failures)
-
-    def succeeded(self) -> bool:
-        """Record a success; True when it ends a run of failures."""
-        if self.current is None:
-            return False
-        self.log.info("%s recovered after %d failure(s)", self.what, self.failures)
-        self.current, self.failures = None, 0
-        return True

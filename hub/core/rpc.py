@@ -40,6 +40,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from xhub.hub.core.audit_log import AuditDraft
+from xhub.hub.core.failures import log_internal_error
 from xhub.hub.core.gate import peer_member_id
 from xhub.hub.core.runtime import Call, HubRuntime, peer_certificate
 from xhub.protocol.errors import MalformedError, RefusedError, ResourceExhaustedError
@@ -318,5 +319,5 @@ async def _abort_for(context: Context, path: str, exc: Exception) -> None:
     if isinstance(exc, RefusedError):
         log.info("refused %s: %s", path, exc)
         await context.abort_with_status(exc.to_status())
-    log.exception("internal error in %s", path, exc_info=exc)
+    log_internal_error(log, path, exc)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
