@@ -373,11 +373,12 @@ def test_another_issuer_cannot_change_my_certificate(hub_kit: HubKit) -> None:
     cert = issued_by(hub_kit)
     issuer.publish_certificate(cert)
     unknown = make_identifier(LICENCE_TYPE, cert.issuer_code, "2099000001").text
-    refused(
+    error = refused(
         lambda: department.change_certificate_status(cert.identifier, REVOKED, reason="越权"),
-        Code.NOT_FOUND,
-        "NOT_FOUND",
+        Code.PERMISSION_DENIED,
+        "NOT_ISSUER",
     )
+    assert error.metadata["publisher"] == hub_kit.member_id("issuer")
     refused(
         lambda: issuer.change_certificate_status(unknown, REVOKED, reason="x"),
         Code.NOT_FOUND,
