@@ -112,6 +112,7 @@ class AuditService(Service):
 
     def _query(self, call: Call[audit_pb2.AuditQuery]) -> audit_pb2.AuditQueryResult:
         query = call.message
+        checked_query(query)  # refused before the subject is noted: it must be storable
         if query.subject:
             call.audit.subject = query.subject  # whose records an auditor looked at is audited
         records, token = query_log(self.log, call.session, query)
