@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from xhub.protocol.errors import shown
+
 __all__ = [
     "IDENTIFIER_ROOT",
     "CertificateIdentifier",
@@ -115,8 +117,8 @@ def _check_parts(type_code: str, issuer_code: str, serial: str, version: str) ->
     if not _VERSION_RE.fullmatch(version) or version == "000":
         raise IdentifierError(
             "IDENTIFIER_VERSION",
-            f"version must be 3 digits from 001, got {version!r}",
-            f"版本号应为001起的3位数字，实际为{version}",
+            f"version must be 3 digits from 001, got {shown(version)!r}",
+            f"版本号应为001起的3位数字，实际为{shown(version)}",
             field="version",
         )
 

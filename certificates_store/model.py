@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from xhub.certificates_store.identifier import IdentifierError, make_identifier, parse_identifier
 from xhub.protocol import codes
 from xhub.protocol.envelope import open_signed, seal
-from xhub.protocol.errors import XhubError, reason_name
+from xhub.protocol.errors import XhubError, reason_name, shown
 from xhub.protocol.signing import Signer, Verifier
 from xhub.v1 import certificate_pb2, envelope_pb2
 
@@ -83,11 +83,11 @@ def _fail(field: str, message: str) -> CertificateDataError:
 
 def _parse_date(field: str, value: str) -> date:
     if not DATE_RE.match(value):
-        raise _fail(field, f"{value!r} is not a YYYY-MM-DD date")
+        raise _fail(field, f"{shown(value)!r} is not a YYYY-MM-DD date")
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise _fail(field, f"{value!r} is not a calendar date") from exc
+        raise _fail(field, f"{shown(value)!r} is not a calendar date") from exc
 
 
 def validate_holder(code: str, code_type: int) -> str:
@@ -238,7 +238,7 @@ def status_from_raw(raw: str, mapping: Mapping[str, Status] = DEFAULT_RAW_STATUS
     try:
         return mapping[raw]
     except KeyError as exc:
-        raise _fail("raw_status_code", f"no status mapping for source code {raw!r}") from exc
+        raise _fail("raw_status_code", f"no status mapping for source code {shown(raw)!r}") from exc
 
 
 @dataclass(frozen=True)

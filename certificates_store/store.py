@@ -26,6 +26,8 @@ from xhub.protocol.errors import (
     FailedPreconditionError,
     MalformedError,
     NotFoundError,
+    PermissionDeniedError,
+    shown,
 )
 from xhub.v1 import certificate_pb2, envelope_pb2
 
@@ -53,6 +55,7 @@ def publish(
     validate_certificate(cert)
     existing = session.get(CertificateRow, cert.identifier)
     if existing is not None:
+        _check_publisher(existing, issuer_member_id)
         stored = envelope_pb2.Envelope()
         stored.ParseFromString(existing.envelope)
         if stored.payload == envelope.payload:
@@ -67,6 +70,8 @@ def publish(
             CertificateRow.base_identifier == base, CertificateRow.is_latest == 1
         )
     ).first()
+    if latest is not None:
+        _check_publisher(latest, issuer_member_id)
     if latest is not None and latest.version >= cert.version:
         raise FailedPreconditionError(
             f"version {cert.version} is not newer than the stored version {latest.version}",
@@ -106,6 +111,19 @@ def publish(
     return Published(cert.identifier, already_published=False)
 
 
+def _check_publisher(row: CertificateRow, member_id: str) -> None:
+    """Only the member that published a certificate publishes its next versions and changes
+    its status — not another member of the same organisation (same USCC, another subsystem).
+    (No delegation yet: a certificate's publisher is fixed when its first version is stored.)"""
+    if row.issuer_member_id != member_id:
+        raise PermissionDeniedError(
+            f"{row.identifier} was published by another member; only it may publish a new "
+            "version or change its status",
+            reason=R.ERROR_REASON_NOT_ISSUER,
+            metadata={"identifier": row.identifier, "publisher": row.issuer_member_id},
+        )
+
+
 def change_status(
     session: Session,
     *,
@@ -118,8 +136,11 @@ def change_status(
 ) -> tuple[Status, Status]:
     """Apply a status change by the issuer; returns (previous, new)."""
     row = session.get(CertificateRow, identifier)
-    if row is None or row.issuer_member_id != issuer_member_id:
-        raise NotFoundError(f"no certificate {identifier[:160]!r} of yours")
+    if row is None:
+        raise NotFoundError(
+            f"no certificate {shown(identifier)!r}", metadata={"identifier": shown(identifier)}
+        )
+    _check_publisher(row, issuer_member_id)
     rule = STATUS_RULES.get(status)
     if rule is None:
         raise MalformedError("status must be a concrete status", metadata={"field": "status"})

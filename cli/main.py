@@ -367,6 +367,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         f"    {report.envelopes_checked} original envelopes match their entries; "
         f"{report.refused_signatures} unsigned/forged ones were logged as refused"
     )
+    if report.refused_prefixes:
+        print(
+            f"    {report.refused_prefixes} refused entries carry only their envelope's first "
+            "bytes (the hub keeps no more of a refusal; the entry's digest names all of them)"
+        )
     return 0
 
 

@@ -18,13 +18,17 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from xhub.protocol.errors import AuthenticationError, MalformedError
+from xhub.protocol.errors import AuthenticationError, MalformedError, shown
 from xhub.protocol.signing import SignatureMismatch, Signer, Verifier
 from xhub.v1 import envelope_pb2
 
 PAE_PREFIX = b"XHUBv1"
 NONCE_BYTES = 16
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+# What an envelope may carry besides its payload (type, a few signatures and key ids).
+MAX_SIGNATURES = 8
+MAX_PAYLOAD_TYPE_CHARS = 128
+MAX_ENVELOPE_BYTES = MAX_PAYLOAD_BYTES + 16 * 1024
 
 Envelope = envelope_pb2.Envelope
 Header = envelope_pb2.Header
@@ -95,27 +99,51 @@ def countersign(envelope: envelope_pb2.Envelope, signer: Signer) -> envelope_pb2
     return signed
 
 
-def check_shape(envelope: envelope_pb2.Envelope | None, expected_type: str) -> None:
-    """Step 1–2 of verification: shape and payload type, before any crypto."""
-    if envelope is None or not envelope.payload:
-        raise MalformedError(
-            "envelope has no payload", reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE
-        )
+def check_size(envelope: envelope_pb2.Envelope | None) -> None:
+    """Step 0: the envelope is within its bounds (payload, type, signatures); cheap, so a
+    receiver runs it before anything else — an oversized request is refused as such and
+    nothing about it is looked up."""
+    if envelope is None:
+        return
     if len(envelope.payload) > MAX_PAYLOAD_BYTES:
         raise MalformedError(
             f"payload exceeds {MAX_PAYLOAD_BYTES} bytes",
             reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE,
+            metadata={"field": "payload", "limit": str(MAX_PAYLOAD_BYTES)},
         )
+    if len(envelope.signatures) > MAX_SIGNATURES or envelope.ByteSize() > MAX_ENVELOPE_BYTES:
+        raise MalformedError(
+            f"envelope carries more than {MAX_SIGNATURES} signatures or "
+            f"{MAX_ENVELOPE_BYTES} bytes in all",
+            reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE,
+            metadata={"field": "signatures", "limit": str(MAX_SIGNATURES)},
+        )
+    if len(envelope.payload_type) > MAX_PAYLOAD_TYPE_CHARS:
+        raise MalformedError(
+            f"payload type is longer than {MAX_PAYLOAD_TYPE_CHARS} characters",
+            reason=envelope_pb2.ERROR_REASON_WRONG_PAYLOAD_TYPE,
+            metadata={"field": "payload_type", "received": shown(envelope.payload_type)},
+        )
+
+
+def check_shape(envelope: envelope_pb2.Envelope | None, expected_type: str) -> None:
+    """Step 1–2 of verification: size, shape and payload type, before any crypto."""
+    if envelope is None or not envelope.payload:
+        raise MalformedError(
+            "envelope has no payload", reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE
+        )
+    check_size(envelope)
     if not envelope.signatures or not all(s.key_id and s.sig for s in envelope.signatures):
         raise MalformedError(
             "envelope carries no complete signature",
             reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE,
         )
     if envelope.payload_type != expected_type:
+        received = shown(envelope.payload_type)
         raise MalformedError(
-            f"payload type {envelope.payload_type!r} is not {expected_type!r}",
+            f"payload type {received!r} is not {expected_type!r}",
             reason=envelope_pb2.ERROR_REASON_WRONG_PAYLOAD_TYPE,
-            metadata={"expected": expected_type, "received": envelope.payload_type[:200]},
+            metadata={"expected": expected_type, "received": received},
         )
 
 

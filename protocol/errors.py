@@ -15,6 +15,7 @@ from ``DownloadError``):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TypeAlias, cast
 
@@ -31,6 +32,27 @@ Reason: TypeAlias = envelope_pb2.ErrorReason.ValueType
 
 def reason_name(reason: Reason) -> str:
     return envelope_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_")
+
+
+ECHO_LIMIT = 64
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(value: str, limit: int = ECHO_LIMIT) -> str:
+    """A value the caller sent, as a refusal may echo it (message or ErrorInfo metadata):
+    control characters escaped, then at most ``limit`` characters, cut with an ellipsis, so a
+    refusal never carries back kilobytes of what arrived."""
+    return clip(_UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", value), limit)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# What a refusal may carry at most on the wire, whatever a site put in it.
+WIRE_MESSAGE_LIMIT = 1024
+WIRE_VALUE_LIMIT = 256
 
 
 # Transport failures worth another attempt: the hub may answer next time.
@@ -114,12 +136,15 @@ class RefusedError(XhubError):
         return self.code in RETRYABLE_CODES
 
     def to_status(self) -> grpc.Status:
+        # A backstop behind each site's own ``shown``: nothing on the wire grows with input.
+        metadata = {key: clip(value, WIRE_VALUE_LIMIT) for key, value in self.metadata.items()}
         info = error_details_pb2.ErrorInfo(
-            reason=self.reason_name, domain=ERROR_DOMAIN, metadata=self.metadata
+            reason=self.reason_name, domain=ERROR_DOMAIN, metadata=metadata
         )
         detail = any_pb2.Any()
         detail.Pack(info)
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        message = clip(self.message, WIRE_MESSAGE_LIMIT)
+        status = status_pb2.Status(code=self.code.value[0], message=message, details=[detail])
         return cast(grpc.Status, rpc_status.to_status(status))
 
     def __str__(self) -> str:

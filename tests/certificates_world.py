@@ -6,14 +6,18 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from hubkit import HubKit
+from sqlalchemy import select
 
 from xhub.certificates_store.identifier import (
     make_identifier,
+    parse_identifier,
 )
 from xhub.certificates_store.model import (
     USCC,
     new_certificate,
 )
+from xhub.certificates_store.schema import CertificateRow
 from xhub.protocol.codes import make_citizen_id, make_uscc
 from xhub.protocol.signing import ECDSA_P256, ED25519, KeySigner, generate_private_key
 from xhub.v1 import audit_pb2, certificate_pb2
@@ -90,3 +94,28 @@ def _extension(key: str) -> Callable[[Cert], None]:
         cert.extensions[key] = "x"
 
     return mutate
+
+
+# -- over a running hub -------------------------------------------------------------------
+
+
+def issued_by(kit: HubKit, member: str = "issuer", **overrides: Any) -> Cert:
+    """A licence naming ``member`` (its USCC and name) as issuer."""
+    spec = kit.members[member].spec
+    return licence(issuer_code=spec.uscc, issuer_name=spec.name, **overrides)
+
+
+def rows(kit: HubKit, cert: Cert) -> list[CertificateRow]:
+    """Every stored version of ``cert`` (same type, issuer, serial), oldest first."""
+    parsed = parse_identifier(cert.identifier)
+    base = f"{parsed.type_code}.{parsed.issuer_code}.{parsed.serial}"
+    with kit.session() as session:
+        found = list(
+            session.scalars(
+                select(CertificateRow)
+                .where(CertificateRow.base_identifier == base)
+                .order_by(CertificateRow.version)
+            )
+        )
+        session.expunge_all()
+    return found

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from certificates_world import (
@@ -24,7 +23,9 @@ from certificates_world import (
     _extension,
     _set,
     _wrong_check,
+    issued_by,
     licence,
+    rows,
 )
 from helpers import refused
 from hubkit import HubKit
@@ -32,7 +33,6 @@ from sqlalchemy import select
 
 from xhub.certificates_store.identifier import (
     make_identifier,
-    parse_identifier,
 )
 from xhub.certificates_store.model import (
     CANCELLED,
@@ -51,28 +51,6 @@ from xhub.protocol.signing import ECDSA_P256, KeySigner, generate_private_key
 from xhub.v1 import audit_pb2, certificate_pb2, envelope_pb2
 
 # == publishing over a running hub ============================================================
-
-
-def issued_by(kit: HubKit, member: str = "issuer", **overrides: Any) -> Cert:
-    """A licence naming ``member`` (its USCC and name) as issuer."""
-    spec = kit.members[member].spec
-    return licence(issuer_code=spec.uscc, issuer_name=spec.name, **overrides)
-
-
-def rows(kit: HubKit, cert: Cert) -> list[CertificateRow]:
-    """Every stored version of ``cert`` (same type, issuer, serial), oldest first."""
-    parsed = parse_identifier(cert.identifier)
-    base = f"{parsed.type_code}.{parsed.issuer_code}.{parsed.serial}"
-    with kit.session() as session:
-        found = list(
-            session.scalars(
-                select(CertificateRow)
-                .where(CertificateRow.base_identifier == base)
-                .order_by(CertificateRow.version)
-            )
-        )
-        session.expunge_all()
-    return found
 
 
 def stored_payload(kit: HubKit, identifier: str) -> bytes:
@@ -373,11 +351,12 @@ def test_another_issuer_cannot_change_my_certificate(hub_kit: HubKit) -> None:
     cert = issued_by(hub_kit)
     issuer.publish_certificate(cert)
     unknown = make_identifier(LICENCE_TYPE, cert.issuer_code, "2099000001").text
-    refused(
+    error = refused(
         lambda: department.change_certificate_status(cert.identifier, REVOKED, reason="越权"),
-        Code.NOT_FOUND,
-        "NOT_FOUND",
+        Code.PERMISSION_DENIED,
+        "NOT_ISSUER",
     )
+    assert error.metadata["publisher"] == hub_kit.member_id("issuer")
     refused(
         lambda: issuer.change_certificate_status(unknown, REVOKED, reason="x"),
         Code.NOT_FOUND,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from datetime import UTC
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
@@ -56,6 +57,10 @@ class AuditService(Service):
         connection = call.session.connection()
         latest = self.log.latest_checkpoint(connection)[0]
         if query.leaf_hash:
+            if len(query.leaf_hash) != 32:
+                raise MalformedError(
+                    "leaf_hash must be 32 bytes (SHA-256)", metadata={"field": "leaf_hash"}
+                )
             try:
                 located = self.log.locate(connection, query.leaf_hash)
             except LookupError as exc:
@@ -107,25 +112,56 @@ class AuditService(Service):
 
     def _query(self, call: Call[audit_pb2.AuditQuery]) -> audit_pb2.AuditQueryResult:
         query = call.message
+        checked_query(query)  # refused before the subject is noted: it must be storable
         if query.subject:
             call.audit.subject = query.subject  # whose records an auditor looked at is audited
         records, token = query_log(self.log, call.session, query)
         return audit_pb2.AuditQueryResult(records=records, next_page_token=token)
 
 
+# The longest each text filter may be (the columns' widths; a subject is a holder's code).
+FILTER_LIMITS = {"member_id": 128, "subject": 64, "case_id": 64, "method": 128}
+_CURSOR = re.compile(r"[0-9]{1,19}")
+_MAX_CURSOR = 2**63 - 1  # entry ids are signed 64-bit integers
+
+
+def _invalid(field_name: str, message: str) -> MalformedError:
+    return MalformedError(message, metadata={"field": field_name})
+
+
+def _bounded_time(query: audit_pb2.AuditQuery, name: Literal["since", "until"]) -> datetime | None:
+    if not query.HasField(name):
+        return None
+    try:
+        moment: datetime = getattr(query, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise _invalid(name, f"{name} is not a time between 0001 and 9999") from exc
+    return moment
+
+
+def checked_query(query: audit_pb2.AuditQuery) -> tuple[int, int, datetime | None, datetime | None]:
+    """(limit, cursor, since, until) of an auditor's query; refused INVALID_FIELD, naming the
+    field, for any value the database could not take (before any of it reaches SQL)."""
+    if query.page_size < 0:
+        raise _invalid("page_size", "page_size must not be negative")
+    limit = min(query.page_size or DEFAULT_PAGE, MAX_PAGE)
+    after = 0
+    if query.page_token:
+        if not _CURSOR.fullmatch(query.page_token) or int(query.page_token) > _MAX_CURSOR:
+            raise _invalid("page_token", "page_token is not one this hub issued")
+        after = int(query.page_token)
+    for name, width in FILTER_LIMITS.items():
+        value: str = getattr(query, name)
+        if len(value) > width or not value.isprintable():
+            raise _invalid(name, f"{name} must be at most {width} printable characters")
+    return limit, after, _bounded_time(query, "since"), _bounded_time(query, "until")
+
+
 def query_log(
     log: AuditLog, session: Session, query: audit_pb2.AuditQuery
 ) -> tuple[list[audit_pb2.AuditRecord], str]:
     """One page of entries matching ``query``, oldest first, with clear subjects."""
-    if query.page_size < 0:
-        raise MalformedError("page_size must not be negative", metadata={"field": "page_size"})
-    limit = min(query.page_size or DEFAULT_PAGE, MAX_PAGE)
-    after = 0
-    if query.page_token:
-        try:
-            after = int(query.page_token)
-        except ValueError as exc:
-            raise MalformedError("bad page_token", metadata={"field": "page_token"}) from exc
+    limit, after, since, until = checked_query(query)
     subjects: Table = subjects_table
     columns = [entries.c.id, entries.c.leaf_index, entries.c.entry, subjects.c.subject]
     statement = (
@@ -147,10 +183,10 @@ def query_log(
         statement = statement.where(entries.c.method == query.method)
     if query.decision:
         statement = statement.where(entries.c.decision == int(query.decision))
-    if query.HasField("since"):
-        statement = statement.where(entries.c.logged_at >= query.since.ToDatetime(tzinfo=UTC))
-    if query.HasField("until"):
-        statement = statement.where(entries.c.logged_at < query.until.ToDatetime(tzinfo=UTC))
+    if since is not None:
+        statement = statement.where(entries.c.logged_at >= since)
+    if until is not None:
+        statement = statement.where(entries.c.logged_at < until)
     connection = session.connection()
     rows = connection.execute(statement).all()
     more = len(rows) > limit

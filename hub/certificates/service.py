@@ -13,7 +13,12 @@ from xhub.hub.core.db import MemberKeyRow, MemberRow
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
 from xhub.protocol.envelope import open_signed
-from xhub.protocol.errors import AuthenticationError, MalformedError, PermissionDeniedError
+from xhub.protocol.errors import (
+    AuthenticationError,
+    MalformedError,
+    PermissionDeniedError,
+    shown,
+)
 from xhub.protocol.signing import KeyVerifier, Verifier
 from xhub.v1 import certificate_pb2, envelope_pb2, registry_pb2
 
@@ -62,9 +67,9 @@ def _publish(
     )
     if cert.issuer_code != uscc:
         raise PermissionDeniedError(
-            f"the certificate names issuer {cert.issuer_code!r}; you are {uscc!r}",
+            f"the certificate names issuer {shown(cert.issuer_code)!r}; you are {uscc!r}",
             reason=envelope_pb2.ERROR_REASON_NOT_ISSUER,
-            metadata={"issuer_code": cert.issuer_code[:64]},
+            metadata={"issuer_code": shown(cert.issuer_code)},
         )
     # 3. Validate and store; an identical re-publish is a no-op.
     try:

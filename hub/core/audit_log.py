@@ -48,7 +48,9 @@ from xhub.hub.core.db import (
     bulk_execute,
     table_of,
 )
+from xhub.protocol.envelope import MAX_PAYLOAD_TYPE_CHARS
 from xhub.protocol.log import merkle
+from xhub.protocol.log.evidence import REFUSED_ENVELOPE_PREFIX_BYTES
 from xhub.protocol.log.note import (
     Checkpoint,
     NoteSigner,
@@ -161,7 +163,7 @@ class AuditDraft:
         draft = cls(method=method, sender=sender)
         if envelope is not None:
             draft.envelope_bytes = envelope.SerializeToString()
-            draft.payload_type = envelope.payload_type[:200]
+            draft.payload_type = envelope.payload_type[:MAX_PAYLOAD_TYPE_CHARS]
             draft.signature = envelope.signatures[0].sig if envelope.signatures else b""
         return draft
 
@@ -170,6 +172,16 @@ class AuditDraft:
         self.message_id = header.message_id
         self.case_id = header.case_id
         self.purpose = header.purpose
+
+
+def stored_envelope(draft: AuditDraft, decision: audit_pb2.AuditDecision.ValueType) -> bytes:
+    """What the envelope table keeps of a call's request: all of it for an allowed call (its
+    evidence), at most the first ``REFUSED_ENVELOPE_PREFIX_BYTES`` of a refused one — the
+    entry's ``envelope_sha256`` still names every byte that arrived — so refusals cannot fill
+    the disk."""
+    if decision == ALLOWED:
+        return draft.envelope_bytes
+    return draft.envelope_bytes[:REFUSED_ENVELOPE_PREFIX_BYTES]
 
 
 @dataclass(frozen=True)
@@ -235,7 +247,9 @@ class AuditLog:
     ) -> list[LoggedEntry]:
         """Add pending entries with one multi-row INSERT per table (the caller commits)."""
         rows: list[dict[str, object]] = []
+        stored_envelopes: list[bytes] = []
         for draft, decision, reason in items:
+            stored_envelopes.append(stored_envelope(draft, decision))
             entry = audit_pb2.AuditEntry(
                 sender=draft.sender,
                 recipient=draft.recipient,
@@ -276,9 +290,9 @@ class AuditLog:
             ids_by_leaf.setdefault(bytes(leaf), []).append(int(entry_id))
         entry_ids = [ids_by_leaf[cast(bytes, row["leaf_hash"])].pop() for row in rows]
         envelopes = [
-            {"entry_id": entry_id, "envelope": draft.envelope_bytes}
-            for entry_id, (draft, _, _) in zip(entry_ids, items, strict=True)
-            if draft.envelope_bytes
+            {"entry_id": entry_id, "envelope": envelope}
+            for entry_id, envelope in zip(entry_ids, stored_envelopes, strict=True)
+            if envelope
         ]
         if envelopes:
             bulk_execute(connection, _INSERT_ENVELOPES, envelopes)

@@ -107,6 +107,9 @@ class HubConfig:
     stream_lifetime_seconds: float = 3600.0  # a stream then ends cleanly; the SDK resumes
     upload_idle_seconds: float = 60.0  # an upload with nothing arriving this long is refused
     handshake_timeout_seconds: float = 10.0  # a connection must finish its TLS handshake
+    # Refused calls audited and logged one by one per member (or per peer naming none) a
+    # minute; beyond, they are counted into one summary entry per member a minute. 0: no cap.
+    refusals_logged_per_minute: int = 120
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

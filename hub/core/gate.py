@@ -22,8 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from xhub.hub.core.db import MemberKeyRow, MemberRoleRow, MemberRow, SeenMessageRow
-from xhub.protocol.envelope import Opened, open_envelope
-from xhub.protocol.errors import AuthenticationError, MalformedError, ReplayError
+from xhub.protocol.envelope import Opened, check_size, open_envelope
+from xhub.protocol.errors import AuthenticationError, MalformedError, ReplayError, shown
 from xhub.protocol.pki import CertificateError, member_id_of
 from xhub.protocol.signing import KeyVerifier
 from xhub.v1 import envelope_pb2, registry_pb2
@@ -166,6 +166,9 @@ class Gate:
         on_verified: Callable[[envelope_pb2.Header], None] | None,
     ) -> Admitted[M]:
         now = self._clock()
+        # 0. Within its bounds (size, signatures, type): before anything is looked up, so an
+        #    oversized envelope is refused as such, whoever sends it.
+        check_size(envelope)
         # 1. The TLS peer must present a hub-issued certificate naming a member.
         peer = self._peer(peer_pem)
         # 2. The peer must be a registered, active, unexpired member using its current cert.
@@ -200,16 +203,16 @@ class Gate:
         # 7. The header's sender must be the TLS peer.
         if header.sender != peer.member_id:
             raise AuthenticationError(
-                f"header sender {header.sender!r} is not the TLS peer {peer.member_id!r}",
+                f"header sender {shown(header.sender)!r} is not the TLS peer {peer.member_id!r}",
                 reason=R.ERROR_REASON_SENDER_NOT_PEER,
-                metadata={"peer": peer.member_id, "sender": header.sender[:128]},
+                metadata={"peer": peer.member_id, "sender": shown(header.sender)},
             )
         # 8. The message must be addressed to this hub.
         if header.recipient != self.hub_id:
             raise MalformedError(
-                f"recipient {header.recipient!r} is not this hub ({self.hub_id})",
+                f"recipient {shown(header.recipient)!r} is not this hub ({self.hub_id})",
                 reason=R.ERROR_REASON_WRONG_RECIPIENT,
-                metadata={"expected": self.hub_id, "recipient": header.recipient[:128]},
+                metadata={"expected": self.hub_id, "recipient": shown(header.recipient)},
             )
         # 9. issued_at must be inside the clock-skew window.
         issued_at = header.issued_at.ToDatetime(tzinfo=UTC)
@@ -230,7 +233,7 @@ class Gate:
             return peer_identity(peer_pem)
         except (CertificateError, ValueError) as exc:
             raise AuthenticationError(
-                f"client certificate names no member: {exc}",
+                f"client certificate names no member: {shown(str(exc), 200)}",
                 reason=R.ERROR_REASON_SENDER_NOT_PEER,
             ) from exc
 
@@ -271,9 +274,9 @@ class Gate:
             row = session.connection().execute(_KEY, {"key_id": key_id}).first()
             if row is None:
                 raise AuthenticationError(
-                    f"unknown key {key_id[:64]!r}",
+                    f"unknown key {shown(key_id)!r}",
                     reason=R.ERROR_REASON_UNKNOWN_KEY,
-                    metadata={"key_id": key_id[:64]},
+                    metadata={"key_id": shown(key_id)},
                 )
             bound = BoundKey(row.member_id, KeyVerifier.from_der(row.public_key_der))
             self._keys[key_id] = bound
@@ -303,8 +306,8 @@ class Gate:
                 session.connection().execute(_REMEMBER, row)
         except IntegrityError as exc:
             raise ReplayError(
-                f"message {message_id} from {sender} was already received",
-                metadata={"message_id": message_id},
+                f"message {shown(message_id)} from {sender} was already received",
+                metadata={"message_id": shown(message_id)},
             ) from exc
 
     def prune_seen(self) -> int:

@@ -35,8 +35,9 @@ from xhub.hub.core.audit_log import (
 from xhub.hub.core.config import HubConfig
 from xhub.hub.core.db import make_engine, session_factory
 from xhub.hub.core.gate import Admitted, Caller, Gate, peer_member_id
+from xhub.hub.core.refusals import SUMMARY_METHOD, RefusalBudget, Summary
 from xhub.protocol.envelope import new_header, seal
-from xhub.protocol.errors import PermissionDeniedError, RefusedError
+from xhub.protocol.errors import PermissionDeniedError, RefusedError, clip
 from xhub.protocol.pki import load_certificate
 from xhub.protocol.signing import KeySigner, load_signer
 from xhub.v1 import audit_pb2, envelope_pb2, registry_pb2
@@ -152,6 +153,7 @@ class HubRuntime:
             merge_delay=timedelta(seconds=config.audit_merge_delay_seconds),
         )
         self.notifier = Notifier()
+        self.refusals = RefusalBudget(config.refusals_logged_per_minute)
         # SQLite has a single writer, and a writer that finds it taken sleeps in SQLite's
         # busy handler (1, 2, 5, 10… ms). Writers of this process queue on a lock instead,
         # which hands the database on at once. PostgreSQL locks rows and needs none.
@@ -215,7 +217,6 @@ class HubRuntime:
         try:
             return await self.run_blocking(work)
         except RefusedError as exc:
-            log.info("refused %s: %s", method, exc)
             await context.abort_with_status(exc.to_status())
             raise AssertionError("unreachable") from exc  # abort_with_status always raises
         except Exception:
@@ -258,7 +259,6 @@ class HubRuntime:
         try:
             return await self.run_blocking(work)
         except RefusedError as exc:
-            log.info("refused %s: %s", method, exc)
             await context.abort_with_status(exc.to_status())
             raise AssertionError("unreachable") from exc
 
@@ -273,7 +273,6 @@ class HubRuntime:
         await asyncio.shield(
             self.run_blocking(lambda: self._refused(draft, exc.reason_name, exc, None))
         )
-        log.info("refused %s: %s", draft.method, exc)
         await context.abort_with_status(exc.to_status())
 
     def complete(
@@ -340,9 +339,19 @@ class HubRuntime:
         self, draft: AuditDraft, reason: str, exc: Exception, admitted: Admitted[Any] | None
     ) -> None:
         """A refused call's transaction rolled back: keep its message id (if it was admitted)
-        and log the refusal, each in its own transaction."""
+        and log the refusal, each in its own transaction — one hub log line and one audit
+        entry per refusal, until its sender is over ``refusals_logged_per_minute``; beyond,
+        refusals are counted into the sender's summary of the minute."""
         if admitted is not None:
             self.writing(lambda: self.gate.remember(admitted.caller.member_id, admitted.header))
+        alone, ended = self.refusals.take(draft.sender, reason)
+        self._summarise(ended)
+        sender = draft.sender or "a peer naming no member"
+        if not alone:
+            log.debug("refused %s from %s: %s (counted)", draft.method, sender, reason)
+            return
+        if isinstance(exc, RefusedError):
+            log.info("refused %s from %s: %s", draft.method, sender, clip(str(exc), 512))
         if not self.config.audit_enabled:
             return
         try:
@@ -355,6 +364,40 @@ class HubRuntime:
             return
         if logged is not None and isinstance(exc, RefusedError):
             exc.metadata["audit_leaf"] = logged.leaf_hash.hex()
+
+    def _summarise(self, summaries: list[Summary]) -> None:
+        """One hub log line and one audit entry per sender-minute of counted refusals."""
+        for summary in summaries:
+            log.warning(
+                "%d refused calls from %s between %s and %s were counted, not logged one by "
+                "one (over refusals_logged_per_minute): %s",
+                summary.total,
+                summary.sender or "peers naming no member",
+                summary.since.isoformat(timespec="seconds"),
+                summary.until.isoformat(timespec="seconds"),
+                summary.reason,
+            )
+            if not self.config.audit_enabled:
+                continue
+            draft = AuditDraft(
+                method=SUMMARY_METHOD,
+                sender=summary.sender,
+                recipient=self.identity.hub_id,
+                time=summary.until,
+            )
+            try:
+                with self.sessions() as session:
+                    self._audited(
+                        session, draft, lambda: None, decision=DENIED, reason=summary.reason
+                    )
+            except Exception:
+                log.exception("could not audit a summary of refused calls")
+
+    def flush_refusal_summaries(self, *, all_pending: bool = False) -> int:
+        """Log the summaries of ended minutes (every pending one with ``all_pending``)."""
+        summaries = self.refusals.flush() if all_pending else self.refusals.sweep()
+        self._summarise(summaries)
+        return len(summaries)
 
     def _audited(
         self,
@@ -399,8 +442,15 @@ class HubRuntime:
         return seal(response, self.identity.signer)
 
     def prune(self) -> int:
+        """Forget expired message ids; also log the refusal summaries of ended minutes (the
+        prune loop runs every ``replay_prune_interval_seconds``)."""
+        self.flush_refusal_summaries()
         return self.writing(self.gate.prune_seen)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.flush_refusal_summaries(all_pending=True)
+        except Exception:  # closing anyway: the counts are in the log line at worst
+            log.exception("could not log the last refusal summaries")
         self.engine.dispose()

@@ -9,7 +9,7 @@ from typing import Any
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
 from xhub.hub.registry import store as registry
-from xhub.protocol.errors import MalformedError
+from xhub.protocol.errors import MalformedError, shown
 from xhub.v1 import registry_pb2
 
 DEFAULT_PAGE = 100
@@ -30,7 +30,7 @@ def _get_member(call: Call[registry_pb2.MemberLookup]) -> registry_pb2.MemberLoo
     member_id = call.message.member_id
     if not registry.MEMBER_ID_RE.match(member_id):
         raise MalformedError(
-            f"{member_id[:128]!r} is not a member id (CN.<division>.<USCC>[.<subsystem>])",
+            f"{shown(member_id)!r} is not a member id (CN.<division>.<USCC>[.<subsystem>])",
             metadata={"field": "member_id"},
         )
     return registry_pb2.MemberLookupResult(member=registry.member_proto(call.session, member_id))

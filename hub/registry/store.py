@@ -22,7 +22,7 @@ from xhub.hub.core.ca import CertificateAuthority
 from xhub.hub.core.db import MemberKeyRow, MemberRoleRow, MemberRow, table_of
 from xhub.protocol import codes
 from xhub.protocol.bundle import MemberBundle
-from xhub.protocol.errors import MalformedError, NotFoundError
+from xhub.protocol.errors import MalformedError, NotFoundError, shown
 from xhub.protocol.signing import (
     ECDSA_P256,
     PrivateKey,
@@ -44,7 +44,7 @@ ROLE_NAMES: dict[str, registry_pb2.Role.ValueType] = {
 ACTIVE = registry_pb2.MEMBER_STATUS_ACTIVE
 REVOKED = registry_pb2.MEMBER_STATUS_REVOKED
 SUBSYSTEM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-MEMBER_ID_RE = re.compile(r"^CN\.\d{6}\.[0-9A-Z]{18}(\.[a-z0-9][a-z0-9-]{0,31})?$")
+MEMBER_ID_RE = re.compile(r"^CN\.\d{6}\.[0-9A-Z]{18}(\.[a-z0-9][a-z0-9-]{0,31})?\Z")
 
 
 class RegistryError(MalformedError):
@@ -251,7 +251,9 @@ def make_bundle(
 def get_member(session: Session, member_id: str) -> MemberRow:
     row = session.get(MemberRow, member_id)
     if row is None or row.uscc == "":
-        raise NotFoundError(f"no member {member_id!r}", metadata={"member_id": member_id[:128]})
+        raise NotFoundError(
+            f"no member {shown(member_id)!r}", metadata={"member_id": shown(member_id)}
+        )
     return row
 
 
@@ -346,7 +348,9 @@ def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
     found = {"member_id": member_id}
     row = connection.execute(_MEMBER, found).first()
     if row is None:
-        raise NotFoundError(f"no member {member_id!r}", metadata={"member_id": member_id[:128]})
+        raise NotFoundError(
+            f"no member {shown(member_id)!r}", metadata={"member_id": shown(member_id)}
+        )
     roles = connection.execute(_ROLES, found).scalars()
     keys = connection.execute(_KEYS, found).all()
     return _member_message(row, roles, keys)

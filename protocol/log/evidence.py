@@ -29,6 +29,9 @@ from xhub.protocol.signing import KeyVerifier, SignatureMismatch
 from xhub.v1 import audit_pb2, envelope_pb2
 
 FORMAT = "xhub-audit-bundle/1"
+# The hub keeps at most this many leading bytes of a refused call's envelope (the entry's
+# digest names them all); a bundle carries what the hub kept.
+REFUSED_ENVELOPE_PREFIX_BYTES = 4096
 # Refusals whose envelope is expected NOT to carry a valid signature by the sender.
 SIGNATURE_REFUSALS = {"BAD_SIGNATURE", "UNKNOWN_KEY", "SENDER_NOT_PEER", "MALFORMED_ENVELOPE"}
 
@@ -135,6 +138,9 @@ class VerifyReport:
     entries: int
     envelopes_checked: int
     refused_signatures: int
+    # Refused entries whose bundle carries only the envelope's first bytes (the hub keeps no
+    # more of a refusal): their entries are proven, the envelope cannot be checked further.
+    refused_prefixes: int = 0
 
 
 def verify_bundle(
@@ -184,7 +190,7 @@ def verify_bundle(
         certificates[member_id] = cert
     # 4. Every entry: in the tree, envelope matches, signature as the entry says.
     seen: set[int] = set()
-    envelopes_checked = refused_signatures = 0
+    envelopes_checked = refused_signatures = refused_prefixes = 0
     for count, (index, entry_bytes, envelope_bytes, proof) in enumerate(
         sorted(bundle.entries, key=lambda item: item[0]), start=1
     ):
@@ -206,14 +212,28 @@ def verify_bundle(
             raise BundleInvalid(
                 f"entry #{index}: the original envelope is missing from the bundle", entry=index
             )
-        if envelope_bytes:
+        if _is_refused_prefix(entry, envelope_bytes):
+            refused_prefixes += 1
+        elif envelope_bytes:
             envelopes_checked += 1
             refused_signatures += _check_envelope(
                 index, entry, envelope_bytes, bundle, certificates
             )
         if progress is not None:
             progress(count)
-    return VerifyReport(checkpoint, len(seen), envelopes_checked, refused_signatures)
+    return VerifyReport(
+        checkpoint, len(seen), envelopes_checked, refused_signatures, refused_prefixes
+    )
+
+
+def _is_refused_prefix(entry: audit_pb2.AuditEntry, envelope_bytes: bytes) -> bool:
+    """A refused entry's kept prefix: exactly the prefix length, and not the whole envelope
+    (an allowed entry always carries its whole envelope)."""
+    return (
+        entry.decision == audit_pb2.AUDIT_DECISION_DENIED
+        and len(envelope_bytes) == REFUSED_ENVELOPE_PREFIX_BYTES
+        and hashlib.sha256(envelope_bytes).digest() != entry.envelope_sha256
+    )
 
 
 def _check_envelope(
