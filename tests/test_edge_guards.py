@@ -17,7 +17,7 @@ from hubkit import HubKit
 
 from xhub.connectors.sdk.client import secure_channel
 from xhub.hub.cases.service import CaseService
-from xhub.hub.core.rpc import INTERNAL_ERROR, PeerBudget
+from xhub.hub.core.rpc import INTERNAL_ERROR
 from xhub.v1 import audit_pb2
 
 Code = grpc.StatusCode
@@ -82,16 +82,3 @@ def test_a_broken_streaming_method_says_internal_error_and_nothing_else(
             list(stream(b"", timeout=10))
     assert caught.value.code() == Code.INTERNAL
     assert caught.value.details() == INTERNAL_ERROR
-
-
-@pytest.mark.parametrize(
-    ("events", "expected"),
-    [
-        ([("a", 0.0)] * 3, [True, True, False]),  # two a minute: the third waits
-        ([("a", 0.0), ("a", 0.0), ("a", 60.0)], [True, True, True]),  # a new minute
-        ([("a", 0.0), ("a", 0.0), ("b", 1.0)], [True, True, True]),  # per peer
-    ],
-)
-def test_peer_budget(events: list[tuple[str, float]], expected: list[bool]) -> None:
-    budget = PeerBudget(per_minute=2)
-    assert [budget.take(peer, now) for peer, now in events] == expected

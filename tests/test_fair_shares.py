@@ -20,8 +20,9 @@ import pytest
 from helpers import refused, refused_on_the_wire
 from hubkit import HubKit
 
-from xhub.connectors import HubClient
+from xhub.connectors import HubClient, RefusedError
 from xhub.connectors.sdk.client import secure_channel
+from xhub.v1 import audit_pb2
 
 Code = grpc.StatusCode
 
@@ -76,6 +77,9 @@ def test_one_member_cannot_take_every_stream_slot(kit: HubKit) -> None:
         Code.RESOURCE_EXHAUSTED,
         "TOO_MANY_STREAMS",
     )
+    assert isinstance(error, RefusedError)
+    leaf = error.metadata.pop("audit_leaf")  # the refusal is audited like any other
+    assert len(bytes.fromhex(leaf)) == 32
     assert error.metadata == {"cap": "2", "setting": "max_streams_per_member"}
     # Another member still gets streams and calls, and the health check answers.
     auditor = kit.client("auditor")
@@ -108,6 +112,14 @@ def test_a_stalled_upload_is_refused_and_its_slot_released(kit: HubKit) -> None:
         )
         assert time.monotonic() - started < 5
         release.set()
+        auditor = kit.client("auditor")
+        entries = [
+            audit_pb2.AuditEntry.FromString(record.entry)
+            for record in auditor.query_audit(
+                method="/xhub.v1.MaterialService/Upload", decision=audit_pb2.AUDIT_DECISION_DENIED
+            )
+        ]
+        assert [e.reason for e in entries] == ["IDLE_TIMEOUT"]
         # The slot is free again: the next (stalled) upload is refused as idle, not as over the cap.
         release.clear()
         refused_on_the_wire(

@@ -11,14 +11,15 @@ Every method, unary or streaming, is guarded the same way at this edge:
 
 - bytes that do not parse as the method's request message become ``Undecodable`` instead of
   gRPC's bare ``UNKNOWN``: the caller gets ``INVALID_ARGUMENT MALFORMED_ENVELOPE`` with
-  ErrorInfo, and the refusal is audited (digest of what arrived, a bounded prefix), at most
-  ``UNDECODABLE_AUDITS_PER_MINUTE`` times per peer so garbage cannot fill the log;
+  ErrorInfo, and the refusal is audited like every other (digest of what arrived, a bounded
+  prefix, within the sender's ``refusals_logged_per_minute``);
 - a member holds at most ``StreamLimits.streams_per_member`` open server streams
   (subscriptions, downloads) and ``uploads_per_member`` uploads: one member cannot take every
   slot of the hub-wide ``max_concurrent_rpcs`` from the others and the health check. A server
   stream ends cleanly after ``lifetime_seconds`` (the SDK resumes from its cursor); an upload
   with nothing arriving for ``upload_idle_seconds`` is refused and discarded;
-- a refusal raised by a streaming method becomes its status; anything else becomes
+- a refusal raised by a streaming method (or by these guards) is audited and becomes its
+  status; anything else becomes
   ``INTERNAL`` "internal error; the hub has logged it" — no exception text, SQL or path
   reaches a client (the log has them).
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,8 +58,6 @@ _STREAM_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[An
 }
 
 
-UNDECODABLE_AUDITS_PER_MINUTE = 60
-UNDECODABLE_PREFIX_BYTES = 4096
 INTERNAL_ERROR = "internal error; the hub has logged it"
 
 
@@ -78,26 +76,6 @@ def _lenient(request_class: Any) -> Callable[[bytes], Any]:
             return Undecodable(data)
 
     return parse
-
-
-class PeerBudget:
-    """At most ``per_minute`` events per peer in any minute (a fixed window per peer)."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._windows: dict[str, tuple[float, int]] = {}
-
-    def take(self, peer: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        start, used = self._windows.get(peer, (now, 0))
-        if now - start >= 60.0:
-            start, used = now, 0
-        if used >= self.per_minute:
-            return False
-        if len(self._windows) > 10_000:  # forget idle peers rather than grow without bound
-            self._windows.clear()
-        self._windows[peer] = (start, used + 1)
-        return True
 
 
 @dataclass(frozen=True)
@@ -157,7 +135,6 @@ class Service:
 
     def __init__(self, runtime: HubRuntime) -> None:
         self.runtime = runtime
-        self.undecodable_audits = PeerBudget(UNDECODABLE_AUDITS_PER_MINUTE)
         self.open_streams = OpenStreams()  # the server hands every service the same one
 
     def unary(self) -> Sequence[Unary[Any]]:
@@ -232,7 +209,7 @@ class Service:
                         await self._refuse_undecodable(context, path, first)
                     return await fn(_checked(first, requests, idle), context)
             except Exception as exc:
-                await _abort_for(context, path, exc)
+                await self._abort_for(context, path, exc)
 
         return stream_in
 
@@ -257,31 +234,42 @@ class Service:
                             return
                         yield item
             except Exception as exc:
-                await _abort_for(context, path, exc)
+                await self._abort_for(context, path, exc)
 
         return stream_out
 
     async def _refuse_undecodable(self, context: Context, path: str, request: Undecodable) -> None:
-        """Refuse bytes that are no request message: audited (within the peer's budget)."""
-        refusal = MalformedError(
-            "the request does not parse as this method's request message",
-            reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE,
-        )
-        sender = peer_member_id(peer_certificate(context))
-        if self.undecodable_audits.take(sender):
-            draft = AuditDraft(
-                method=path,
-                sender=sender,
-                envelope_bytes=request.data[:UNDECODABLE_PREFIX_BYTES],
-                envelope_digest=hashlib.sha256(request.data).digest(),
-            )
-            await self.runtime.refuse(context, draft, refusal)  # audits, then aborts
-        log.info(
-            "refused %s from %s: MALFORMED_ENVELOPE (undecodable; over the audit budget)",
+        """Refuse bytes that are no request message, audited with the digest of what came."""
+        await self._refuse(
+            context,
             path,
-            sender or "an unknown peer",
+            MalformedError(
+                "the request does not parse as this method's request message",
+                reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE,
+            ),
+            received=request.data,
         )
-        await context.abort_with_status(refusal.to_status())
+
+    async def _refuse(
+        self, context: Context, path: str, refusal: RefusedError, *, received: bytes = b""
+    ) -> None:
+        """Audit a refusal made at the edge (before admission) and abort with its status."""
+        draft = AuditDraft(
+            method=path,
+            sender=peer_member_id(peer_certificate(context)),
+            envelope_bytes=received,
+            envelope_digest=hashlib.sha256(received).digest() if received else b"",
+        )
+        await self.runtime.refuse(context, draft, refusal)
+
+    async def _abort_for(self, context: Context, path: str, exc: Exception) -> None:
+        """End a streaming call that raised: its refusal's status (audited), or INTERNAL."""
+        if isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError):
+            raise exc
+        if isinstance(exc, RefusedError):
+            await self._refuse(context, path, exc)
+        log_internal_error(log, path, exc)
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
 
 
 async def _next_within(messages: AsyncIterator[Any], seconds: float) -> Any:
@@ -310,14 +298,3 @@ async def _checked(first: Any, rest: AsyncIterator[Any], idle: float) -> AsyncIt
                 reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE,
             )
         yield message
-
-
-async def _abort_for(context: Context, path: str, exc: Exception) -> None:
-    """End a streaming call that raised: its refusal's status, or a bare INTERNAL."""
-    if isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError):
-        raise exc
-    if isinstance(exc, RefusedError):
-        log.info("refused %s: %s", path, exc)
-        await context.abort_with_status(exc.to_status())
-    log_internal_error(log, path, exc)
-    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
