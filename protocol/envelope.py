@@ -112,10 +112,11 @@ def check_shape(envelope: envelope_pb2.Envelope | None, expected_type: str) -> N
             reason=envelope_pb2.ERROR_REASON_MALFORMED_ENVELOPE,
         )
     if envelope.payload_type != expected_type:
+        received = envelope.payload_type[:200]  # never echo a huge input back
         raise MalformedError(
-            f"payload type {envelope.payload_type!r} is not {expected_type!r}",
+            f"payload type {received!r} is not {expected_type!r}",
             reason=envelope_pb2.ERROR_REASON_WRONG_PAYLOAD_TYPE,
-            metadata={"expected": expected_type, "received": envelope.payload_type[:200]},
+            metadata={"expected": expected_type, "received": received},
         )
 
 
