@@ -31,7 +31,7 @@ class AuditService(Service):
     descriptor = audit_pb2.DESCRIPTOR.services_by_name["AuditService"]
 
     def __init__(self, runtime: HubRuntime) -> None:
-        self.runtime = runtime
+        super().__init__(runtime)
         self.log = runtime.audit
 
     def unary(self) -> Sequence[Unary[Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -81,6 +82,8 @@ def peer_member_id(pem: bytes | None) -> str:
     except (CertificateError, ValueError):
         return ""
 
+
+_KEY_ID = re.compile(r"[0-9a-f]{64}")
 
 # Built once: constructing a statement costs ten times more than running it on SQLite,
 # and these run on every call.
@@ -271,7 +274,13 @@ class Gate:
     def _key(self, session: Session, key_id: str) -> BoundKey:
         bound = self._keys.get(key_id)
         if bound is None:
-            row = session.connection().execute(_KEY, {"key_id": key_id}).first()
+            # A key id is 64 hex characters: anything else is unknown without asking the
+            # database (PostgreSQL text cannot even hold the NUL a forged id may carry).
+            row = (
+                session.connection().execute(_KEY, {"key_id": key_id}).first()
+                if _KEY_ID.fullmatch(key_id)
+                else None
+            )
             if row is None:
                 raise AuthenticationError(
                     f"unknown key {shown(key_id)!r}",
