@@ -342,6 +342,9 @@ def test_configuration_is_checked(world: World, tmp_path: Path) -> None:
     with pytest.raises(DepartmentConfigError, match="lacks: nope"):
         DepartmentConnector(load_department_config(bad))
     assert main(["run", str(bad), "--once"]) == 2
+    bad.write_text(text.replace("poll_seconds = 0.1", "poll_seconds = 0.1\noverlap_seconds = -1"))
+    with pytest.raises(DepartmentConfigError, match="overlap_seconds"):
+        load_department_config(bad)
     assert parse_missing_items('["A", " B "]') == ("A", "B")
     assert parse_missing_items("A\nB；C、D;") == ("A", "B", "C", "D")
     assert parse_missing_items(None) == ()

@@ -10,6 +10,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,13 @@ def test_a_row_for_a_case_never_dispatched_here_is_reported(
     code, report = status_json(strict, capsys)
     assert code == report["exit_code"] == 1
     assert report["counts"]["in_error"] == 1
+    # So does its one pass (``run --once``) for such a row, naming it.
+    again = world.db.write(COUNTER_CASE, "10")
+    capsys.readouterr()
+    assert main(["run", str(strict), "--once"]) == 1
+    out = capsys.readouterr().out
+    assert f"status row {again} passed over ({CASE_NOT_DISPATCHED})" in out
+    assert "skipped, 1 passed over" in out  # the row reported before is not again
 
 
 def test_a_row_committed_late_below_the_watermark_is_still_sent(world_any_db: World) -> None:
@@ -144,6 +152,10 @@ def test_status_lists_pending_sent_refused_and_passed_over(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stuck, other = world.submit(), world.submit()
+    # Never run: nothing to report, and no state file made by asking.
+    code, report = status_json(world.config, capsys)
+    assert (code, report["watermark"], report["rows"]) == (0, None, [])
+    assert not (world.config.parent / "state" / "department.sqlite").exists()
     connector = world.connector()
     connector.run_once()
     code, report = status_json(world.config, capsys)
@@ -212,3 +224,29 @@ def test_status_exit_codes_for_stuck_pushes(
     assert connector.run_once().sent == 1
     code, report = status_json(impatient, capsys)
     assert (code, report["counts"]["pending"], report["counts"]["sent"]) == (0, 0, 1)
+
+
+def test_pruning_keeps_what_the_next_pass_reads_again(world: World) -> None:
+    case = world.submit()
+    world.config = variant(world, "eager.toml", state="keep_sent_days = 0")
+    connector = world.connector()
+    connector.run_once()
+    world.db.write(case, "01")
+    counter = world.db.write(COUNTER_CASE, "01")
+    assert connector.run_once().sent == 1
+    # Kept no days, but still in the overlap window: known by its event id, never sent twice.
+    for _ in range(2):
+        result = connector.run_once()
+        assert (result.queued, result.sent, result.foreign) == (0, 0, 0)
+    assert [e.case_number for e in connector.state.outbox()] == [case]
+    assert [row.key for row in connector.state.passed_over()] == [counter]
+    assert len(world.events(wait_for=1)) == 1
+
+    # Once the watermark has moved past the window, they go.
+    world.db.clock += timedelta(hours=1)
+    world.db.write(case, "10")
+    assert connector.run_once().sent == 1
+    connector.run_once()
+    assert [e.stage.name for e in connector.state.outbox()] == ["UNDER_REVIEW"]
+    assert connector.state.passed_over() == []
+    assert stages(world.events(wait_for=2), case) == ["ACCEPTED", "UNDER_REVIEW"]

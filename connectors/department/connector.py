@@ -32,19 +32,21 @@ Status rows are read in ``(updated_at, key)`` order, so ``updated_at`` must grow
 written. A process log (one row per step) reports every step; a table updated in place
 reports only the latest status of each poll, so a case moved through two stages within one
 poll skips a stage and the hub refuses the push. A row repeating the stage last queued for
-its case (only the note changed, say) is not pushed. Rows about cases the hub never
-dispatched here (the department's own counter cases) are passed over; rows with an unknown
-status code or no case number are recorded as skipped (see ``DepartmentState.skipped``).
+its case (only the note changed, say) is not pushed (STAGE_UNCHANGED).
 
 Nothing is dropped silently: every row read is queued or *passed over* with a reason code
-(``outbox.PASS_REASONS``: NO_CASE_NUMBER, UNMAPPED_STATUS_CODE, CASE_NOT_DISPATCHED,
-INTERNAL_STEP, STAGE_UNCHANGED), recorded in the state file (the ``row_status`` view, see
-``outbox.py``) and, unless passed over by design (an internal step, a repeated stage),
-logged as a WARNING naming the row's key, case number, status code and reason, never its
-note. ``xhub-connector status department.toml [--json]`` (``status.py``) lists pending,
-sent, refused and passed-over rows. Rows committed late, with an updated_at below the
-watermark, are still read and sent: each pass re-reads from ``overlap_seconds`` below the
-watermark and recognises rows it handled by their event id (``common/state.py``).
+(``reasons.py``): NO_CASE_NUMBER and UNMAPPED_STATUS_CODE are errors in the row;
+CASE_NOT_DISPATCHED (a case the hub never dispatched here: the department's own counter
+case, or a mistyped number) is one too with ``counter_cases = false``; INTERNAL_STEP and
+STAGE_UNCHANGED are by design. Each is recorded in the state file (the ``row_status`` view,
+see ``outbox.py``) and, unless by design, logged as a WARNING naming the row's key, case
+number, status code and reason, never its note; ``--once`` prints the errors and exits 1.
+``xhub-connector status department.toml [--json]`` (``status.py``) lists pending, sent,
+refused and passed-over rows. A row is reported once: read again, it is known by its event
+id. Rows committed late, with an updated_at below the watermark, are still read and sent:
+each pass re-reads from ``overlap_seconds`` below the watermark (``common/state.py``); a
+late row may then reach the hub after a later step of its case, which the hub refuses as
+an illegal transition (recorded as refused) rather than the row being lost.
 
 Delivery of pushes: the outbox is drained strictly in the order rows were read, so a
 case's later push is never sent before an earlier one. While the hub is unreachable
