@@ -2,10 +2,15 @@
 
     xhub-connector run department.toml [--once]          # cases in, approval status out
     xhub-connector sync-certificates sync.toml [--once]  # certificates from the department's table
-    xhub-connector sync-status sync.toml                 # the sync's watermark and rows in error
+    xhub-connector status CONFIG [--json] [--limit N]    # pending, sent, refused, passed-over rows
 
-Exit codes: 0 ok; 1 some rows, pushes or cases were refused or failed a check (``--once``);
-2 configuration or database; 3 the hub is unreachable; 4 the hub refused the connector.
+``status`` reads either connector's TOML (a ``[department]`` or a ``[source]`` table) and its
+state file only; ``sync-status`` is its older name for the issuer sync. The report and its
+exit codes are described in ``connectors/common/status.py``.
+
+Exit codes: 0 ok; 1 some rows, pushes or cases were refused or failed a check (``--once``,
+``status``); 2 configuration or database; 3 the hub is unreachable; 4 the hub refused the
+connector; 5 (``status``) pushes stuck in the outbox longer than ``stuck_after_seconds``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from xhub.connectors.common.config import ConnectorConfigError
+from xhub.connectors.common.config import ConnectorConfigError, read_toml
+from xhub.connectors.common.status import DEFAULT_LIMIT
 from xhub.connectors.department.cli import run_command
-from xhub.connectors.issuer.cli import status_command, sync_command
+from xhub.connectors.department.cli import status_command as department_status
+from xhub.connectors.issuer.cli import status_command as sync_status
+from xhub.connectors.issuer.cli import sync_command
 from xhub.protocol.bundle import BundleError
 from xhub.protocol.errors import TransportError, XhubError
 
@@ -38,8 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--once", action="store_true", help="catch up once and exit (default: keep polling)"
     )
-    status = commands.add_parser("sync-status", help="show the watermark and rows in error")
-    status.add_argument("config", type=Path)
+    for name, text in (
+        ("status", "pending, sent, refused and passed-over rows, with reasons (either connector)"),
+        ("sync-status", "the issuer sync's report (the same as status)"),
+    ):
+        status = commands.add_parser(name, help=text)
+        status.add_argument("config", type=Path, help="the connector's TOML")
+        status.add_argument("--json", action="store_true", help="one JSON object, every row")
+        status.add_argument(
+            "--limit", type=int, default=DEFAULT_LIMIT, help="rows shown per state (0: all)"
+        )
     run = commands.add_parser(
         "run", help="receive cases and send approval status back (办件接收与状态回传)"
     )
@@ -56,16 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
 _DATABASE = {
     "run": "database",
     "sync-certificates": "source database",
-    "sync-status": "source database",
+    "sync-status": "state file",
+    "status": "state file",
 }
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return run_command(args.config, once=args.once)
-    if args.command == "sync-status":
-        return status_command(args.config)
+    if args.command in ("status", "sync-status"):
+        report = sync_status if _configures_issuer(args.config) else department_status
+        return report(args.config, as_json=args.json, limit=args.limit)
     return sync_command(args.config, once=args.once)
+
+
+def _configures_issuer(path: Path) -> bool:
+    """True for an issuer sync's TOML (a ``[source]`` table), False for a department's."""
+    document = read_toml(path)
+    return "source" in document and "department" not in document
 
 
 def main(argv: Sequence[str] | None = None) -> int:

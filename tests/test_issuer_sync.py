@@ -9,6 +9,7 @@ nothing.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -299,8 +300,24 @@ def test_bad_rows_are_recorded_and_skipped(
         assert sorted(e.key for e in state.errors()) == [2, 3]
     finally:
         state.close()
-    assert main(["sync-status", str(config)]) == 0
+    # The report both connectors give: rows in error make it exit 1.
+    assert main(["sync-status", str(config)]) == 1
     assert "2 row(s) in error" in capsys.readouterr().out
+    assert main(["status", str(config), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["connector"], report["exit_code"]) == ("issuer", 1)
+    assert report["counts"] == {
+        "pending": 0,
+        "sent": 2,
+        "refused": 2,
+        "passed_over": 0,
+        "stuck": 0,
+        "in_error": 2,
+    }
+    refused = {row["key"]: row for row in report["rows"] if row["state"] == "refused"}
+    assert sorted(refused) == [2, 3] and refused[3]["reason"].startswith("raw_status_code")
+    assert all(row["reason_code"] == "ROW_REFUSED" and row["at"] for row in refused.values())
+    assert {row["key"] for row in report["rows"] if row["state"] == "sent"} == {1, 4}
 
     # Fixed in the source: picked up again, and the error is cleared.
     source.change(2, holder_code=good)
@@ -308,6 +325,8 @@ def test_bad_rows_are_recorded_and_skipped(
     assert result.published == 1 and not result.errors
     assert [e.key for e in sync.state.errors()] == [3]
     assert len(hub_rows(hub_kit)) == 3
+    assert main(["status", str(config)]) == 1
+    assert "3 sent, 1 refused" in capsys.readouterr().out
 
 
 def test_restart_resumes_from_the_watermark(

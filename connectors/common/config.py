@@ -65,6 +65,16 @@ BACKOFF_KEYS = frozenset({"retry_initial_seconds", "retry_max_seconds", "once_at
 """The ``[hub]`` keys ``Backoff.from_section`` reads."""
 
 
+def read_toml(
+    path: Path, error: type[ConnectorConfigError] = ConnectorConfigError
+) -> dict[str, Any]:
+    """The parsed file; raises ``error`` naming the file when it cannot be read or parsed."""
+    try:
+        return tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise error(f"{path}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class ConfigFile:
     """A connector TOML file, read and checked for unknown tables."""
@@ -78,10 +88,7 @@ class ConfigFile:
         cls, path: Path, *, tables: Collection[str], error: type[ConnectorConfigError]
     ) -> ConfigFile:
         """Raises ``error`` when the file cannot be read or parsed or has an unknown table."""
-        try:
-            document = tomllib.loads(path.read_text("utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise error(f"{path}: {exc}") from exc
+        document = read_toml(path, error)
         unknown = set(document) - set(tables)
         if unknown:
             raise error(f"{path}: unknown table(s) {', '.join(sorted(unknown))}")

@@ -4,14 +4,21 @@ rows recorded as skipped with their reason.
 Both read a department's table incrementally, in ``(updated_at, key)`` order after the last
 pair they committed, so that pair is kept as text that decodes to the same Python types
 (the SQL comparison must see a datetime as a datetime, a Decimal as a Decimal).
+
+A row can commit *after* a row with a later ``updated_at`` was read (its transaction began
+first, stamped the row, and committed late). ``scan_rows`` therefore starts each pass an
+overlap window below the watermark (``rewind``) and the caller passes over rows it already
+handled (the department connector: by event id), so a late-committed row within the window
+is still read. A row committed later than the window is not: make the window longer than
+the department's longest transaction.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -112,6 +119,7 @@ class RowError:
 
     key: Any
     reason: str
+    recorded_at: str = ""  # when it was recorded (ISO 8601, UTC), as read from a state file
 
 
 class LocalState:
@@ -127,7 +135,7 @@ class LocalState:
         metadata: MetaData,
         *,
         watermark: Table,
-        row_errors: Table,
+        row_errors: Table | None = None,
         pool_size: int,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +146,11 @@ class LocalState:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _tracked_row_errors(self) -> Table:
+        if self._row_errors is None:
+            raise TypeError("this state file keeps no row_errors table")
+        return self._row_errors
 
     def watermark(self) -> Watermark | None:
         """The last row committed, or None before the first."""
@@ -160,7 +173,7 @@ class LocalState:
 
     def set_row_error(self, connection: Connection, key: Any, updated_at: Any, reason: str) -> None:
         """Record why this row is passed over, or (``reason`` empty) that it no longer is."""
-        table = self._row_errors
+        table = self._tracked_row_errors()
         row_key = encode_value(key)
         connection.execute(delete(table).where(table.c.row_key == row_key))
         if reason:
@@ -175,10 +188,10 @@ class LocalState:
 
     def row_errors(self) -> list[RowError]:
         """Every row recorded as passed over, oldest first."""
-        table = self._row_errors
+        table = self._tracked_row_errors()
         with self.engine.connect() as connection:
             rows = connection.execute(select(table).order_by(table.c.recorded_at)).all()
-        return [RowError(decode_value(r.row_key), r.reason) for r in rows]
+        return [RowError(decode_value(r.row_key), r.reason, r.recorded_at) for r in rows]
 
 
 # -- the department's table, read after the watermark -----------------------------------------
@@ -201,3 +214,67 @@ def rows_after(
     query = query.order_by(stamp, key).limit(limit)
     with engine.connect() as connection:
         return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def rewind(updated_at: Any, seconds: float) -> Any:
+    """The lowest ``updated_at`` a pass re-reads: the watermark's, ``seconds`` earlier.
+
+    A datetime moves back by that many seconds, a number (epoch seconds, say) by that many
+    units; a date or a text stamp cannot move back, and the pass re-reads from the
+    watermark's own value (rows tied with it, a lower key committed late, are still read).
+    """
+    if seconds <= 0 or isinstance(updated_at, bool):
+        return updated_at
+    if isinstance(updated_at, datetime):
+        return updated_at - timedelta(seconds=seconds)
+    if isinstance(updated_at, Decimal):
+        return updated_at - Decimal(str(seconds))
+    if isinstance(updated_at, int):
+        return updated_at - int(seconds)
+    if isinstance(updated_at, float):
+        return updated_at - seconds
+    return updated_at
+
+
+def scan_rows(
+    engine: Engine,
+    table: Table,
+    *,
+    updated_at_column: str,
+    key_column: str,
+    watermark: Watermark | None,
+    overlap_seconds: float,
+    limit: int,
+) -> Iterator[list[dict[str, Any]]]:
+    """One pass over the table in batches of at most ``limit`` rows, ``(updated_at, key)``
+    order, from ``rewind(watermark)`` on (every row when there is none yet).
+
+    Rows at or below the watermark come again on every pass: the caller recognises them.
+    """
+    after: Watermark | None = None
+    while True:
+        if after is None and watermark is not None:
+            stamp = table.c[updated_at_column]
+            query = (
+                select(table)
+                .where(stamp >= rewind(watermark[0], overlap_seconds))
+                .order_by(stamp, table.c[key_column])
+                .limit(limit)
+            )
+            with engine.connect() as connection:
+                rows = [dict(row._mapping) for row in connection.execute(query)]
+        else:
+            rows = rows_after(
+                engine,
+                table,
+                updated_at_column=updated_at_column,
+                key_column=key_column,
+                after=after,
+                limit=limit,
+            )
+        if not rows:
+            return
+        yield rows
+        if len(rows) < limit:
+            return
+        after = (rows[-1][updated_at_column], rows[-1][key_column])

@@ -1,4 +1,5 @@
-"""``xhub-connector run CONFIG [--once]``: the department connector as a command."""
+"""``xhub-connector run CONFIG [--once]``: the department connector as a command; and
+``xhub-connector status CONFIG [--json] [--limit N]``, its report (``status.py``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from xhub.connectors.common.signals import stop_on_signals
+from xhub.connectors.common.status import DEFAULT_LIMIT, StatusReport, print_report
 from xhub.connectors.department.config import load_department_config
 from xhub.connectors.department.connector import DepartmentConnector
-from xhub.connectors.department.outbox import FAILED
+from xhub.connectors.department.outbox import FAILED, DepartmentState
+from xhub.connectors.department.status import department_report
 
 
 def run_command(config_path: Path, *, once: bool) -> int:
-    """0 ok, 1 pushes refused or cases failing verification (``--once``), 2 the department
+    """0 ok, 1 pushes refused, rows in error (``DepartmentConfig.row_errors``) or cases failing
+    verification (``--once``), 2 the department
     database cannot be opened, 3 hub unreachable (``--once``: the pushes wait in the outbox).
 
     Raises DepartmentConfigError or BundleError (configuration), SQLAlchemyError (a database
@@ -33,12 +37,29 @@ def run_command(config_path: Path, *, once: bool) -> int:
         return 0
 
 
+def status_command(config_path: Path, *, as_json: bool = False, limit: int = DEFAULT_LIMIT) -> int:
+    """Print the report; its exit code (``connectors/common/status.py``). Reads the state file
+    only. Raises DepartmentConfigError (configuration) and SQLAlchemyError (the state file)."""
+    config = load_department_config(config_path)
+    if not config.state_path.exists():  # never run: nothing to report, and no file made
+        return print_report(
+            StatusReport("department", config.state_path, None, []), as_json=as_json
+        )
+    state = DepartmentState(config.state_path)
+    try:
+        report = department_report(config, state)
+    finally:
+        state.close()
+    return print_report(report, as_json=as_json, limit=limit)
+
+
 def _report_once(connector: DepartmentConnector) -> int:
     result = connector.run_once()
-    for row in result.skipped:
-        print(f"status row {row.key}: {row.reason}")
-    for row in result.unverified:
-        print(f"case {row.key} failed end-to-end verification: {row.reason}")
+    for passed in result.passed_over:
+        if passed.reason_code in connector.config.row_errors:
+            print(f"status row {passed.key} passed over ({passed.reason_code}): {passed.reason}")
+    for case in result.unverified:
+        print(f"case {case.key} failed end-to-end verification: {case.reason}")
     refused = {entry.seq for entry in result.failed}
     for entry in connector.state.outbox(FAILED):
         if entry.seq in refused:
@@ -49,4 +70,4 @@ def _report_once(connector: DepartmentConnector) -> int:
     print(result.summary())
     if result.unreachable:
         return 3
-    return 1 if result.failed or result.unverified else 0
+    return 1 if result.failed or result.unverified or result.row_errors else 0

@@ -23,6 +23,17 @@ Relative paths are relative to the file; SQLAlchemy URLs are not::
     certificate_column = "licence_id"  # optional: certificate issued on COMPLETED (出证证照标识)
     poll_seconds = 5                   # loop mode: how often the status table is read
     batch_size = 500
+    overlap_seconds = 60               # each read starts this far below the watermark, so a
+                                       # row committed late (its transaction stamped it
+                                       # earlier) is still sent; rows read before are known
+                                       # by event id. Longer than the longest transaction
+                                       # writing the status table. (Units of a numeric
+                                       # updated_at; a date or text column re-reads from the
+                                       # watermark's own value.)
+    counter_cases = true               # the status table also holds the department's own
+                                       # counter cases (窗口件): rows for cases the hub never
+                                       # dispatched here are logged and listed, not errors;
+                                       # false: every such row is an error (status exits 1)
 
     [status_codes]                     # native code -> stage (English name or Chinese term)
     "01" = "ACCEPTED"                  # 受理
@@ -31,8 +42,11 @@ Relative paths are relative to the file; SQLAlchemy URLs are not::
     "11" = ""                          # an internal step the hub is not told about
 
     [state]
-    path = "department-state.sqlite"   # cursor, watermark and outbox (local SQLite file)
-    keep_sent_days = 30                # sent pushes are kept this long for inspection
+    path = "department-state.sqlite"   # cursor, watermark, outbox and the row_status view
+    keep_sent_days = 30                # sent pushes (and rows passed over by design) are
+                                       # kept this long for inspection
+    stuck_after_seconds = 600          # `xhub-connector status`: a push waiting this long
+                                       # is stuck (exit code 5)
 
 Stages a department may report: ACCEPTED 受理, NOT_ACCEPTED 不予受理, UNDER_REVIEW 审核,
 SUPPLEMENT_REQUIRED 补正, APPROVED 审批通过, REJECTED 不予许可, COMPLETED 办结, DELIVERED 出件.
@@ -52,6 +66,7 @@ from xhub.connectors.common.config import (
     ConfigFile,
     ConnectorConfigError,
 )
+from xhub.connectors.department.reasons import CASE_NOT_DISPATCHED, ROW_ERRORS
 from xhub.protocol.stages import TRANSITIONS, Actor, Stage
 
 DEPARTMENT_STAGES: Final = frozenset(
@@ -101,6 +116,14 @@ class DepartmentConfig:
     backoff: Backoff = field(default_factory=Backoff)
     subscribe_seconds: float = 2.0
     keep_sent_days: int = 30
+    overlap_seconds: float = 60.0
+    counter_cases: bool = True
+    stuck_after_seconds: float = 600.0
+
+    @property
+    def row_errors(self) -> frozenset[str]:
+        """The reasons a row is passed over that a person must fix (``status`` exits 1)."""
+        return ROW_ERRORS if self.counter_cases else ROW_ERRORS | {CASE_NOT_DISPATCHED}
 
 
 def stage_of(name: str) -> Stage | None:
@@ -132,6 +155,8 @@ _DEPARTMENT_KEYS = {
     "certificate_column",
     "poll_seconds",
     "batch_size",
+    "overlap_seconds",
+    "counter_cases",
 }
 
 
@@ -164,7 +189,7 @@ def load_department_config(path: Path) -> DepartmentConfig:
     )
     hub = file.section("hub", _HUB_KEYS)
     department = file.section("department", _DEPARTMENT_KEYS)
-    state = file.section("state", {"path", "keep_sent_days"})
+    state = file.section("state", {"path", "keep_sent_days", "stuck_after_seconds"})
     config = DepartmentConfig(
         bundle=file.relative(hub.get("bundle", str)),
         address=hub.values.get("address") or None,
@@ -185,6 +210,9 @@ def load_department_config(path: Path) -> DepartmentConfig:
         batch_size=department.get("batch_size", int, 500),
         state_path=file.relative(state.get("path", str, "department-state.sqlite")),
         keep_sent_days=state.get("keep_sent_days", int, 30),
+        overlap_seconds=department.get("overlap_seconds", float, 60.0),
+        counter_cases=department.get("counter_cases", bool, True),
+        stuck_after_seconds=state.get("stuck_after_seconds", float, 600.0),
         backoff=Backoff.from_section(hub),
         subscribe_seconds=hub.get("subscribe_seconds", float, 2.0),
     )
@@ -194,6 +222,8 @@ def load_department_config(path: Path) -> DepartmentConfig:
         raise DepartmentConfigError(
             f"{path}: subscribe_seconds must be > 0 and keep_sent_days >= 0"
         )
+    if min(config.overlap_seconds, config.stuck_after_seconds) < 0:
+        raise DepartmentConfigError(f"{path}: overlap_seconds and stuck_after_seconds must be >= 0")
     if config.inbox_table == config.status_table:
         raise DepartmentConfigError(f"{path}: inbox_table and status_table must differ")
     return config

@@ -32,9 +32,21 @@ Status rows are read in ``(updated_at, key)`` order, so ``updated_at`` must grow
 written. A process log (one row per step) reports every step; a table updated in place
 reports only the latest status of each poll, so a case moved through two stages within one
 poll skips a stage and the hub refuses the push. A row repeating the stage last queued for
-its case (only the note changed, say) is not pushed. Rows about cases the hub never
-dispatched here (the department's own counter cases) are passed over; rows with an unknown
-status code or no case number are recorded as skipped (see ``DepartmentState.skipped``).
+its case (only the note changed, say) is not pushed (STAGE_UNCHANGED).
+
+Nothing is dropped silently: every row read is queued or *passed over* with a reason code
+(``reasons.py``): NO_CASE_NUMBER and UNMAPPED_STATUS_CODE are errors in the row;
+CASE_NOT_DISPATCHED (a case the hub never dispatched here: the department's own counter
+case, or a mistyped number) is one too with ``counter_cases = false``; INTERNAL_STEP and
+STAGE_UNCHANGED are by design. Each is recorded in the state file (the ``row_status`` view,
+see ``outbox.py``) and, unless by design, logged as a WARNING naming the row's key, case
+number, status code and reason, never its note; ``--once`` prints the errors and exits 1.
+``xhub-connector status department.toml [--json]`` (``status.py``) lists pending, sent,
+refused and passed-over rows. A row is reported once: read again, it is known by its event
+id. Rows committed late, with an updated_at below the watermark, are still read and sent:
+each pass re-reads from ``overlap_seconds`` below the watermark (``common/state.py``); a
+late row may then reach the hub after a later step of its case, which the hub refuses as
+an illegal transition (recorded as refused) rather than the row being lost.
 
 Delivery of pushes: the outbox is drained strictly in the order rows were read, so a
 case's later push is never sent before an earlier one. While the hub is unreachable
@@ -52,30 +64,42 @@ stops the connector.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import grpc
 from sqlalchemy import Engine, MetaData, Table, create_engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from xhub.connectors.common.retry import call_hub, retryable
-from xhub.connectors.common.state import RowError, rows_after
+from xhub.connectors.common.state import RowError, scan_rows
 from xhub.connectors.department.config import (
     DepartmentConfig,
     DepartmentConfigError,
     load_department_config,
 )
 from xhub.connectors.department.inbox import open_inbox, store_case
-from xhub.connectors.department.outbox import PENDING, DepartmentState, OutboxEntry, StatusRow
+from xhub.connectors.department.outbox import (
+    PENDING,
+    DepartmentState,
+    Ingested,
+    OutboxEntry,
+    PassedRow,
+)
+from xhub.connectors.department.reasons import (
+    CASE_NOT_DISPATCHED,
+    INTERNAL_STEP,
+    NO_CASE_NUMBER,
+    STAGE_UNCHANGED,
+    UNMAPPED_STATUS_CODE,
+)
+from xhub.connectors.department.rows import map_status_row, text_of
 from xhub.connectors.sdk.client import HubClient, RetryPolicy, secure_channel
 from xhub.protocol.bundle import MemberBundle
 from xhub.protocol.errors import BadResponseError, RefusedError, XhubError
@@ -84,30 +108,11 @@ from xhub.v1 import case_pb2
 log = logging.getLogger("xhub.connector.department")
 T = TypeVar("T")
 
-_MISSING_SPLIT = re.compile(r"[\n;；、]+")
-
-
-def parse_missing_items(value: Any) -> tuple[str, ...]:
-    """补正材料 as the department wrote them: a JSON list, or items split by ; ； 、 or lines."""
-    if value is None:
-        return ()
-    text = str(value).strip()
-    if text.startswith("["):
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, list):
-            return tuple(str(item).strip() for item in parsed if str(item).strip())
-    return tuple(part.strip() for part in _MISSING_SPLIT.split(text) if part.strip())
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
-
-
 # -- the connector --------------------------------------------------------------------------------
 
+
+_BY_DESIGN: Final = frozenset({INTERNAL_STEP, STAGE_UNCHANGED})
+"""Rows passed over as configured: recorded, logged at DEBUG only."""
 
 _ZH_OUTCOME: Final = MappingProxyType(
     {"new": "已接收", "updated": "已更新", "withdrawn": "已撤回", "duplicate": "重复"}
@@ -125,7 +130,9 @@ class PassResult:
     unchanged: int = 0
     ignored: int = 0
     foreign: int = 0
-    skipped: list[RowError] = field(default_factory=list)
+    skipped: list[RowError] = field(default_factory=list)  # passed over for an error
+    passed_over: list[PassedRow] = field(default_factory=list)  # every row passed over
+    row_errors: int = 0  # rows passed over that a person must fix (config.row_errors)
     unverified: list[RowError] = field(default_factory=list)  # cases kept out of the inbox
     sent: int = 0
     failed: list[OutboxEntry] = field(default_factory=list)
@@ -137,7 +144,7 @@ class PassResult:
             f"inbound (收件): {self.received} case(s), {self.withdrawn} withdrawn (撤回), "
             f"{self.duplicates} repeated; outbound (状态回传): {self.queued} queued, "
             f"{self.sent} sent, {len(self.failed)} refused, {self.pending} waiting in the "
-            f"outbox; {len(self.skipped)} row(s) skipped"
+            f"outbox; {len(self.skipped)} row(s) skipped, {len(self.passed_over)} passed over"
         )
         if self.unverified:
             text += f"; {len(self.unverified)} case(s) failed end-to-end verification"
@@ -310,75 +317,57 @@ class DepartmentConnector:
         with self.department.connect() as connection:
             return set(connection.scalars(select(column).where(column.in_(case_numbers))))
 
-    def _map_row(self, row: Mapping[str, Any], ours: set[str]) -> StatusRow | None:
-        columns = self.config.columns
-        key, stamp = row[columns.key], row[columns.updated_at]
-        case_number = _text(row[columns.case])
-        native = _text(row[columns.status])
-        if not case_number:
-            return StatusRow(key, stamp, "", native, skip_reason="no case number (办件编号为空)")
-        if case_number not in ours:
-            return None  # not a case the hub dispatched here (e.g. a counter case)
-        if native not in self.config.status_codes:
-            return StatusRow(
-                key,
-                stamp,
-                case_number,
-                native,
-                skip_reason=f"status code {native!r} is not in [status_codes] (未映射的状态码)",
-            )
-        return StatusRow(
-            key,
-            stamp,
-            case_number,
-            native,
-            stage=self.config.status_codes[native],
-            note=_text(row[columns.note]) if columns.note else "",
-            missing_items=(
-                parse_missing_items(row[columns.missing_items]) if columns.missing_items else ()
-            ),
-            certificate_identifier=_text(row[columns.certificate]) if columns.certificate else "",
-        )
-
     def collect(self, result: PassResult | None = None) -> int:
-        """Queue every status row after the watermark; returns the pushes queued."""
+        """Queue every status row from the watermark's overlap window on; returns the pushes
+        queued. Rows read before are recognised by event id and change nothing."""
         result = result if result is not None else PassResult()
+        columns = self.config.columns
         queued = 0
-        while not self.stop.is_set():
-            rows = rows_after(
-                self.department,
-                self.status,
-                updated_at_column=self.config.columns.updated_at,
-                key_column=self.config.columns.key,
-                after=self.state.watermark(),
-                limit=self.config.batch_size,
-            )
-            if not rows:
+        batches = scan_rows(
+            self.department,
+            self.status,
+            updated_at_column=columns.updated_at,
+            key_column=columns.key,
+            watermark=self.state.watermark(),
+            overlap_seconds=self.config.overlap_seconds,
+            limit=self.config.batch_size,
+        )
+        for rows in batches:
+            if self.stop.is_set():
                 break
-            case_column = self.config.columns.case
-            ours = self._ours({_text(r[case_column]) for r in rows} - {""})
-            mapped: list[StatusRow] = []
-            foreign = 0
-            for row in rows:
-                status_row = self._map_row(row, ours)
-                if status_row is None:
-                    foreign += 1
-                    columns = self.config.columns
-                    # Still moves the watermark: an entry with no stage is only counted.
-                    status_row = StatusRow(row[columns.key], row[columns.updated_at], "", "")
-                elif status_row.skip_reason:
-                    log.warning("status row %r skipped: %s", status_row.key, status_row.skip_reason)
-                    result.skipped.append(RowError(status_row.key, status_row.skip_reason))
-                mapped.append(status_row)
-            counts = self.state.ingest(mapped)
-            result.queued += counts["queued"]
-            result.unchanged += counts["unchanged"]
-            result.ignored += counts["ignored"] - foreign
-            result.foreign += foreign
-            queued += counts["queued"]
+            ours = self._ours({text_of(r[columns.case]) for r in rows} - {""})
+            done = self.state.ingest([map_status_row(self.config, row, ours) for row in rows])
+            self._report(done, result)
+            queued += done.queued
         if queued:
             self._wake.set()
         return queued
+
+    def _report(self, done: Ingested, result: PassResult) -> None:
+        """Count what a batch did, and log each row passed over (WARNING unless by design)."""
+        result.queued += done.queued
+        for row in done.passed:
+            result.passed_over.append(row)
+            if row.reason_code == STAGE_UNCHANGED:
+                result.unchanged += 1
+            elif row.reason_code == INTERNAL_STEP:
+                result.ignored += 1
+            if row.reason_code == CASE_NOT_DISPATCHED:
+                result.foreign += 1
+            if row.reason_code in self.config.row_errors:
+                result.row_errors += 1
+            if row.reason_code in (NO_CASE_NUMBER, UNMAPPED_STATUS_CODE):
+                result.skipped.append(RowError(row.key, row.reason))
+            level = logging.DEBUG if row.reason_code in _BY_DESIGN else logging.WARNING
+            log.log(
+                level,
+                "status row %r (case %s, status code %r) passed over (未回传), %s: %s",
+                row.key,
+                row.case_number or "-",
+                row.native_code,
+                row.reason_code,
+                row.reason,
+            )
 
     # -- outbound: the sender ---------------------------------------------------------------------
 
@@ -416,7 +405,11 @@ class DepartmentConnector:
                 entry.stage.label,
                 " (already applied 重复)" if answer.duplicate else "",
             )
-        self.state.prune_sent(timedelta(days=self.config.keep_sent_days))
+        self.state.prune_sent(
+            timedelta(days=self.config.keep_sent_days),
+            overlap_seconds=self.config.overlap_seconds,
+            errors=self.config.row_errors,
+        )
 
     def _push(
         self, client: HubClient, entry: OutboxEntry, *, bounded: bool

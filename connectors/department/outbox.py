@@ -1,16 +1,35 @@
 """The department connector's local state (SQLite): the subscription cursor, the status-table
-watermark, the rows skipped, and the durable outbox of pushes.
+watermark, the rows passed over, and the durable outbox of pushes.
 
 A batch of status rows becomes pushes in the same transaction that moves the watermark, so a
 crash never loses a row nor queues one twice; the outbox is drained strictly oldest first.
+Every row read is either queued (``outbox``) or *passed over* (``passed_over``, with a
+reason code), never dropped: a row read again (the watermark's overlap window) is
+recognised by its event id and changes nothing.
+
+The department reads the outcome of each of its rows in the view ``row_status``::
+
+    row_key       the status table's key (as the department wrote it)
+    updated_at    its updated_at, as kept by the connector (JSON ["type", "value"])
+    case_number   办件编号;  native_code  the department's status code
+    state         pending (待回传) | sent (已回传) | refused (推送被拒) | passed_over (未回传)
+    reason_code   "" | HUB_REFUSED | why it was passed over (``reasons.PASS_REASONS``)
+    reason        why (the hub's refusal, the last transport error of a waiting push, or
+                  why the row is passed over); never the row's note or form
+    recorded_at   when it was queued, answered or passed over (ISO 8601, UTC)
+
+e.g. ``sqlite3 department-state.sqlite "SELECT * FROM row_status WHERE state != 'sent'"``.
+Sent pushes and rows passed over by design (``INTERNAL_STEP``, ``STAGE_UNCHANGED``,
+``CASE_NOT_DISPATCHED``) are kept ``keep_sent_days``; refused pushes and rows passed over
+for an error until the row changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +37,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Integer,
     MetaData,
     Table,
@@ -25,22 +45,31 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    text,
     update,
 )
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from xhub.connectors.common.state import (
     LocalState,
     RowError,
+    Watermark,
+    decode_value,
     encode_value,
     now_text,
-    row_errors_table,
+    rewind,
     watermark_table,
+)
+from xhub.connectors.department.reasons import (
+    HUB_REFUSED,
+    INTERNAL_STEP,
+    ROW_ERRORS,
+    STAGE_UNCHANGED,
 )
 from xhub.protocol.stages import Stage
 from xhub.v1 import case_pb2
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
+
 
 _state_metadata = MetaData()
 _cursor = Table(
@@ -79,7 +108,30 @@ _last_stage = Table(  # the stage last queued per case, to pass over rows that r
     Column("stage", Integer, nullable=False),
     Column("seq", Integer, nullable=False),
 )
-_skipped = row_errors_table("skipped_rows", _state_metadata)
+_passed_over = Table(  # one line per status-table row whose latest version was not queued
+    "passed_over",
+    _state_metadata,
+    Column("row_key", Text, primary_key=True),
+    Column("updated_at", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("case_number", Text, nullable=False),
+    Column("native_code", Text, nullable=False),
+    Column("reason_code", Text, nullable=False, index=True),
+    Column("reason", Text, nullable=False),
+    Column("recorded_at", Text, nullable=False),
+)
+_ROW_STATUS_VIEW = f"""
+CREATE VIEW IF NOT EXISTS row_status AS
+SELECT json_extract(row_key, '$[1]') AS row_key, row_updated_at AS updated_at, case_number,
+       native_code, CASE state WHEN '{FAILED}' THEN 'refused' ELSE state END AS state,
+       CASE state WHEN '{FAILED}' THEN '{HUB_REFUSED}' ELSE '' END AS reason_code,
+       error AS reason, COALESCE(sent_at, created_at) AS recorded_at
+  FROM outbox
+UNION ALL
+SELECT json_extract(row_key, '$[1]'), updated_at, case_number, native_code, 'passed_over',
+       reason_code, reason, recorded_at
+  FROM passed_over
+"""
 
 
 @dataclass(frozen=True)
@@ -97,6 +149,31 @@ class OutboxEntry:
     state: str
     attempts: int
     error: str
+    row_key: Any = None
+    created_at: str = ""
+    answered_at: str = ""  # when the hub took or refused it
+
+
+@dataclass(frozen=True)
+class PassedRow:
+    """A status row passed over, and why (never its note or form)."""
+
+    key: Any
+    case_number: str
+    native_code: str
+    reason_code: str
+    reason: str
+    recorded_at: str = ""
+
+
+@dataclass
+class Ingested:
+    """What ``DepartmentState.ingest`` did with a batch; rows it had seen before are only
+    counted (``seen``)."""
+
+    queued: int = 0
+    seen: int = 0
+    passed: list[PassedRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -111,7 +188,8 @@ class StatusRow:
     note: str = ""
     missing_items: tuple[str, ...] = ()
     certificate_identifier: str = ""
-    skip_reason: str = ""
+    reason_code: str = ""  # set: passed over, for this reason (PASS_REASONS)
+    reason: str = ""
 
     @property
     def event_id(self) -> str:
@@ -136,6 +214,65 @@ def _entry(row: Any) -> OutboxEntry:
         state=row.state,
         attempts=row.attempts,
         error=row.error,
+        row_key=decode_value(row.row_key),
+        created_at=row.created_at,
+        answered_at=row.sent_at or "",
+    )
+
+
+def _seen(connection: Connection, row: StatusRow) -> bool:
+    """True when this very version of the row was queued or passed over before."""
+    if connection.scalar(select(_outbox.c.seq).where(_outbox.c.event_id == row.event_id)):
+        return True
+    passed = connection.scalar(
+        select(_passed_over.c.event_id).where(_passed_over.c.row_key == encode_value(row.key))
+    )
+    return passed == row.event_id
+
+
+def _pass_over(connection: Connection, row: StatusRow, now: str) -> PassedRow:
+    row_key = encode_value(row.key)
+    connection.execute(delete(_passed_over).where(_passed_over.c.row_key == row_key))
+    connection.execute(
+        insert(_passed_over).values(
+            row_key=row_key,
+            updated_at=encode_value(row.updated_at),
+            event_id=row.event_id,
+            case_number=row.case_number,
+            native_code=row.native_code,
+            reason_code=row.reason_code,
+            reason=row.reason,
+            recorded_at=now,
+        )
+    )
+    return PassedRow(row.key, row.case_number, row.native_code, row.reason_code, row.reason, now)
+
+
+def _queue(connection: Connection, row: StatusRow, stage: Stage, now: str) -> None:
+    """A new push in the outbox; the row's earlier version is no longer passed over."""
+    row_key = encode_value(row.key)
+    added = connection.execute(
+        insert(_outbox).values(
+            event_id=row.event_id,
+            case_number=row.case_number,
+            stage=int(stage),
+            native_code=row.native_code,
+            note=row.note,
+            missing_items=json.dumps(list(row.missing_items), ensure_ascii=False),
+            certificate_identifier=row.certificate_identifier,
+            row_key=row_key,
+            row_updated_at=encode_value(row.updated_at),
+            state=PENDING,
+            attempts=0,
+            error="",
+            created_at=now,
+        )
+    )
+    seq = int(added.lastrowid)
+    connection.execute(delete(_passed_over).where(_passed_over.c.row_key == row_key))
+    connection.execute(delete(_last_stage).where(_last_stage.c.case_number == row.case_number))
+    connection.execute(
+        insert(_last_stage).values(case_number=row.case_number, stage=int(stage), seq=seq)
     )
 
 
@@ -144,9 +281,9 @@ class DepartmentState(LocalState):
 
     def __init__(self, path: Path) -> None:
         # Three threads in loop mode: receiver, reader and sender.
-        super().__init__(
-            path, _state_metadata, watermark=_watermark, row_errors=_skipped, pool_size=3
-        )
+        super().__init__(path, _state_metadata, watermark=_watermark, pool_size=3)
+        with self.engine.begin() as connection:
+            connection.execute(text(_ROW_STATUS_VIEW))
 
     # -- inbound ------------------------------------------------------------------------------
 
@@ -177,61 +314,39 @@ class DepartmentState(LocalState):
 
     # -- outbound: reading the status table -------------------------------------------------------
 
-    def ingest(self, rows: Sequence[StatusRow]) -> dict[str, int]:
-        """Queue the pushes of a batch and move the watermark past it, in one transaction."""
-        counts = {"queued": 0, "unchanged": 0, "ignored": 0, "skipped": 0}
+    def ingest(self, rows: Sequence[StatusRow]) -> Ingested:
+        """Queue the pushes of a batch, record the rows passed over, and move the watermark
+        to the batch's last row, in one transaction. Rows handled before are only counted."""
+        done = Ingested()
         if not rows:
-            return counts
+            return done
         now = now_text()
         with self.engine.begin() as connection:
             for row in rows:
-                self.set_row_error(connection, row.key, row.updated_at, row.skip_reason)
-                if row.skip_reason:
-                    counts["skipped"] += 1
+                if _seen(connection, row):
+                    done.seen += 1
                     continue
-                if row.stage is None:
-                    counts["ignored"] += 1
-                    continue
-                last = connection.scalar(
-                    select(_last_stage.c.stage).where(_last_stage.c.case_number == row.case_number)
-                )
-                if last == int(row.stage):
-                    counts["unchanged"] += 1
-                    continue
-                added = connection.execute(
-                    sqlite_insert(_outbox)
-                    .values(
-                        event_id=row.event_id,
-                        case_number=row.case_number,
-                        stage=int(row.stage),
-                        native_code=row.native_code,
-                        note=row.note,
-                        missing_items=json.dumps(list(row.missing_items), ensure_ascii=False),
-                        certificate_identifier=row.certificate_identifier,
-                        row_key=encode_value(row.key),
-                        row_updated_at=encode_value(row.updated_at),
-                        state=PENDING,
-                        attempts=0,
-                        error="",
-                        created_at=now,
+                passed = row
+                if not row.reason_code and row.stage is None:
+                    passed = replace(row, reason_code=INTERNAL_STEP, reason="not reported")
+                elif not row.reason_code and row.stage is not None:
+                    last = connection.scalar(
+                        select(_last_stage.c.stage).where(
+                            _last_stage.c.case_number == row.case_number
+                        )
                     )
-                    .on_conflict_do_nothing(index_elements=["event_id"])
-                )
-                if added.rowcount != 1:
-                    counts["unchanged"] += 1  # this very row was queued before
-                    continue
-                seq = int(added.lastrowid)
-                connection.execute(
-                    delete(_last_stage).where(_last_stage.c.case_number == row.case_number)
-                )
-                connection.execute(
-                    insert(_last_stage).values(
-                        case_number=row.case_number, stage=int(row.stage), seq=seq
+                    if last != int(row.stage):
+                        _queue(connection, row, row.stage, now)
+                        done.queued += 1
+                        continue
+                    passed = replace(
+                        row,
+                        reason_code=STAGE_UNCHANGED,
+                        reason=f"stage {row.stage.label} already queued",
                     )
-                )
-                counts["queued"] += 1
+                done.passed.append(_pass_over(connection, passed, now))
             self.save_watermark(connection, rows[-1].updated_at, rows[-1].key)
-        return counts
+        return done
 
     # -- outbound: the sender -------------------------------------------------------------------
 
@@ -271,7 +386,12 @@ class DepartmentState(LocalState):
             connection.execute(
                 update(_outbox)
                 .where(_outbox.c.seq == entry.seq)
-                .values(state=FAILED, attempts=_outbox.c.attempts + 1, error=error[:2000])
+                .values(
+                    state=FAILED,
+                    attempts=_outbox.c.attempts + 1,
+                    error=error[:2000],
+                    sent_at=now_text(),  # when the hub answered, here with a refusal
+                )
             )
             # The hub did not take this stage, so a later row repeating it is a new attempt.
             connection.execute(
@@ -280,13 +400,37 @@ class DepartmentState(LocalState):
                 )
             )
 
-    def prune_sent(self, keep: timedelta) -> int:
-        cutoff = (datetime.now(UTC) - keep).isoformat()
+    def prune_sent(
+        self,
+        older_than: timedelta,
+        *,
+        overlap_seconds: float = 0.0,
+        errors: Collection[str] = ROW_ERRORS,
+    ) -> int:
+        """Forget sent pushes, and rows passed over for a reason not in ``errors``, older than
+        ``older_than``; except those the next pass re-reads (at or above the watermark rewound
+        by ``overlap_seconds``): their event ids keep them from being queued twice."""
+        cutoff = (datetime.now(UTC) - older_than).isoformat()
+        mark = self.watermark()
         with self.engine.begin() as connection:
-            result = connection.execute(
-                delete(_outbox).where(_outbox.c.state == SENT, _outbox.c.sent_at < cutoff)
-            )
-        return int(result.rowcount)
+            sent = connection.execute(
+                select(_outbox.c.seq, _outbox.c.row_updated_at).where(
+                    _outbox.c.state == SENT, _outbox.c.sent_at < cutoff
+                )
+            ).all()
+            passed = connection.execute(
+                select(_passed_over.c.row_key, _passed_over.c.updated_at).where(
+                    _passed_over.c.reason_code.not_in(list(errors)),
+                    _passed_over.c.recorded_at < cutoff,
+                )
+            ).all()
+            old_seqs = [seq for seq, stamp in sent if _below(stamp, mark, overlap_seconds)]
+            old_keys = [key for key, stamp in passed if _below(stamp, mark, overlap_seconds)]
+            for chunk in _chunks(old_seqs):
+                connection.execute(delete(_outbox).where(_outbox.c.seq.in_(chunk)))
+            for chunk in _chunks(old_keys):
+                connection.execute(delete(_passed_over).where(_passed_over.c.row_key.in_(chunk)))
+        return len(old_seqs) + len(old_keys)
 
     # -- inspection -------------------------------------------------------------------------------
 
@@ -299,6 +443,39 @@ class DepartmentState(LocalState):
         with self.engine.connect() as connection:
             return [_entry(row) for row in connection.execute(query)]
 
+    def passed_over(self) -> list[PassedRow]:
+        """Status rows passed over, with why, oldest first."""
+        table = _passed_over
+        query = select(table).order_by(table.c.recorded_at, table.c.row_key)
+        with self.engine.connect() as connection:
+            return [
+                PassedRow(
+                    decode_value(r.row_key),
+                    r.case_number,
+                    r.native_code,
+                    r.reason_code,
+                    r.reason,
+                    r.recorded_at,
+                )
+                for r in connection.execute(query)
+            ]
+
     def skipped(self) -> list[RowError]:
-        """Status rows passed over (unknown status code, no case number), oldest first."""
-        return self.row_errors()
+        """Status rows passed over for an error (no case number, unknown status code)."""
+        return [
+            RowError(r.key, r.reason) for r in self.passed_over() if r.reason_code in ROW_ERRORS
+        ]
+
+
+def _below(stamp: str, mark: Watermark | None, overlap_seconds: float) -> bool:
+    """True when a row of this updated_at is no longer re-read by the next pass."""
+    if mark is None:
+        return True
+    try:
+        return bool(decode_value(stamp) < rewind(mark[0], overlap_seconds))
+    except TypeError:  # a column whose type changed: not comparable, keep the line
+        return False
+
+
+def _chunks(items: list[Any], size: int = 500) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

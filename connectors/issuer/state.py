@@ -17,6 +17,7 @@ from xhub.certificates_store.model import Status
 from xhub.connectors.common.state import (
     LocalState,
     RowError,
+    decode_value,
     encode_value,
     now_text,
     row_errors_table,
@@ -46,6 +47,7 @@ class PublishedState:
     status: Status
     raw_status: str
     fingerprint: str
+    synced_at: str = ""  # as read from the state file
 
 
 class SyncState(LocalState):
@@ -66,6 +68,25 @@ class SyncState(LocalState):
         return PublishedState(
             row.identifier, row.version, row.status, row.raw_status, row.fingerprint
         )
+
+    def published_rows(self) -> list[tuple[Any, PublishedState]]:
+        """Every row published, by key, oldest first."""
+        query = select(_published).order_by(_published.c.synced_at, _published.c.row_key)
+        with self.engine.connect() as connection:
+            return [
+                (
+                    decode_value(row.row_key),
+                    PublishedState(
+                        row.identifier,
+                        row.version,
+                        row.status,
+                        row.raw_status,
+                        row.fingerprint,
+                        row.synced_at,
+                    ),
+                )
+                for row in connection.execute(query)
+            ]
 
     def errors(self) -> list[RowError]:
         """Rows the hub refused or that failed validation, oldest first."""
