@@ -27,13 +27,12 @@ from xhub.hub.cases.rules import (
     PushRows,
     References,
     Request,
-    SubmitRows,
     decide_push,
     decide_resubmit,
-    decide_submit,
     decide_withdraw,
     supervision_due,
 )
+from xhub.hub.cases.submission import SubmitRows, SubmittedCase, decide_submit
 from xhub.protocol.stages import Stage
 from xhub.v1 import case_pb2, certificate_pb2, envelope_pb2, intake_pb2, material_pb2
 
@@ -389,7 +388,10 @@ def test_a_submission_is_dispatched_to_every_department() -> None:
 
 SUBMIT_REFUSALS = [
     ("unbound", SubmitRows(None), Refusal.UNBOUND, ""),
-    ("already-submitted", SubmitRows(PREPARED, True, frozenset({DEPT, DEPT2})),
+    ("already-submitted-with-other-content",
+     SubmitRows(PREPARED, SubmittedCase(NUMBER, "PC1", PLATFORM, COMPANY,
+                                        envelope_pb2.Envelope(payload=b"").SerializeToString(),
+                                        (DEPT, DEPT2)), frozenset({DEPT, DEPT2})),
      Refusal.STATUS_TRANSITION, COMPANY),
     ("item-gone", SubmitRows(replace(PREPARED, item=None)), Refusal.NOT_FOUND, COMPANY),
     ("no-department", SubmitRows(replace(PREPARED, item=intake_pb2.Item(code="I"))),
