@@ -1,5 +1,7 @@
 """Field limits (字段上限): every id, free-text and repeated field of a case or intake request
-is bounded, and checked before anything is read or written.
+is bounded, and checked before anything is read or written. (The header's fields and the
+payload's size are the kernel's: ``xhub.protocol.envelope.HEADER_LIMITS`` and
+``MAX_PAYLOAD_BYTES``, checked when the envelope is opened.)
 
 A table maps a field name to its bound: ``Id`` (an identifier: at most ``chars`` characters,
 no control character — PostgreSQL text cannot hold NUL, and no id needs one), ``Text`` (free
@@ -61,13 +63,9 @@ CASE_NUMBER = Id(40)
 EVENT_ID = Id(64)
 CERTIFICATE_ID = Id(160)
 MATERIAL_ID = Id(40)
-PURPOSE = Text(200)  # 用证事由 (prepared_cases.purpose)
 HOLDER_CODE = Id(32)  # USCC (18) or citizen id (18)
 CODE = Id(64)  # an item code or certificate type code
 REFERENCES = 50  # certificates or materials one request names
-
-HEADER: Fields = {"case_id": CASE_ID, "purpose": PURPOSE}
-"""What a case or intake request's header may carry besides what the gate checks."""
 
 INTAKE: Mapping[type[Message], Fields] = {
     intake_pb2.ItemLookup: {"code": CODE},
@@ -103,11 +101,10 @@ def check_string(value: str, field: str, limit: Id | Text) -> None:
         raise _refuse(field, limit.chars, "contains a control character")
 
 
-def check(message: Message, fields: Fields, *, prefix: str = "") -> None:
+def check(message: Message, fields: Fields) -> None:
     """Every field of ``message`` that ``fields`` names is within its bound."""
-    for name, limit in fields.items():
-        value = getattr(message, name)
-        field = prefix + name
+    for field, limit in fields.items():
+        value = getattr(message, field)
         if not isinstance(limit, Many):
             check_string(value, field, limit)
             continue
@@ -120,11 +117,6 @@ def check(message: Message, fields: Fields, *, prefix: str = "") -> None:
         for key, element in value.items():
             check_string(key, field, limit.each)
             check_string(element, field, limit.value)
-
-
-def check_header(header: envelope_pb2.Header) -> None:
-    """The header fields a case or intake request uses (case_id, purpose) are bounded."""
-    check(header, HEADER, prefix="header.")
 
 
 def check_envelope(envelope: envelope_pb2.Envelope, limit_bytes: int) -> None:

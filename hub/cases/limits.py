@@ -13,9 +13,9 @@ hub streams is one of three bodies, hub-signed:
 
 Every body is checked once more when it is made (``check_event``: at most
 ``MAX_EVENT_BYTES``, 6 MiB, else the request is refused and nothing is written), and a
-hub-signed wrapper adds at most ``WRAP_BYTES`` (the header: hub id, the subscriber's id, its
-bounded case_id and purpose, message ids; one signature). So every streamed message is at
-most ``MAX_EVENT_BYTES + WRAP_BYTES`` < ``SDK_RECEIVE_LIMIT``;
+hub-signed wrapper adds at most ``WRAP_BYTES`` (the header: hub id, the subscriber's id,
+its case_id and purpose as the kernel bounds them, message ids; one signature). So every
+streamed message is at most ``MAX_EVENT_BYTES + WRAP_BYTES`` < ``SDK_RECEIVE_LIMIT``;
 ``tests/test_cases_limits.py`` builds the largest legitimate bodies from these tables and
 checks each step of this sum.
 """
@@ -89,14 +89,11 @@ REQUEST_BYTES: Mapping[type[Message], int] = {
 """The whole signed request (header, unknown fields, signatures): stored and forwarded as is."""
 
 
-def check_request(
-    envelope: envelope_pb2.Envelope, header: envelope_pb2.Header, message: Message
-) -> None:
-    """A case request's envelope, header and payload fields are within their bounds."""
+def check_request(envelope: envelope_pb2.Envelope, message: Message) -> None:
+    """A case request's payload fields, then its whole envelope, are within their bounds."""
     kind = type(message)
+    fields.check(message, PAYLOADS[kind])  # first: a field's name says more than a size
     fields.check_envelope(envelope, REQUEST_BYTES[kind])
-    fields.check_header(header)
-    fields.check(message, PAYLOADS[kind])
 
 
 def check_event(body: Message) -> None:

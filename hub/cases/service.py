@@ -60,7 +60,7 @@ class CaseService(CaseStreams):
         events are committed."""
 
         def bounded(call: Call[M]) -> Message:
-            limits.check_request(call.admitted.opened.envelope, call.header, call.message)
+            limits.check_request(call.admitted.opened.envelope, call.message)
             return handler(call)
 
         ruled = refusing(bounded)

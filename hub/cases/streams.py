@@ -96,7 +96,7 @@ class CaseStreams(Service):
             require_role=role,
         )
         try:
-            limits.check_request(envelope, admitted.header, admitted.message)
+            limits.check_request(envelope, admitted.message)
         except RuleError as exc:
             await runtime.refuse(context, draft, refusal(exc))
         await runtime.run_blocking(

@@ -1,8 +1,8 @@
 """IntakeService (一窗受理): items, the one-time checklist, purpose-bound pulls, verification.
 
-Every request's header (case_id, purpose) and fields are bounded before anything is read
-(``hub.binding.limits.INTAKE``): an id over its length or with a control character is
-refused ``INVALID_ARGUMENT INVALID_FIELD`` naming the field and its limit.
+Every request's fields are bounded before anything is read (``hub.binding.limits.INTAKE``):
+an id over its length or with a control character is refused ``INVALID_ARGUMENT
+INVALID_FIELD`` naming the field and its limit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from xhub.certificates_store import store
 from xhub.certificates_store.model import STATUS_NAMES, VALID, CertificateDataError, validate_holder
 from xhub.certificates_store.schema import CertificateRow
-from xhub.hub.binding.limits import INTAKE, check, check_header
+from xhub.hub.binding.limits import INTAKE, check
 from xhub.hub.binding.purpose import bound_case, refusing
 from xhub.hub.binding.rules import LEGAL_REP, check_pull, check_purpose
 from xhub.hub.catalog import store as catalog
@@ -61,10 +61,9 @@ class IntakeService(Service):
 
 
 def _bounded(handler: Callable[[Call[M]], Message]) -> Callable[[Call[M]], Message]:
-    """The header and the fields first (``INTAKE``); the pure rules' refusals mapped."""
+    """The fields first (``INTAKE``); the pure rules' refusals mapped."""
 
     def run(call: Call[M]) -> Message:
-        check_header(call.header)
         check(call.message, INTAKE[type(call.message)])
         return handler(call)
 
