@@ -14,6 +14,7 @@ import pytest
 
 from xhub.hub.binding.rules import BoundCase, Refusal, RuleError
 from xhub.hub.cases import calendar as workdays
+from xhub.hub.cases.limits import MAX_RESUBMISSIONS
 from xhub.hub.cases.rules import (
     DISPATCH,
     STATUS,
@@ -27,13 +28,12 @@ from xhub.hub.cases.rules import (
     PushRows,
     References,
     Request,
-    SubmitRows,
     decide_push,
     decide_resubmit,
-    decide_submit,
     decide_withdraw,
     supervision_due,
 )
+from xhub.hub.cases.submission import SubmitRows, SubmittedCase, decide_lookup, decide_submit
 from xhub.protocol.stages import Stage
 from xhub.v1 import case_pb2, certificate_pb2, envelope_pb2, intake_pb2, material_pb2
 
@@ -389,7 +389,10 @@ def test_a_submission_is_dispatched_to_every_department() -> None:
 
 SUBMIT_REFUSALS = [
     ("unbound", SubmitRows(None), Refusal.UNBOUND, ""),
-    ("already-submitted", SubmitRows(PREPARED, True, frozenset({DEPT, DEPT2})),
+    ("already-submitted-with-other-content",
+     SubmitRows(PREPARED, SubmittedCase(NUMBER, "PC1", PLATFORM, COMPANY,
+                                        envelope_pb2.Envelope(payload=b"").SerializeToString(),
+                                        (DEPT, DEPT2)), frozenset({DEPT, DEPT2})),
      Refusal.STATUS_TRANSITION, COMPANY),
     ("item-gone", SubmitRows(replace(PREPARED, item=None)), Refusal.NOT_FOUND, COMPANY),
     ("no-department", SubmitRows(replace(PREPARED, item=intake_pb2.Item(code="I"))),
@@ -434,3 +437,60 @@ def test_supervision_warns_once_then_escalates_once() -> None:
     assert supervision_due(today, warning_from, 10, True, CALENDAR) is None
     assert supervision_due(overdue, warning_from, 10, True, CALENDAR) == late
     assert supervision_due(overdue, warning_from, 10, False, CALENDAR) == late
+
+
+# -- idempotent submission, lookup, the resubmission cap (issue 12) -------------------------
+
+
+def _submitted(submission: case_pb2.CaseSubmission) -> SubmittedCase:
+    origin = envelope_pb2.Envelope(payload=submission.SerializeToString())
+    return SubmittedCase(NUMBER, "PC1", PLATFORM, COMPANY, origin.SerializeToString(), (DEPT,))
+
+
+def test_the_same_submission_again_answers_the_first_receipt_and_writes_nothing() -> None:
+    first = case_pb2.CaseSubmission()
+    first.CopyFrom(SUBMISSION)
+    first.header.message_id = "an earlier message"  # a retry is a new message: header ignored
+    decision = submit(SubmitRows(PREPARED, _submitted(first)))
+    assert (decision.case, decision.events, decision.case_number) == (None, (), NUMBER)
+    assert (decision.receipt.case_number, decision.receipt.duplicate) == (NUMBER, True)
+    assert list(decision.receipt.departments) == [DEPT]
+    other = case_pb2.CaseSubmission(applicant_name="另一家")
+    with pytest.raises(RuleError) as caught:
+        submit(SubmitRows(PREPARED, _submitted(other)))
+    assert caught.value.refusal == Refusal.STATUS_TRANSITION
+    assert caught.value.metadata["case_number"] == NUMBER
+
+
+def test_lookup_answers_the_preparing_platform_only() -> None:
+    submitted = _submitted(SUBMISSION)
+    receipt = decide_lookup(PREPARED, submitted, case_id="PC1", caller=PLATFORM)
+    assert (receipt.case_number, receipt.duplicate, receipt.prepared_case_id) == (
+        NUMBER,
+        False,
+        "PC1",
+    )
+    for prepared, found, caller, kind in [
+        (None, None, PLATFORM, Refusal.NOT_FOUND),
+        (PREPARED, None, PLATFORM, Refusal.NOT_FOUND),
+        (PREPARED, submitted, "platform2", Refusal.NOT_YOUR_CASE),
+    ]:
+        with pytest.raises(RuleError) as caught:
+            decide_lookup(prepared, found, case_id="PC1", caller=caller)
+        assert caught.value.refusal == kind
+
+
+def test_a_case_takes_at_most_max_resubmissions() -> None:
+    state = case(S.SUPPLEMENT_REQUIRED)
+    dispatched = case_pb2.DispatchedCase(
+        case_number=NUMBER, resubmissions=[ORIGIN] * MAX_RESUBMISSIONS
+    )
+    rows = PlatformRows(None, replace(state, dispatch=dispatched.SerializeToString()))
+    resubmission = case_pb2.CaseResubmission(case_number=NUMBER, event_id="E-CAP")
+    with pytest.raises(RuleError) as caught:
+        decide_resubmit(rows, resubmission, request(PLATFORM))
+    assert caught.value.refusal == Refusal.PRECONDITION
+    assert dict(caught.value.metadata) == {
+        "field": "resubmissions",
+        "limit": str(MAX_RESUBMISSIONS),
+    }

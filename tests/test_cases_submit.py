@@ -80,12 +80,16 @@ def test_case_numbers_are_unique_and_a_prepared_case_is_submitted_once(desk: Des
     numbers = [r.case_number for r in receipts]
     assert len(set(numbers)) == len(numbers)
     assert all(n and len(n) <= 40 for n in numbers)
+    # Submitted again with other content: refused, naming the case it became.
     error = refused(
-        lambda: desk.platform.submit_case(checklists[0].case_id, purpose=PURPOSE),
+        lambda: desk.platform.submit_case(
+            checklists[0].case_id, purpose=PURPOSE, applicant_name="另一个名称"
+        ),
         Code.FAILED_PRECONDITION,
         "STATUS_TRANSITION",
     )
     assert error.metadata.get("case_id") == checklists[0].case_id
+    assert error.metadata.get("case_number") == numbers[0]
     with desk.kit.session() as session:
         assert session.scalar(select(func.count()).select_from(CaseRow)) == 6
     assert count_events(desk.kit, CaseEventRow.kind == "dispatch") == 6

@@ -1,13 +1,17 @@
-"""VerifyCertificate over a running hub: open to every member, it reports status and whether
-the issuer's signature still holds, and carries no personal field."""
+"""VerifyCertificate over a running hub: by identifier open to every member, by printed number
+only to platforms and departments (a number can be a person's citizen id); it reports status
+and whether the issuer's signature still holds, carries no personal field, and records the
+holder as the audit subject."""
 
 from __future__ import annotations
 
 import pytest
 from helpers import refused
 from intake_world import (
+    ALLOWED,
     COMPANY,
     COMPANY_NAME,
+    DENIED,
     ID_TYPE,
     LICENCE_TYPE,
     PERSON,
@@ -22,7 +26,7 @@ from xhub.certificates_store.model import (
 )
 from xhub.certificates_store.schema import CertificateRow
 from xhub.connectors import HubClient
-from xhub.v1 import envelope_pb2, intake_pb2
+from xhub.v1 import audit_pb2, envelope_pb2, intake_pb2
 
 # -- VerifyCertificate -----------------------------------------------------------------------
 
@@ -39,8 +43,13 @@ def _verify_wire(
     return bytes(response.SerializeToString())
 
 
-@pytest.mark.parametrize("member", ["department", "auditor", "platform", "issuer"])
-@pytest.mark.parametrize("by", ["identifier", "number"])
+@pytest.mark.parametrize(
+    ("member", "by"),
+    [
+        *((member, "identifier") for member in ("department", "auditor", "platform", "issuer")),
+        *((member, "number") for member in ("department", "platform")),
+    ],
+)
 def test_verify_certificate_without_personal_fields(
     shared_world: World, member: str, by: str
 ) -> None:
@@ -68,6 +77,55 @@ def test_verify_certificate_without_personal_fields(
     wire = _verify_wire(client, **check)
     for personal in (COMPANY, COMPANY_NAME, PERSON_NAME, PERSON):
         assert personal.encode() not in wire, f"{personal} leaked into the verification"
+
+
+@pytest.mark.parametrize("member", ["auditor", "issuer"])
+def test_verify_by_number_is_refused_to_members_that_do_not_need_it(
+    shared_world: World, member: str
+) -> None:
+    """An auditor or an issuer could otherwise probe whether a person holds a certificate."""
+    world = shared_world  # only reads
+    client = world.kit.client(member)
+    error = refused(
+        lambda: client.verify_certificate(number=PERSON, type_code=ID_TYPE),
+        Code.PERMISSION_DENIED,
+        "ROLE_REQUIRED",
+    )
+    assert PERSON not in str(error) and world.id_card.identifier not in str(error)
+    # The identifier still verifies for them: it names a certificate, not a person.
+    assert client.verify_certificate(identifier=world.id_card.identifier).signature_valid
+
+
+def test_lookups_by_number_are_found_by_the_holders_audit_subject(world: World) -> None:
+    """An auditor searching for a person finds every lookup of their certificates, found,
+    not found, or refused."""
+    world.department.verify_certificate(number=PERSON, type_code=ID_TYPE)
+    world.platform.verify_certificate(identifier=world.id_card.identifier)
+    refused(
+        lambda: world.issuer.verify_certificate(number=PERSON, type_code=ID_TYPE),
+        Code.PERMISSION_DENIED,
+        "ROLE_REQUIRED",
+    )
+    refused(
+        lambda: world.platform.verify_certificate(number=PERSON, type_code=LICENCE_TYPE),
+        Code.NOT_FOUND,
+        "NOT_FOUND",
+    )
+    method = "/xhub.v1.IntakeService/VerifyCertificate"
+    found = [
+        (audit_pb2.AuditEntry.FromString(r.entry), r.subject)
+        for r in world.auditor.query_audit(subject=PERSON, method=method)
+    ]
+    callers = sorted((e.sender, e.decision) for e, _ in found)
+    assert callers == sorted(
+        [
+            (world.kit.member_id("department"), ALLOWED),
+            (world.kit.member_id("platform"), ALLOWED),
+            (world.kit.member_id("issuer"), DENIED),
+            (world.kit.member_id("platform"), DENIED),
+        ]
+    )
+    assert {subject for _, subject in found} == {PERSON}
 
 
 def test_verify_reports_status_and_ed25519_signatures(world: World) -> None:
@@ -99,6 +157,8 @@ def test_verify_detects_stored_bytes_that_no_longer_verify(world: World) -> None
         ({}, Code.INVALID_ARGUMENT, "INVALID_FIELD"),
         ({"number": "440101000123456"}, Code.INVALID_ARGUMENT, "INVALID_FIELD"),
         ({"type_code": LICENCE_TYPE}, Code.INVALID_ARGUMENT, "INVALID_FIELD"),
+        ({"identifier": "1.2\x00"}, Code.INVALID_ARGUMENT, "INVALID_FIELD"),
+        ({"number": "4401" * 17, "type_code": ID_TYPE}, Code.INVALID_ARGUMENT, "INVALID_FIELD"),
     ],
     ids=[
         "unknown-identifier",
@@ -107,6 +167,8 @@ def test_verify_detects_stored_bytes_that_no_longer_verify(world: World) -> None
         "nothing",
         "number-only",
         "type-only",
+        "nul-in-identifier",
+        "number-too-long",
     ],
 )
 def test_verify_refusals(

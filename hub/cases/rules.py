@@ -1,10 +1,10 @@
 """The case rules (办件规则) as pure deciders: one function per decision, over rows read once.
 
 ``hub.cases.store`` reads everything a decision needs (under the case lock) into the frozen
-row types below; ``decide_submit`` / ``decide_push`` / ``decide_withdraw`` /
-``decide_resubmit`` check every rule in a fixed order and return what to write, or raise a
-``RuleError`` that the servicer maps to its refusal. No database, no clock, no randomness
-here (``now`` and the new case number are arguments), so the tables in
+row types below; ``decide_push`` / ``decide_withdraw`` / ``decide_resubmit`` (and
+``hub.cases.submission.decide_submit``) check every rule in a fixed order and return what to
+write, or raise a ``RuleError`` that the servicer maps to its refusal. No database, no
+clock, no randomness here (``now`` and the new case number are arguments), so the tables in
 ``tests/test_case_rules.py`` test every rule without a hub. The stage machine itself is
 ``xhub.protocol.stages``; working days are ``hub.cases.calendar``.
 """
@@ -18,8 +18,9 @@ from datetime import date, datetime
 
 from google.protobuf.message import Message
 
-from xhub.hub.binding.rules import BoundCase, Refusal, RuleError, check_binding, item_of, unbound
+from xhub.hub.binding.rules import Refusal, RuleError, unbound
 from xhub.hub.cases import calendar as workdays
+from xhub.hub.cases.limits import MAX_RESUBMISSIONS, check_event
 from xhub.protocol.stages import Actor, IllegalTransition, Stage, next_stage, overall_status
 from xhub.v1 import case_pb2, certificate_pb2, envelope_pb2, material_pb2
 
@@ -112,14 +113,6 @@ class PlatformRows:
     references: References = References()
 
 
-@dataclass(frozen=True)
-class SubmitRows:
-    case: BoundCase | None  # the prepared case (hub.binding.store)
-    already_submitted: bool = False
-    registered: frozenset[str] = frozenset()  # which of the item's departments are members
-    references: References = References()
-
-
 # -- decisions -----------------------------------------------------------------------------
 
 
@@ -156,30 +149,6 @@ class CaseDecision:
     dispatch: bytes | None = None  # the case's new DispatchedCase (resubmission)
     events: tuple[NewEvent, ...] = ()
     subject: str = ""  # whom the call concerns (the audit entry's subject)
-
-
-@dataclass(frozen=True)
-class NewCase:
-    """A submitted case to insert (``CaseRow``), dispatched to ``departments``."""
-
-    case_number: str
-    prepared_case_id: str
-    item_code: str
-    platform_member_id: str
-    applicant_code: str
-    submission: bytes
-    dispatch: bytes
-    time_limit_days: int
-    submitted_at: datetime
-    departments: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class SubmitDecision:
-    receipt: case_pb2.CaseReceipt
-    case: NewCase
-    events: tuple[NewEvent, ...]
-    subject: str
 
 
 @dataclass(frozen=True)
@@ -312,79 +281,6 @@ def _result(case_number: str, stage: Stage, overall: Stage) -> case_pb2.StatusPu
         stage=int(stage),  # type: ignore[arg-type]
         overall=int(overall),  # type: ignore[arg-type]
     )
-
-
-# -- SubmitCase ----------------------------------------------------------------------------
-
-
-def decide_submit(
-    rows: SubmitRows,
-    submission: case_pb2.CaseSubmission,
-    request: Request,
-    *,
-    case_id: str,
-    purpose: str,
-    case_number: str,
-) -> SubmitDecision:
-    """Submit a prepared case once, to every (registered) handling department."""
-    prepared = check_binding(
-        rows.case, case_id=case_id, caller=request.author, purpose=purpose, now=request.now
-    )
-    with concerning(prepared.applicant_code):
-        if rows.already_submitted:
-            raise RuleError(
-                Refusal.STATUS_TRANSITION,
-                "this prepared case was already submitted",
-                case_id=prepared.case_id,
-            )
-        item = item_of(prepared)
-        departments = tuple(item.departments)
-        if not departments:
-            raise RuleError(
-                Refusal.PRECONDITION,
-                f"item {item.code} names no handling department",
-                item_code=item.code,
-            )
-        if missing := [d for d in departments if d not in rows.registered]:
-            raise RuleError(
-                Refusal.PRECONDITION,
-                f"handling department(s) {', '.join(missing)} are not registered",
-                item_code=item.code,
-            )
-        certificates, materials = referenced(
-            rows.references, prepared.holders, prepared.applicant_code, prepared.case_id
-        )
-    dispatched = case_pb2.DispatchedCase(
-        case_number=case_number,
-        item=item,
-        applicant_code=prepared.applicant_code,
-        applicant_name=submission.applicant_name[:200],
-        certificates=certificates,
-        materials=materials,
-        form=dict(submission.form),
-        submission=request.origin,
-        platform=request.author,
-        stage=case_pb2.CASE_STAGE_SUBMITTED,
-    )
-    dispatched.submitted_at.FromDatetime(request.now)
-    case = NewCase(
-        case_number=case_number,
-        prepared_case_id=prepared.case_id,
-        item_code=item.code,
-        platform_member_id=request.author,
-        applicant_code=prepared.applicant_code,
-        submission=request.origin.SerializeToString(),
-        dispatch=dispatched.SerializeToString(),
-        time_limit_days=item.time_limit_days or 1,
-        submitted_at=request.now,
-        departments=departments,
-    )
-    events = tuple(
-        NewEvent(DISPATCH, d, d, None, Stage.SUBMITTED, Stage.SUBMITTED, dispatched)
-        for d in departments
-    )
-    receipt = case_pb2.CaseReceipt(case_number=case_number, departments=departments)
-    return SubmitDecision(receipt, case, events, prepared.applicant_code)
 
 
 # -- PushStatus ----------------------------------------------------------------------------
@@ -529,11 +425,19 @@ def decide_resubmit(
         )
         for at in asking:
             moved(case, at, Stage.SUBMITTED, Actor.PLATFORM, request.now)
-    dispatched = case_pb2.DispatchedCase.FromString(case.dispatch)
-    dispatched.certificates.extend(certificates)
-    dispatched.materials.extend(materials)
-    dispatched.resubmissions.append(request.origin)
-    dispatched.stage = case_pb2.CASE_STAGE_SUBMITTED
+        dispatched = case_pb2.DispatchedCase.FromString(case.dispatch)
+        if len(dispatched.resubmissions) >= MAX_RESUBMISSIONS:
+            raise RuleError(
+                Refusal.PRECONDITION,
+                f"this case was resubmitted {MAX_RESUBMISSIONS} times, the most a case takes",
+                field="resubmissions",
+                limit=str(MAX_RESUBMISSIONS),
+            )
+        dispatched.certificates.extend(certificates)
+        dispatched.materials.extend(materials)
+        dispatched.resubmissions.append(request.origin)
+        dispatched.stage = case_pb2.CASE_STAGE_SUBMITTED
+        check_event(dispatched)
     again = Stage.SUBMITTED
     overall = overall_status(again if d in asking else d.stage for d in case.departments)
     events: list[NewEvent] = []

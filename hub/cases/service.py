@@ -2,9 +2,10 @@
 
 Each unary handler reads what its decision needs once (``hub.cases.store``, under the case
 lock), decides with the pure rules (``hub.cases.rules``), and writes the decision; a broken
-rule reaches the caller as its refusal (``hub.binding.purpose.refusing``). Pushes are
-idempotent by the author's event id. The streams are ``hub.cases.streams``; time-limit
-supervision is ``hub.cases.supervision``.
+rule reaches the caller as its refusal (``hub.binding.purpose.refusing``). Every request's
+envelope, header and fields are bounded first (``hub.cases.limits``). Pushes are idempotent by
+the author's event id, submissions by the prepared case (``hub.cases.submission``). The
+streams are ``hub.cases.streams``; time-limit supervision is ``hub.cases.supervision``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from xhub.hub.binding.purpose import refusing
+from xhub.hub.binding.store import read_bound_case
 from xhub.hub.cases import calendar as workdays
-from xhub.hub.cases import rules, store
+from xhub.hub.cases import limits, rules, store, submission
 from xhub.hub.cases.streams import CaseStreams
 from xhub.hub.cases.supervision import Supervisor
 from xhub.hub.core.rpc import Unary
@@ -41,6 +43,7 @@ class CaseService(CaseStreams):
         platform, department = registry_pb2.ROLE_PLATFORM, registry_pb2.ROLE_DEPARTMENT
         return [
             Unary("SubmitCase", case_pb2.CaseSubmission, self._handler(_submit), role=platform),
+            Unary("LookupCase", case_pb2.CaseLookup, self._handler(_lookup), role=platform),
             Unary("WithdrawCase", case_pb2.CaseWithdrawal, self._handler(_withdraw), role=platform),
             Unary(
                 "ResubmitCase", case_pb2.CaseResubmission, self._handler(_resubmit), role=platform
@@ -53,8 +56,14 @@ class CaseService(CaseStreams):
         return self.supervisor.supervise(today)
 
     def _handler(self, handler: Callable[[Call[M]], Message]) -> Callable[[Call[M]], Message]:
-        """Rules map to refusals; this process's streams wake once the events are committed."""
-        ruled = refusing(handler)
+        """Bounded fields first; rules map to refusals; this process's streams wake once the
+        events are committed."""
+
+        def bounded(call: Call[M]) -> Message:
+            limits.check_request(call.admitted.opened.envelope, call.message)
+            return handler(call)
+
+        ruled = refusing(bounded)
 
         def run(call: Call[M]) -> Message:
             call.after_commit.append(self.runtime.notifier.notify)
@@ -86,7 +95,7 @@ def _applied(
 def _submit(call: Call[case_pb2.CaseSubmission]) -> case_pb2.CaseReceipt:
     request = _request(call)
     rows = store.read_submission(call.session, call.header.case_id, call.message)
-    decision = rules.decide_submit(
+    decision = submission.decide_submit(
         rows,
         call.message,
         request,
@@ -96,8 +105,22 @@ def _submit(call: Call[case_pb2.CaseSubmission]) -> case_pb2.CaseReceipt:
     )
     call.audit.subject = decision.subject
     store.insert_case(call.session, decision)
-    call.audit.case_id = decision.case.case_number
+    call.audit.case_id = decision.case_number
     return decision.receipt
+
+
+def _lookup(call: Call[case_pb2.CaseLookup]) -> case_pb2.CaseReceipt:
+    case_id = call.message.prepared_case_id
+    prepared = read_bound_case(call.session, case_id)
+    receipt = submission.decide_lookup(
+        prepared,
+        store.read_submitted(call.session, case_id),
+        case_id=case_id,
+        caller=call.caller.member_id,
+    )
+    call.audit.case_id = receipt.case_number
+    call.audit.subject = prepared.applicant_code if prepared is not None else ""
+    return receipt
 
 
 def _withdraw(call: Call[case_pb2.CaseWithdrawal]) -> case_pb2.StatusPushResult:

@@ -31,9 +31,8 @@ from xhub.hub.cases.rules import (
     PlatformRows,
     PushRows,
     References,
-    SubmitDecision,
-    SubmitRows,
 )
+from xhub.hub.cases.submission import SubmitDecision, SubmitRows, SubmittedCase
 from xhub.hub.core.db import (
     CaseDepartmentRow,
     CaseEventRow,
@@ -46,6 +45,7 @@ from xhub.hub.core.db import (
 from xhub.hub.materials import store as materials
 from xhub.protocol.errors import UnavailableError
 from xhub.protocol.stages import Stage
+from xhub.v1 import case_pb2
 
 PAGE = 100
 EVENT_ORDER_LOCK = 0x78687562  # "xhub": the advisory lock that orders case_events cursors
@@ -232,22 +232,45 @@ def read_platform_action(
     )
 
 
+def read_submitted(session: Session, prepared_case_id: str) -> SubmittedCase | None:
+    """The case a prepared case became, if it was submitted."""
+    row = session.execute(
+        select(
+            CaseRow.case_number,
+            CaseRow.platform_member_id,
+            CaseRow.applicant_code,
+            CaseRow.submission,
+            CaseRow.dispatch,
+        ).where(CaseRow.prepared_case_id == prepared_case_id)
+    ).first()
+    if row is None:
+        return None
+    dispatched = case_pb2.DispatchedCase.FromString(row.dispatch)
+    return SubmittedCase(
+        case_number=row.case_number,
+        prepared_case_id=prepared_case_id,
+        platform_member_id=row.platform_member_id,
+        applicant_code=row.applicant_code,
+        submission=bytes(row.submission),
+        departments=tuple(dispatched.item.departments),
+    )
+
+
 def read_submission(session: Session, case_id: str, submission: Any) -> SubmitRows:
-    """The prepared case with its item, whether it was submitted, which of its departments
-    are registered, and what the submission references."""
+    """The prepared case with its item, the case it already became (if any), which of its
+    departments are registered, and what the submission references."""
     case = read_bound_case(session, case_id)
     if case is None:
         return SubmitRows(None)
-    submitted = session.scalar(
-        select(CaseRow.case_number).where(CaseRow.prepared_case_id == case.case_id)
-    )
+    submitted = read_submitted(session, case.case_id)
+    if submitted is not None:
+        return SubmitRows(case, submitted)
     departments = list(case.item.departments) if case.item is not None else []
     registered = session.scalars(
         select(MemberRow.member_id).where(MemberRow.member_id.in_(departments))
     )
     return SubmitRows(
         case,
-        already_submitted=bool(submitted),
         registered=frozenset(registered),
         references=read_references(
             session, submission.certificate_identifiers, submission.material_ids
@@ -334,6 +357,8 @@ def apply(
 def insert_case(session: Session, decision: SubmitDecision) -> None:
     """A submitted case, its row at every handling department, and the dispatch events."""
     case = decision.case
+    if case is None:
+        return  # a repeated submission: the first one stands
     session.add(
         CaseRow(
             case_number=case.case_number,
@@ -348,7 +373,15 @@ def insert_case(session: Session, decision: SubmitDecision) -> None:
             submitted_at=case.submitted_at,
         )
     )
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # The same prepared case is being submitted by a concurrent call (a retry racing its
+        # first attempt): the retry after this one receives the first receipt.
+        raise UnavailableError(
+            "this prepared case is being submitted; retry to get its receipt",
+            metadata={"case_id": case.prepared_case_id},
+        ) from exc
     for department in case.departments:
         session.add(
             CaseDepartmentRow(

@@ -4,22 +4,34 @@ Every event (dispatch, status, supervision) is a row with a global cursor; a str
 the subscriber's rows after its cursor, hub-signed, polling the database (and woken early
 by this process's commits). Delivery is at-least-once, survives a crash of any party, and
 works across hub processes.
+
+An event that cannot be delivered — its body is over ``limits.MAX_EVENT_BYTES``, so once
+signed it could exceed what the SDK receives; only rows written before the limits can be —
+is skipped, never retried: the stream moves past its cursor and the rest keep flowing. The
+skip is reported once per delivery attempt: a warning in the hub log naming the stream,
+recipient, cursor, case and size, and a DENIED audit entry (reason ``TOO_LARGE``, sent by
+the hub to the subscriber, with the case number) that an operator or auditor finds by case.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from xhub.hub.cases import store
+from xhub.hub.binding.purpose import refusal
+from xhub.hub.binding.rules import RuleError
+from xhub.hub.cases import limits, store
 from xhub.hub.cases.rules import DISPATCH, STATUS, SUPERVISION
+from xhub.hub.core.audit_log import AuditDraft
 from xhub.hub.core.rpc import Context, Service
 from xhub.v1 import case_pb2, envelope_pb2, registry_pb2
 
 POLL_SECONDS = 0.2
+log = logging.getLogger("xhub.cases")
 M = TypeVar("M", bound=Message)
 
 
@@ -83,6 +95,10 @@ class CaseStreams(Service):
             method=f"/{self.descriptor.full_name}/{name}",
             require_role=role,
         )
+        try:
+            limits.check_request(envelope, admitted.message)
+        except RuleError as exc:
+            await runtime.refuse(context, draft, refusal(exc))
         await runtime.run_blocking(
             lambda: runtime.complete(admitted, draft, lambda call: case_pb2.CaseSubscription())
         )  # the subscription itself is audited once
@@ -95,8 +111,35 @@ class CaseStreams(Service):
             for event_cursor, body in rows:
                 message = body_type()
                 message.ParseFromString(body)
+                if len(body) > limits.MAX_EVENT_BYTES:
+                    await self._undeliverable(draft.method, recipient, event_cursor, message)
+                    cursor = event_cursor
+                    continue
                 setattr(message, "cursor", event_cursor)  # noqa: B010 - every streamed body has one
                 yield runtime.sign_response(message, admitted.header)
                 cursor = event_cursor
             if len(rows) < store.PAGE:
                 await runtime.notifier.wait(POLL_SECONDS)
+
+    async def _undeliverable(
+        self, method: str, recipient: str, cursor: int, message: Message
+    ) -> None:
+        """Report an event skipped as too large (see the module docstring)."""
+        case_number = str(getattr(message, "case_number", ""))[:40]
+        size = message.ByteSize()
+        log.warning(
+            "undeliverable event skipped: %s to %s, cursor %d, case %s, %d bytes (limit %d)",
+            method,
+            recipient or "auditors",
+            cursor,
+            case_number,
+            size,
+            limits.MAX_EVENT_BYTES,
+        )
+        draft = AuditDraft(
+            method=method,
+            sender=self.runtime.identity.hub_id,
+            recipient=recipient,
+            case_id=case_number,
+        )
+        await self.runtime.run_blocking(lambda: self.runtime.audit_refusal(draft, "TOO_LARGE"))

@@ -1,15 +1,23 @@
-"""IntakeService (一窗受理): items, the one-time checklist, purpose-bound pulls, verification."""
+"""IntakeService (一窗受理): items, the one-time checklist, purpose-bound pulls, verification.
+
+Every request's fields are bounded before anything is read (``hub.binding.limits.INTAKE``):
+an id over its length or with a control character is refused ``INVALID_ARGUMENT
+INVALID_FIELD`` naming the field and its limit.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from xhub.certificates_store import store
 from xhub.certificates_store.model import STATUS_NAMES, VALID, CertificateDataError, validate_holder
 from xhub.certificates_store.schema import CertificateRow
+from xhub.hub.binding.limits import INTAKE, check
 from xhub.hub.binding.purpose import bound_case, refusing
 from xhub.hub.binding.rules import LEGAL_REP, check_pull, check_purpose
 from xhub.hub.catalog import store as catalog
@@ -18,7 +26,7 @@ from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
 from xhub.hub.materials import store as materials
 from xhub.protocol.envelope import open_signed
-from xhub.protocol.errors import AuthenticationError, MalformedError
+from xhub.protocol.errors import AuthenticationError, MalformedError, PermissionDeniedError
 from xhub.protocol.signing import KeyVerifier
 from xhub.v1 import (
     certificate_pb2,
@@ -31,28 +39,35 @@ from xhub.v1 import (
 PREPARED_CASE_LIFETIME = timedelta(hours=24)
 USE_COPY_LIFETIME = timedelta(days=30)
 R = envelope_pb2
+M = TypeVar("M", bound=Message)
+
+NUMBER_LOOKUP_ROLES = (registry_pb2.ROLE_PLATFORM, registry_pb2.ROLE_DEPARTMENT)
+"""Who may verify a certificate by its printed number (see ``_verify``)."""
 
 
 class IntakeService(Service):
     descriptor = intake_pb2.DESCRIPTOR.services_by_name["IntakeService"]
 
     def unary(self) -> Sequence[Unary[Any]]:
+        platform = registry_pb2.ROLE_PLATFORM
         return [
-            Unary("GetItem", intake_pb2.ItemLookup, _get_item),
+            Unary("GetItem", intake_pb2.ItemLookup, _bounded(_get_item)),
             Unary(
-                "PrepareCase",
-                intake_pb2.CasePreparation,
-                refusing(_prepare_case),
-                role=registry_pb2.ROLE_PLATFORM,
+                "PrepareCase", intake_pb2.CasePreparation, _bounded(_prepare_case), role=platform
             ),
-            Unary(
-                "PullCertificates",
-                intake_pb2.CertificatePull,
-                refusing(_pull),
-                role=registry_pb2.ROLE_PLATFORM,
-            ),
-            Unary("VerifyCertificate", intake_pb2.CertificateCheck, _verify),
+            Unary("PullCertificates", intake_pb2.CertificatePull, _bounded(_pull), role=platform),
+            Unary("VerifyCertificate", intake_pb2.CertificateCheck, _bounded(_verify)),
         ]
+
+
+def _bounded(handler: Callable[[Call[M]], Message]) -> Callable[[Call[M]], Message]:
+    """The fields first (``INTAKE``); the pure rules' refusals mapped."""
+
+    def run(call: Call[M]) -> Message:
+        check(call.message, INTAKE[type(call.message)])
+        return handler(call)
+
+    return refusing(run)
 
 
 def _get_item(call: Call[intake_pb2.ItemLookup]) -> intake_pb2.ItemLookupResult:
@@ -173,10 +188,27 @@ def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificat
 
 
 def _verify(call: Call[intake_pb2.CertificateCheck]) -> intake_pb2.CertificateVerification:
+    """核验. By identifier, for every member (an identifier names a certificate, no person).
+    By printed number only for platforms and departments: a number can be a person's own
+    (a 居民身份证's number is the citizen id), so a lookup by number tells whether that person
+    holds a certificate; the window checks the paper certificates applicants bring, and a
+    department the ones a case's materials show; issuers query their own records and
+    auditors the log, so neither needs to probe people. Every lookup records the holder (or
+    the probed number, when nothing is found or the caller may not) as the audit subject, so
+    ``query_audit(subject=…)`` finds who asked about that person."""
     check = call.message
+    by_number = not check.identifier and bool(check.number)
+    if by_number:
+        call.audit.subject = check.number
+    if by_number and not any(call.caller.has(role) for role in NUMBER_LOOKUP_ROLES):
+        raise PermissionDeniedError(
+            "verifying by number is for platforms and departments; give the identifier",
+            metadata={"required_role": "ROLE_PLATFORM,ROLE_DEPARTMENT", "field": "number"},
+        )
     row = store.find(
         call.session, identifier=check.identifier, number=check.number, type_code=check.type_code
     )
+    call.audit.subject = row.holder_code
     return intake_pb2.CertificateVerification(
         certificate=store.to_ref(row),
         raw_status_code=row.raw_status_code,

@@ -45,8 +45,13 @@ class CaseCalls(RegistryCalls):
     ) -> case_pb2.CaseReceipt:
         """Submit a prepared case once; the hub dispatches it to every department.
 
+        Idempotent by prepared case, so a call whose answer was lost is retried: submitting
+        the same prepared case with the same content answers the first receipt (its
+        ``duplicate`` set, same case number). ``lookup_case`` finds it later.
+
         Raises: PermissionDeniedError (purpose or case binding), FailedPreconditionError
-        (already submitted), NotFoundError, MalformedError.
+        (already submitted with other content; metadata ``case_number`` names the case),
+        NotFoundError, MalformedError (a field over its limit: metadata ``field``, ``limit``).
         """
         return self.transport.call(
             self.transport.cases.SubmitCase,
@@ -58,9 +63,25 @@ class CaseCalls(RegistryCalls):
                 form=form or {},
             ),
             case_pb2.CaseReceipt,
-            idempotent=False,
+            idempotent=True,
             case_id=case_id,
             purpose=purpose,
+        )
+
+    def lookup_case(self, prepared_case_id: str) -> case_pb2.CaseReceipt:
+        """The receipt of the case a prepared case became (按预受理编号查询), for the platform
+        that prepared it — e.g. after a ``submit_case`` whose answer never arrived.
+
+        Raises: NotFoundError (no such prepared case, or it was not submitted),
+        PermissionDeniedError (NOT_YOUR_CASE: another platform prepared it; ROLE_REQUIRED: not
+        a platform), MalformedError (a malformed id).
+        """
+        return self.transport.call(
+            self.transport.cases.LookupCase,
+            case_pb2.LookupCaseRequest,
+            case_pb2.CaseLookup(prepared_case_id=prepared_case_id),
+            case_pb2.CaseReceipt,
+            idempotent=True,
         )
 
     def push_status(

@@ -153,6 +153,82 @@ class SubmitCaseResponse(_message.Message):
 Global___SubmitCaseResponse: _TypeAlias = SubmitCaseResponse  # noqa: Y015
 
 @_typing.final
+class LookupCaseRequest(_message.Message):
+    """LookupCaseRequest carries a signed CaseLookup."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.CaseLookup"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupCaseRequest: _TypeAlias = LookupCaseRequest  # noqa: Y015
+
+@_typing.final
+class LookupCaseResponse(_message.Message):
+    """LookupCaseResponse carries a hub-signed CaseReceipt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.CaseReceipt"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupCaseResponse: _TypeAlias = LookupCaseResponse  # noqa: Y015
+
+@_typing.final
+class CaseLookup(_message.Message):
+    """CaseLookup asks which case a prepared case became (按预受理编号查询)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PREPARED_CASE_ID_FIELD_NUMBER: _builtins.int
+    prepared_case_id: _builtins.str
+    """The prepared case (预受理编号), as PrepareCase answered it."""
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头)."""
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+        prepared_case_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "prepared_case_id", b"prepared_case_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseLookup: _TypeAlias = CaseLookup  # noqa: Y015
+
+@_typing.final
 class WithdrawCaseRequest(_message.Message):
     """WithdrawCaseRequest carries a signed CaseWithdrawal."""
 
@@ -563,8 +639,16 @@ class CaseReceipt(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     CASE_NUMBER_FIELD_NUMBER: _builtins.int
     DEPARTMENTS_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    PREPARED_CASE_ID_FIELD_NUMBER: _builtins.int
     case_number: _builtins.str
     """Case number (办件编号), unique."""
+    duplicate: _builtins.bool
+    """True when the prepared case was already submitted: this is the first receipt, and
+    nothing changed (重复提交).
+    """
+    prepared_case_id: _builtins.str
+    """The prepared case it was submitted from (预受理编号)."""
     @_builtins.property
     def header(self) -> _envelope_pb2.Header:
         """Message header (报文头)."""
@@ -579,10 +663,12 @@ class CaseReceipt(_message.Message):
         header: _envelope_pb2.Header | None = ...,
         case_number: _builtins.str = ...,
         departments: _abc.Iterable[_builtins.str] | None = ...,
+        duplicate: _builtins.bool = ...,
+        prepared_case_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "departments", b"departments", "header", b"header"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "departments", b"departments", "duplicate", b"duplicate", "header", b"header", "prepared_case_id", b"prepared_case_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -43,6 +43,11 @@ class CaseServiceStub:
                 request_serializer=xhub_dot_v1_dot_case__pb2.SubmitCaseRequest.SerializeToString,
                 response_deserializer=xhub_dot_v1_dot_case__pb2.SubmitCaseResponse.FromString,
                 _registered_method=True)
+        self.LookupCase = channel.unary_unary(
+                '/xhub.v1.CaseService/LookupCase',
+                request_serializer=xhub_dot_v1_dot_case__pb2.LookupCaseRequest.SerializeToString,
+                response_deserializer=xhub_dot_v1_dot_case__pb2.LookupCaseResponse.FromString,
+                _registered_method=True)
         self.WithdrawCase = channel.unary_unary(
                 '/xhub.v1.CaseService/WithdrawCase',
                 request_serializer=xhub_dot_v1_dot_case__pb2.WithdrawCaseRequest.SerializeToString,
@@ -85,6 +90,17 @@ class CaseServiceServicer:
     def SubmitCase(self, request, context):
         """SubmitCase creates the case from a prepared checklist and dispatches it (提交办件).
         Platform only. Request payload: CaseSubmission; response payload: CaseReceipt.
+        Idempotent by prepared case: submitting the same prepared case again with the same
+        content answers the first receipt (duplicate set), so a lost answer can be retried.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupCase(self, request, context):
+        """LookupCase finds the case a prepared case became (按预受理编号查询办件); platform only,
+        and only the platform that prepared it. Request payload: CaseLookup; response payload:
+        CaseReceipt (the submission's receipt).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +162,11 @@ def add_CaseServiceServicer_to_server(servicer, server):
                     servicer.SubmitCase,
                     request_deserializer=xhub_dot_v1_dot_case__pb2.SubmitCaseRequest.FromString,
                     response_serializer=xhub_dot_v1_dot_case__pb2.SubmitCaseResponse.SerializeToString,
+            ),
+            'LookupCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupCase,
+                    request_deserializer=xhub_dot_v1_dot_case__pb2.LookupCaseRequest.FromString,
+                    response_serializer=xhub_dot_v1_dot_case__pb2.LookupCaseResponse.SerializeToString,
             ),
             'WithdrawCase': grpc.unary_unary_rpc_method_handler(
                     servicer.WithdrawCase,
@@ -209,6 +230,33 @@ class CaseService:
             '/xhub.v1.CaseService/SubmitCase',
             xhub_dot_v1_dot_case__pb2.SubmitCaseRequest.SerializeToString,
             xhub_dot_v1_dot_case__pb2.SubmitCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xhub.v1.CaseService/LookupCase',
+            xhub_dot_v1_dot_case__pb2.LookupCaseRequest.SerializeToString,
+            xhub_dot_v1_dot_case__pb2.LookupCaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,13 @@ class CaseServiceStub:
     SubmitCase: _grpc.UnaryUnaryMultiCallable[_case_pb2.SubmitCaseRequest, _case_pb2.SubmitCaseResponse]
     """SubmitCase creates the case from a prepared checklist and dispatches it (提交办件).
     Platform only. Request payload: CaseSubmission; response payload: CaseReceipt.
+    Idempotent by prepared case: submitting the same prepared case again with the same
+    content answers the first receipt (duplicate set), so a lost answer can be retried.
+    """
+    LookupCase: _grpc.UnaryUnaryMultiCallable[_case_pb2.LookupCaseRequest, _case_pb2.LookupCaseResponse]
+    """LookupCase finds the case a prepared case became (按预受理编号查询办件); platform only,
+    and only the platform that prepared it. Request payload: CaseLookup; response payload:
+    CaseReceipt (the submission's receipt).
     """
     WithdrawCase: _grpc.UnaryUnaryMultiCallable[_case_pb2.WithdrawCaseRequest, _case_pb2.WithdrawCaseResponse]
     """WithdrawCase withdraws a case for the applicant (撤回); platform only.
@@ -79,6 +86,13 @@ class CaseServiceAsyncStub(CaseServiceStub):
     SubmitCase: _aio.UnaryUnaryMultiCallable[_case_pb2.SubmitCaseRequest, _case_pb2.SubmitCaseResponse]  # type: ignore[assignment]
     """SubmitCase creates the case from a prepared checklist and dispatches it (提交办件).
     Platform only. Request payload: CaseSubmission; response payload: CaseReceipt.
+    Idempotent by prepared case: submitting the same prepared case again with the same
+    content answers the first receipt (duplicate set), so a lost answer can be retried.
+    """
+    LookupCase: _aio.UnaryUnaryMultiCallable[_case_pb2.LookupCaseRequest, _case_pb2.LookupCaseResponse]  # type: ignore[assignment]
+    """LookupCase finds the case a prepared case became (按预受理编号查询办件); platform only,
+    and only the platform that prepared it. Request payload: CaseLookup; response payload:
+    CaseReceipt (the submission's receipt).
     """
     WithdrawCase: _aio.UnaryUnaryMultiCallable[_case_pb2.WithdrawCaseRequest, _case_pb2.WithdrawCaseResponse]  # type: ignore[assignment]
     """WithdrawCase withdraws a case for the applicant (撤回); platform only.
@@ -121,6 +135,19 @@ class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_case_pb2.SubmitCaseResponse, _abc.Awaitable[_case_pb2.SubmitCaseResponse]]:
         """SubmitCase creates the case from a prepared checklist and dispatches it (提交办件).
         Platform only. Request payload: CaseSubmission; response payload: CaseReceipt.
+        Idempotent by prepared case: submitting the same prepared case again with the same
+        content answers the first receipt (duplicate set), so a lost answer can be retried.
+        """
+
+    @_abc_1.abstractmethod
+    def LookupCase(
+        self,
+        request: _case_pb2.LookupCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_case_pb2.LookupCaseResponse, _abc.Awaitable[_case_pb2.LookupCaseResponse]]:
+        """LookupCase finds the case a prepared case became (按预受理编号查询办件); platform only,
+        and only the platform that prepared it. Request payload: CaseLookup; response payload:
+        CaseReceipt (the submission's receipt).
         """
 
     @_abc_1.abstractmethod
