@@ -480,5 +480,5 @@ def test_interrupted_upload_is_audited(library: Library, how: str) -> None:
         records = library.auditor.query_audit(method=UPLOAD, decision=DENIED, subject=applicant)
         return [audit_pb2.AuditEntry.FromString(r.entry) for r in records]
 
-    assert wait_for(lambda: bool(logged()), timeout=3), "the interrupted upload was not audited"
+    assert wait_for(lambda: bool(logged()), timeout=20), "the interrupted upload was not audited"
     assert [e.reason for e in logged()] in (["ABORTED"], ["CONTENT_MISMATCH"])
