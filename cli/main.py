@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from xhub.hub.core.config import ConfigError
 from xhub.hub.core.data_dir import private_files
 from xhub.hub.core.db import make_engine, migrate, session_factory
+from xhub.hub.core.failures import install_personal_data_filter
 from xhub.hub.registry.store import list_members, revoke_member, role_name, validate_member
 from xhub.hub.server import StartupError
 from xhub.hub.setup import (
@@ -540,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_personal_data_filter()
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     sub = getattr(args, f"{args.command}_command", None)

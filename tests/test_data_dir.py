@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import stat
 from pathlib import Path
@@ -12,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from xhub.hub.core.data_dir import secure_tree
+from xhub.hub.core.failures import REDACTED, PersonalDataFilter, redact
 from xhub.hub.setup import init_data_dir
 from xhub.storage import make_engine
 
@@ -92,3 +94,29 @@ def test_database_errors_do_not_carry_statement_parameters(
         with engine.begin() as connection:
             connection.execute(text("DROP TABLE IF EXISTS people"))
         engine.dispose()
+
+
+def test_log_lines_carry_no_citizen_id_even_from_a_driver_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    citizen_id = "440103198503170512"
+    log = logging.getLogger("xhub.test.personal")
+    handler = logging.StreamHandler(io.StringIO())
+    handler.addFilter(PersonalDataFilter())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError(f"duplicate key: DETAIL: Key (code)=({citizen_id}) already exists.")
+        except RuntimeError as exc:
+            log.error("internal error in %s for %s", "/xhub.v1.X/Y", citizen_id, exc_info=exc)
+        log.warning("member CN.440100.91440101MA5FD0017X.window called")
+    finally:
+        log.removeHandler(handler)
+    written = handler.stream.getvalue()  # type: ignore[attr-defined]
+    assert citizen_id not in written
+    assert written.count(REDACTED) == 2  # the message and the traceback's last line
+    assert "CN.440100.91440101MA5FD0017X.window" in written  # organisations stay readable
+    assert redact("old id 440103850317051 and 11000019900101123X") == (
+        f"old id {REDACTED} and {REDACTED}"
+    )

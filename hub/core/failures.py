@@ -9,7 +9,48 @@ serves call paths (one traceback per place and exception type, then one line eac
 from __future__ import annotations
 
 import logging
+import re
 import time
+
+# Citizen ID numbers (GB 11643: six digits of division, a birth date, three digits and a check
+# character; the older 15-digit form with a two-digit year) in any text a log line carries —
+# a database driver's error detail names the values of a violated key, for instance. Member
+# ids and USCCs (organisations, not persons) are left as they are.
+_DATE = r"(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+_CITIZEN_ID = re.compile(
+    rf"(?<![0-9A-Za-z])(?:[0-9]{{6}}(?:18|19|20)[0-9]{{2}}{_DATE}[0-9]{{3}}[0-9Xx]"
+    rf"|[0-9]{{8}}{_DATE}[0-9]{{3}})(?![0-9A-Za-z])"
+)
+REDACTED = "<redacted>"
+
+
+def redact(text: str) -> str:
+    """``text`` with every citizen ID number replaced."""
+    return _CITIZEN_ID.sub(REDACTED, text)
+
+
+class PersonalDataFilter(logging.Filter):
+    """Keeps ID numbers out of the hub's log: the message, its arguments and the formatted
+    traceback of every record pass through ``redact`` before a handler writes them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info:
+            formatter = logging.Formatter()
+            record.exc_text = redact(formatter.formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def install_personal_data_filter() -> None:
+    """Attach the filter to every handler of the root logger (call after configuring it)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, PersonalDataFilter) for f in handler.filters):
+            handler.addFilter(PersonalDataFilter())
+
 
 _SEEN_INTERNAL: set[tuple[str, str]] = set()
 _SEEN_LIMIT = 1_000

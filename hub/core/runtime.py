@@ -34,6 +34,7 @@ from xhub.hub.core.audit_log import (
 )
 from xhub.hub.core.config import HubConfig
 from xhub.hub.core.db import make_engine, session_factory
+from xhub.hub.core.failures import log_internal_error
 from xhub.hub.core.gate import Admitted, Caller, Gate, peer_member_id
 from xhub.hub.core.refusals import SUMMARY_METHOD, RefusalBudget, Summary
 from xhub.protocol.envelope import new_header, seal
@@ -219,9 +220,9 @@ class HubRuntime:
         except RefusedError as exc:
             await context.abort_with_status(exc.to_status())
             raise AssertionError("unreachable") from exc  # abort_with_status always raises
-        except Exception:
+        except Exception as exc:
             # Never hand internals (SQL, parameters, paths) to a caller; the log has them.
-            log.exception("internal error in %s", method)
+            log_internal_error(log, method, exc)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub has logged it")
             raise
 
