@@ -223,6 +223,7 @@ def play_story(kit: HubKit, folder: Path) -> dict[str, Recorded]:
         platform.find_materials(case_id, [PLAN], purpose=PURPOSE)
         platform.download_material(case_id, material, folder / "download.pdf", purpose=PURPOSE)
         case = platform.submit_case(case_id, purpose=PURPOSE, applicant_name="广州荔湾示例餐饮")
+        platform.lookup_case(case_id)
         list(department.subscribe_cases(0, timeout=0.5))
         department.push_status(
             case.case_number,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import socket
 import threading
 from collections.abc import Coroutine, Iterator, Sequence
@@ -154,11 +155,16 @@ class HubKit:
         self.root = root
         self.port = free_port()
         self.grace = grace
-        self.config: HubConfig = init_data_dir(
-            root / "hub-data",
-            hub_id=HUB_ID,
-            listen=f"{LOOPBACK}:{self.port}",
-            database_url=database_url,
+        self.config: HubConfig = dataclasses.replace(
+            init_data_dir(
+                root / "hub-data",
+                hub_id=HUB_ID,
+                listen=f"{LOOPBACK}:{self.port}",
+                database_url=database_url,
+            ),
+            # Tests count audit entries of refusals: every refusal is audited here; the
+            # per-sender budget has its own tests (test_refusal_bounds.py sets it).
+            refusals_logged_per_minute=0,
         )
         self.engine: Engine = make_engine(self.config.effective_database_url, pool_size=2)
         self._sessions = session_factory(self.engine)
