@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from xhub.hub.core.config import ConfigError
 from xhub.hub.core.data_dir import private_files
 from xhub.hub.core.db import make_engine, migrate, session_factory
-from xhub.hub.core.failures import install_personal_data_filter
+from xhub.hub.core.failures import RedactingFormatter
 from xhub.hub.registry.store import list_members, revoke_member, role_name, validate_member
 from xhub.hub.server import StartupError
 from xhub.hub.setup import (
@@ -537,11 +537,9 @@ HANDLERS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    install_personal_data_filter()
+    console = logging.StreamHandler()
+    console.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[console])
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     sub = getattr(args, f"{args.command}_command", None)

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from xhub.hub.core.data_dir import secure_tree
-from xhub.hub.core.failures import REDACTED, PersonalDataFilter, redact
+from xhub.hub.core.failures import REDACTED, RedactingFormatter, redact
 from xhub.hub.setup import init_data_dir
 from xhub.storage import make_engine
 
@@ -102,8 +102,7 @@ def test_log_lines_carry_no_citizen_id_even_from_a_driver_error(
     citizen_id = "440103198503170512"
     log = logging.getLogger("xhub.test.personal")
     handler = logging.StreamHandler(io.StringIO())
-    handler.addFilter(PersonalDataFilter())
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(RedactingFormatter("%(message)s"))
     log.addHandler(handler)
     try:
         try:

@@ -29,27 +29,12 @@ def redact(text: str) -> str:
     return _CITIZEN_ID.sub(REDACTED, text)
 
 
-class PersonalDataFilter(logging.Filter):
-    """Keeps ID numbers out of the hub's log: the message, its arguments and the formatted
-    traceback of every record pass through ``redact`` before a handler writes them."""
+class RedactingFormatter(logging.Formatter):
+    """Keeps ID numbers out of the hub's log: every formatted line, traceback included,
+    passes through ``redact`` (the record itself is left alone for other handlers)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        if record.exc_info:
-            formatter = logging.Formatter()
-            record.exc_text = redact(formatter.formatException(record.exc_info))
-            record.exc_info = None
-        return True
-
-
-def install_personal_data_filter() -> None:
-    """Attach the filter to every handler of the root logger (call after configuring it)."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, PersonalDataFilter) for f in handler.filters):
-            handler.addFilter(PersonalDataFilter())
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 _SEEN_INTERNAL: set[tuple[str, str]] = set()
