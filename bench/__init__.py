@@ -1,0 +1,1 @@
+"""`make bench`: hub rows measured against bare baselines in the same run."""

@@ -1,0 +1,1 @@
+"""The demo region and story behind `make demo` (`python -m xhub.demo`)."""

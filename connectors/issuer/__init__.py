@@ -1,0 +1,1 @@
+"""Issuer tools: bulk certificate import (CSV/JSONL) and the issuer database sync."""

@@ -1,0 +1,1 @@
+"""The certificate library's service (电子证照库): publishing and status changes by issuers."""
