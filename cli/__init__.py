@@ -1,1 +1,3 @@
-"""The `xhub` command (cli/main.py): hub administration and the auditor's tools, on top of hub and connectors."""
+"""The `xhub` command (cli/main.py): hub administration and the auditor's tools, on top of hub
+and connectors.
+"""

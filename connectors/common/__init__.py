@@ -1,1 +1,3 @@
-"""What the department connector and the issuer sync share: config readers, local state, the retry loop, status reports."""
+"""What the department connector and the issuer sync share: config readers, local state, the
+retry loop, status reports.
+"""

@@ -1,1 +1,3 @@
-"""Purpose binding (用途绑定): the prepared case a pull or download is bound to — one read, then pure checks."""
+"""Purpose binding (用途绑定): the prepared case a pull or download is bound to — one read, then
+pure checks.
+"""

@@ -1,1 +1,3 @@
-"""The frame every feature stands on: config, tables, admission, the per-call runtime, RPC declarations, the audit log."""
+"""The frame every feature stands on: config, tables, admission, the per-call runtime, RPC
+declarations, the audit log.
+"""
