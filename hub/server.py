@@ -35,25 +35,19 @@ from xhub.hub.core.runtime import HubRuntime
 from xhub.hub.intake.service import IntakeService
 from xhub.hub.materials.service import MaterialService
 from xhub.hub.registry.service import RegistryService
-from xhub.v1 import (
-    audit_pb2,
-    case_pb2,
-    certificate_pb2,
-    intake_pb2,
-    material_pb2,
-    registry_pb2,
-)
 
 log = logging.getLogger("xhub.server")
 
-SERVICE_NAMES = (
-    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
-    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
-    certificate_pb2.DESCRIPTOR.services_by_name["CertificateService"].full_name,
-    intake_pb2.DESCRIPTOR.services_by_name["IntakeService"].full_name,
-    material_pb2.DESCRIPTOR.services_by_name["MaterialService"].full_name,
-    case_pb2.DESCRIPTOR.services_by_name["CaseService"].full_name,
+SERVICES: tuple[type[Service], ...] = (
+    RegistryService,
+    AuditService,
+    CertificateService,
+    IntakeService,
+    MaterialService,
+    CaseService,
 )
+# Read off the services themselves: each names its part of the contract once.
+SERVICE_NAMES = tuple(service.descriptor.full_name for service in SERVICES)
 
 
 class StartupError(RuntimeError):
