@@ -257,11 +257,24 @@ class HubRuntime:
                 raise
             return admitted, draft
 
+        job = asyncio.ensure_future(self.run_blocking(work))
         try:
-            return await self.run_blocking(work)
+            return await asyncio.shield(job)
         except RefusedError as exc:
             await context.abort_with_status(exc.to_status())
             raise AssertionError("unreachable") from exc
+        except asyncio.CancelledError:
+            # The client went away while its opening message was being admitted: admission
+            # still finishes, and a stream admitted but never run is audited as ABORTED.
+            await asyncio.shield(asyncio.ensure_future(self._abandoned(job)))
+            raise
+
+    async def _abandoned(self, job: asyncio.Future[tuple[Admitted[Any], AuditDraft]]) -> None:
+        try:
+            _, draft = await job
+        except Exception:  # refused (and audited as such) or failed: nothing to add
+            return
+        await self.run_blocking(lambda: self.audit_refusal(draft, "ABORTED"))
 
     async def refuse(
         self,
