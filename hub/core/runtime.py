@@ -236,8 +236,12 @@ class HubRuntime:
         *,
         method: str,
         require_role: registry_pb2.Role.ValueType | None = None,
+        subject: Callable[[M], str] | None = None,
     ) -> tuple[Admitted[M], AuditDraft]:
-        """Admit the opening message of a stream (its id recorded at once); abort if refused."""
+        """Admit the opening message of a stream (its id recorded at once); abort if refused.
+
+        ``subject`` names the audit subject from the admitted message, so even a stream the
+        client abandons during admission is logged under it."""
         peer_pem = peer_certificate(context)
 
         def work() -> tuple[Admitted[M], AuditDraft]:
@@ -255,6 +259,8 @@ class HubRuntime:
             except RefusedError as exc:
                 self._refused(draft, exc.reason_name, exc, None)
                 raise
+            if subject is not None:
+                draft.subject = subject(admitted.message)
             return admitted, draft
 
         job = asyncio.ensure_future(self.run_blocking(work))

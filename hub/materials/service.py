@@ -71,9 +71,9 @@ class MaterialService(Service):
             material_pb2.MaterialManifest,
             method=f"/{SERVICE}/Upload",
             require_role=registry_pb2.ROLE_PLATFORM,
+            subject=lambda manifest: manifest.applicant_code[:32],
         )
         manifest = admitted.message
-        draft.subject = manifest.applicant_code[:32]
         writer: BlobWriter | None = None
         try:
             # 2. The manifest is sound and within limits, before any content is read.
