@@ -327,6 +327,9 @@ def test_a_bad_pulled_certificate_is_a_bad_response(trust: Trust, defect: str) -
 # -- dispatched cases -------------------------------------------------------------------------
 
 CASE = "XB-2026-000001"
+APPLICANT = codes.make_uscc("9", "1", "440103", "MA5CQ8XY")
+OTHER_APPLICANT = codes.make_uscc("9", "1", "440103", "MA5CQ8XW")
+ITEM = "FOOD-BIZ-LICENCE"
 
 
 def submission(trust: Trust, **header: str) -> case_pb2.CaseSubmission:
@@ -337,6 +340,10 @@ def submission(trust: Trust, **header: str) -> case_pb2.CaseSubmission:
         material_ids=["MT1"],
         applicant_name="广州荔湾食品有限公司",
         form={"经营面积": "120"},
+        applicant_code=header.get("applicant_code", APPLICANT),
+        applicant_code_type=certificate_pb2.HOLDER_CODE_TYPE_USCC,
+        item_code=ITEM,
+        prepared_case_id=header.get("prepared_case_id", "CASE-1"),
     )
 
 
@@ -361,6 +368,8 @@ def dispatched(
     return case_pb2.DispatchedCase(
         case_number=CASE,
         platform=PLATFORM,
+        applicant_code=APPLICANT,
+        item=intake_pb2.Item(code=ITEM),
         applicant_name="广州荔湾食品有限公司",
         form={"经营面积": "120"},
         certificates=[certificate_pb2.CertificateRef(identifier=i) for i in ("CERT-1", "CERT-2")],
@@ -381,6 +390,8 @@ def _edited(**changes: object) -> Callable[[Trust], case_pb2.DispatchedCase]:
             elif isinstance(value, list):
                 del field[:]
                 field.extend(value)
+            elif isinstance(value, intake_pb2.Item):
+                field.CopyFrom(value)
             else:
                 setattr(case, name, value)
         return case
@@ -405,8 +416,18 @@ CASE_DEFECTS: dict[str, tuple[Callable[[Trust], case_pb2.DispatchedCase], str]] 
         lambda t: dispatched(t, resub=resubmission("XB-2026-000002")),
         "names another case",
     ),
-    "applicant renamed": (_edited(applicant_name="另一家公司"), "applicant or form"),
-    "form changed": (_edited(form={"经营面积": "12000"}), "applicant or form"),
+    "applicant renamed": (_edited(applicant_name="另一家公司"), "applicant_name .*differs"),
+    "form changed": (_edited(form={"经营面积": "12000"}), "form .*differs"),
+    "applicant code swapped": (_edited(applicant_code=OTHER_APPLICANT), "applicant_code .*differs"),
+    "item swapped": (_edited(item=intake_pb2.Item(code="OTHER-ITEM")), "item_code .*differs"),
+    "submission signs another prepared case": (
+        lambda t: dispatched(t, sub=submission(t, prepared_case_id="CASE-2")),
+        "prepared_case_id",
+    ),
+    "submission signed another applicant": (
+        lambda t: dispatched(t, sub=submission(t, applicant_code=OTHER_APPLICANT)),
+        "applicant_code .*differs",
+    ),
     "a certificate added": (
         _edited(
             certificates=[
@@ -444,8 +465,8 @@ CONTENT = b"plan " * 1000
     [
         ([CONTENT[:10], CONTENT[10:]], ""),
         ([CONTENT, b"x"], "longer than the material"),
-        ([CONTENT[:-1]], "does not match"),
-        ([CONTENT[:-1] + b"X"], "does not match"),
+        ([CONTENT[:-1]], "differs from the signed manifest"),
+        ([CONTENT[:-1] + b"X"], "differs from the signed manifest"),
     ],
     ids=["whole", "longer", "shorter", "different"],
 )

@@ -397,7 +397,7 @@ class DepartmentConnector:
                     reason,
                 )
                 continue
-            self.state.mark_sent(entry.seq, answer)
+            self.state.mark_sent(entry, answer)
             result.sent += 1
             log.info(
                 "case %s → %s sent (已回传)%s",
@@ -414,7 +414,7 @@ class DepartmentConnector:
     def _push(
         self, client: HubClient, entry: OutboxEntry, *, bounded: bool
     ) -> case_pb2.StatusPushResult:
-        def send() -> case_pb2.StatusPushResult:
+        def send(expected: int = 0) -> case_pb2.StatusPushResult:
             return client.push_status(
                 entry.case_number,
                 case_pb2.CaseStage.Value(f"CASE_STAGE_{entry.stage.name}"),
@@ -422,10 +422,28 @@ class DepartmentConnector:
                 note=entry.note,
                 missing_items=list(entry.missing_items),
                 certificate_identifier=entry.certificate_identifier,
+                sequence=self.state.push_number(entry, expected=expected),
             )
 
+        def send_numbered() -> case_pb2.StatusPushResult:
+            try:
+                return send()
+            except RefusedError as exc:
+                # The hub counts this case's pushes otherwise (e.g. a state file restored
+                # from a backup): take its number once. A wrong one only shows the platform
+                # a gap, which the platform reports.
+                expected = exc.metadata.get("expected_sequence", "")
+                if exc.metadata.get("field") != "sequence" or not expected.isdigit():
+                    raise
+                log.warning(
+                    "case %s: the hub expects push number %s (回传序号); adopting it",
+                    entry.case_number,
+                    expected,
+                )
+                return send(int(expected))
+
         return self._call(
-            send,
+            send_numbered,
             bounded=bounded,
             on_retry=lambda exc: self.state.note_attempt(entry.seq, str(exc)),
         )

@@ -108,6 +108,14 @@ _last_stage = Table(  # the stage last queued per case, to pass over rows that r
     Column("stage", Integer, nullable=False),
     Column("seq", Integer, nullable=False),
 )
+_push_numbers = Table(  # per case: the last push number the hub took, and the one in flight
+    "push_numbers",
+    _state_metadata,
+    Column("case_number", Text, primary_key=True),
+    Column("last_sent", Integer, nullable=False),
+    Column("pending_event_id", Text, nullable=False),
+    Column("pending_number", Integer, nullable=False),
+)
 _passed_over = Table(  # one line per status-table row whose latest version was not queued
     "passed_over",
     _state_metadata,
@@ -358,6 +366,43 @@ class DepartmentState(LocalState):
             ).first()
         return None if row is None else _entry(row)
 
+    def push_number(self, entry: OutboxEntry, *, expected: int = 0) -> int:
+        """The number (回传序号) ``entry`` is pushed under: one past the case's last push the
+        hub took, kept for ``entry`` across retries (a retry after a lost answer must carry
+        the same signed number). ``expected`` (the number a hub refusal names) replaces it."""
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(_push_numbers).where(_push_numbers.c.case_number == entry.case_number)
+            ).first()
+            if row is not None and row.pending_event_id == entry.event_id and not expected:
+                return int(row.pending_number)
+            number = expected or (int(row.last_sent) if row is not None else 0) + 1
+            values = {"pending_event_id": entry.event_id, "pending_number": number}
+            if row is None:
+                connection.execute(
+                    insert(_push_numbers).values(
+                        case_number=entry.case_number, last_sent=0, **values
+                    )
+                )
+            else:
+                connection.execute(
+                    update(_push_numbers)
+                    .where(_push_numbers.c.case_number == entry.case_number)
+                    .values(**values)
+                )
+        return number
+
+    def _settle_number(self, connection: Connection, entry: OutboxEntry, *, taken: bool) -> None:
+        """The hub answered ``entry``: its number is used (taken) or free again (refused)."""
+        pending = (
+            _push_numbers.c.case_number == entry.case_number,
+            _push_numbers.c.pending_event_id == entry.event_id,
+        )
+        values: dict[str, Any] = {"pending_event_id": "", "pending_number": 0}
+        if taken:
+            values["last_sent"] = _push_numbers.c.pending_number
+        connection.execute(update(_push_numbers).where(*pending).values(**values))
+
     def note_attempt(self, seq: int, error: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(
@@ -366,8 +411,10 @@ class DepartmentState(LocalState):
                 .values(attempts=_outbox.c.attempts + 1, error=error[:2000])
             )
 
-    def mark_sent(self, seq: int, result: case_pb2.StatusPushResult) -> None:
+    def mark_sent(self, entry: OutboxEntry, result: case_pb2.StatusPushResult) -> None:
+        seq = entry.seq
         with self.engine.begin() as connection:
+            self._settle_number(connection, entry, taken=True)
             connection.execute(
                 update(_outbox)
                 .where(_outbox.c.seq == seq)
@@ -383,6 +430,7 @@ class DepartmentState(LocalState):
 
     def mark_failed(self, entry: OutboxEntry, error: str) -> None:
         with self.engine.begin() as connection:
+            self._settle_number(connection, entry, taken=False)
             connection.execute(
                 update(_outbox)
                 .where(_outbox.c.seq == entry.seq)

@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from xhub.connectors.sdk._internal.proofs import VerifiedCheckpoint
+from xhub.connectors.sdk._internal.proofs import LogState, VerifiedCheckpoint
 from xhub.connectors.sdk._internal.transport import RetryPolicy, Transport, secure_channel
 from xhub.connectors.sdk._internal.verify import TrustedMembers
 from xhub.connectors.sdk.services.audit_log import AuditLogCalls
@@ -48,6 +48,7 @@ from xhub.connectors.sdk.services.intake import IntakeCalls
 from xhub.connectors.sdk.services.materials import MaterialCalls
 from xhub.protocol.bundle import MemberBundle
 from xhub.protocol.errors import TransportError, XhubError, typed_error
+from xhub.v1 import intake_pb2
 
 # RetryPolicy, VerifiedCheckpoint and secure_channel are re-exported: callers name them here.
 __all__ = ["HubClient", "RetryPolicy", "VerifiedCheckpoint", "secure_channel"]
@@ -69,6 +70,7 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
         retry: RetryPolicy | None = None,
         clock_skew: timedelta = timedelta(minutes=5),
         sleep: Callable[[float], None] | None = None,
+        log_state_file: Path | str | None = None,
     ) -> None:
         self.bundle = bundle
         self.member_id = bundle.member_id
@@ -83,6 +85,14 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
         )
         # Members whose signatures this client checks (issuers, platforms), once fetched.
         self._trusted = TrustedMembers(bundle.ca_cert)
+        self._prepared: dict[str, intake_pb2.Checklist] = {}
+        self._holders: dict[str, frozenset[str]] = {}
+        self._pushed: dict[str, int] = {}
+        # The last checkpoint verified; log_state_file keeps it across restarts.
+        self._log_state = LogState()
+        self._log_state_path = None
+        if log_state_file is not None:
+            self.use_log_state_file(Path(log_state_file))
 
     @classmethod
     def from_bundle(

@@ -38,6 +38,7 @@ class AtDepartment:
     department: str
     stage: Stage
     accepted_on: str = ""  # ISO date, "" until accepted
+    sequence: int = 0  # the department's last push's sequence (回传序号)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class StageChange:
     stage: Stage
     accepted_on: str = ""
     deadline: str = ""
+    sequence: int = 0  # a department push's sequence, to record (0: leave it)
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,15 @@ def decide_push(
             "this case was not dispatched to you",
             case_number=case.case_number,
         )
+    if push.sequence != at.sequence + 1:
+        raise RuleError(
+            Refusal.STATUS_TRANSITION,
+            f"push sequence {push.sequence} does not follow {at.sequence}: "
+            f"the next push of this case is number {at.sequence + 1}",
+            field="sequence",
+            expected_sequence=str(at.sequence + 1),
+            case_number=case.case_number,
+        )
     try:
         proposed = Stage(push.stage)
     except ValueError as exc:
@@ -330,11 +341,13 @@ def decide_push(
                 "issued to the applicant",
                 field="certificate_identifier",
             )
-    change = StageChange(department, new)
+    change = StageChange(department, new, sequence=push.sequence)
     if new == Stage.ACCEPTED and not at.accepted_on:
         accepted = request.now.date()
         limit = workdays.deadline(accepted, case.time_limit_days, calendar)
-        change = StageChange(department, new, accepted.isoformat(), limit.isoformat())
+        change = StageChange(
+            department, new, accepted.isoformat(), limit.isoformat(), push.sequence
+        )
     overall = overall_status(new if d is at else d.stage for d in case.departments)
     event = status_event(
         case.case_number,

@@ -74,6 +74,7 @@ _CASE_COLUMNS = (
     _DEPARTMENTS.c.department,
     _DEPARTMENTS.c.stage,
     _DEPARTMENTS.c.accepted_on,
+    _DEPARTMENTS.c.last_sequence,
 )
 _CASE_AND_DEPARTMENTS = _CASES.outerjoin(
     _DEPARTMENTS, _DEPARTMENTS.c.case_number == _CASES.c.case_number
@@ -110,6 +111,9 @@ _SET_STAGE_ACCEPTED = (
         accepted_on=bindparam("new_accepted_on"),
         deadline=bindparam("new_deadline"),
     )
+)
+_SET_SEQUENCE = (
+    update(_DEPARTMENTS).where(*_AT_DEPARTMENT).values(last_sequence=bindparam("new_sequence"))
 )
 _SET_OVERALL = (
     update(_CASES)
@@ -164,7 +168,7 @@ def _case_state(rows: Sequence[Any], *, platform: bool) -> CaseState | None:
         time_limit_days=case.time_limit_days,
         submitted_at=case.submitted_at,
         departments=tuple(
-            AtDepartment(r.department, Stage(r.stage), r.accepted_on)
+            AtDepartment(r.department, Stage(r.stage), r.accepted_on, r.last_sequence or 0)
             for r in rows
             if r.department is not None
         ),
@@ -343,6 +347,15 @@ def apply(
             connection.execute(_SET_STAGE_ACCEPTED, at)
         else:
             connection.execute(_SET_STAGE, at)
+        if change.sequence:
+            connection.execute(
+                _SET_SEQUENCE,
+                {
+                    "number": case_number,
+                    "at_department": change.department,
+                    "new_sequence": change.sequence,
+                },
+            )
     if decision.overall is not None:
         connection.execute(
             _SET_OVERALL, {"number": case_number, "new_overall": int(decision.overall)}
@@ -393,6 +406,7 @@ def insert_case(session: Session, decision: SubmitDecision) -> None:
                 warned=0,
                 overdue=0,
                 updated_at=case.submitted_at,
+                last_sequence=0,
             )
         )
     add_events(

@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from xhub.certificates_store.model import CertificateDataError, validate_holder
 from xhub.hub.binding.rules import (
     BoundCase,
     Refusal,
     RuleError,
     check_binding,
     item_of,
+    unbound,
 )
 from xhub.hub.cases.limits import check_event
 from xhub.hub.cases.rules import DISPATCH, NewEvent, References, Request, concerning, referenced
@@ -109,6 +111,32 @@ def _repeated(
     return SubmitDecision(receipt, None, (), subject, submitted.case_number)
 
 
+def check_signed_case(prepared: BoundCase, submission: case_pb2.CaseSubmission) -> None:
+    """The platform signs which case it submits (applicant, its code type, item, prepared
+    case): each must be the prepared case's, so a department can check them end to end."""
+    signed = {
+        "prepared_case_id": submission.prepared_case_id,
+        "applicant_code": submission.applicant_code,
+        "item_code": submission.item_code,
+    }
+    stored = {
+        "prepared_case_id": prepared.case_id,
+        "applicant_code": prepared.applicant_code,
+        "item_code": prepared.item_code,
+    }
+    for name, value in signed.items():
+        if value != stored[name]:
+            raise unbound(f"the signed {name} differs from the prepared case's", field=name)
+    try:
+        validate_holder(submission.applicant_code, submission.applicant_code_type)
+    except CertificateDataError:
+        raise RuleError(
+            Refusal.MALFORMED,
+            "applicant_code_type does not fit the applicant code",
+            field="applicant_code_type",
+        ) from None
+
+
 def decide_submit(
     rows: SubmitRows,
     submission: case_pb2.CaseSubmission,
@@ -123,6 +151,7 @@ def decide_submit(
         rows.case, case_id=case_id, caller=request.author, purpose=purpose, now=request.now
     )
     with concerning(prepared.applicant_code):
+        check_signed_case(prepared, submission)
         if rows.submitted is not None:
             return _repeated(rows.submitted, submission, prepared.applicant_code)
         item = item_of(prepared)

@@ -327,6 +327,8 @@ class CaseDepartmentRow(Base):
     warned: Mapped[int] = mapped_column(Integer)
     overdue: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The sequence of this department's last push for the case (回传序号; 0 before any).
+    last_sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class CaseEventRow(Base):

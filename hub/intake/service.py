@@ -140,7 +140,13 @@ def _prepare_case(call: Call[intake_pb2.CasePreparation]) -> intake_pb2.Checklis
         )
     )
     call.audit.case_id = case_id
-    return intake_pb2.Checklist(case_id=case_id, item=item, lines=lines)
+    return intake_pb2.Checklist(
+        case_id=case_id,
+        item=item,
+        lines=lines,
+        applicant_code=applicant,
+        applicant_code_type=request.applicant_code_type,
+    )
 
 
 def _earlier_material(

@@ -285,4 +285,7 @@ def _fetch(call: Call[material_pb2.MaterialFetch]) -> material_pb2.MaterialDescr
             reason=R.ERROR_REASON_PURPOSE_NOT_BOUND,
             metadata={"material_id": row.material_id},
         )
-    return material_pb2.MaterialDescriptor(material=materials.to_ref(row))
+    return material_pb2.MaterialDescriptor(
+        material=materials.to_ref(row),
+        manifest=envelope_pb2.Envelope.FromString(row.manifest),
+    )

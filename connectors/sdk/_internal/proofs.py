@@ -80,3 +80,65 @@ def verify_consistency_proof(
         verify_consistency(old.size, new.size, old.root_hash, new.root_hash, hashes)
     except ProofError as exc:
         raise BadResponseError(f"consistency proof does not verify: {exc}") from exc
+
+
+class LogState:
+    """The last checkpoint this member verified, and the rule that every newer one extends
+    it (after Tessera's ``LogStateTracker``): a hub that shows two members — or one member
+    at two times — different histories is caught the next time the member looks.
+
+    ``proof_sizes`` says which consistency proof checking a new checkpoint needs (None: no
+    proof, e.g. the same size, or nothing verified yet); ``advance`` checks it and moves
+    on. A smaller checkpoint (a lagging replica) must be a prefix of the latest, which
+    stays. Persist with ``note`` / ``from_note`` (the signed note is the whole state).
+    """
+
+    def __init__(self, latest: VerifiedCheckpoint | None = None) -> None:
+        self.latest = latest
+
+    def proof_sizes(self, new: VerifiedCheckpoint) -> tuple[int, int] | None:
+        old = self.latest
+        if old is None:
+            return None
+        smaller, larger = sorted((old, new), key=lambda c: c.size)
+        return (smaller.size, larger.size) if needs_consistency_proof(smaller, larger) else None
+
+    def advance(self, new: VerifiedCheckpoint, hashes: list[bytes]) -> None:
+        """Take ``new`` if it is consistent with the last verified checkpoint (BadResponseError
+        naming both sizes and roots if not)."""
+        old = self.latest
+        if old is None:
+            self.latest = new
+            return
+        if new.checkpoint.origin != old.checkpoint.origin:
+            raise BadResponseError(
+                f"checkpoint of log {new.checkpoint.origin!r}, not {old.checkpoint.origin!r}"
+            )
+        smaller, larger = sorted((old, new), key=lambda c: c.size)
+        try:
+            if smaller.size == larger.size and smaller.root_hash != larger.root_hash:
+                raise BadResponseError("same size, another root")
+            verify_consistency_proof(smaller, larger, hashes)
+        except BadResponseError as exc:
+            raise BadResponseError(
+                f"checkpoint {new.size} (root {new.root_hash.hex()[:16]}…) is inconsistent "
+                f"with the last verified checkpoint {old.size} (root "
+                f"{old.root_hash.hex()[:16]}…): the log was rewritten or forked ({exc.message})"
+            ) from exc
+        if new.size > old.size:
+            self.latest = new
+
+    def note(self) -> bytes:
+        """What to persist: the latest checkpoint's signed note (b"" if none yet)."""
+        return self.latest.note if self.latest is not None else b""
+
+    @classmethod
+    def from_note(cls, note: bytes, log_key: str) -> LogState:
+        """The state a persisted note gives back, its signature checked with ``log_key``."""
+        if not note:
+            return cls()
+        try:
+            checkpoint = open_checkpoint(note, NoteVerifier.from_vkey(log_key))
+        except NoteError as exc:
+            raise BadResponseError(f"saved checkpoint does not verify: {exc}") from exc
+        return cls(VerifiedCheckpoint(checkpoint, note))

@@ -16,7 +16,7 @@ from typing import TypeVar
 from cryptography import x509
 from google.protobuf.message import Message
 
-from xhub.certificates_store.model import open_certificate
+from xhub.certificates_store.model import CertificateDataError, open_certificate, validate_holder
 from xhub.protocol.envelope import open_envelope
 from xhub.protocol.errors import AuthenticationError, BadResponseError, MalformedError
 from xhub.protocol.pki import CertificateError, load_certificate, verify_member_certificate
@@ -128,6 +128,46 @@ class TrustedMembers:
         raise BadResponseError(f"{key_id[:64]!r} is not a registered key of {member_id}")
 
 
+def _short(value: str) -> str:
+    """A value in a message a client logs: enough to tell two apart, not a whole ID number."""
+    return repr(value[:6] + "…" if len(value) > 8 else value)
+
+
+def _differs(what: str, field: str, hub: object, signed: object) -> BadResponseError:
+    shown = [_short(v) if isinstance(v, str) else repr(v) for v in (hub, signed)]
+    return BadResponseError(
+        f"{what}: {field} differs from the signed: hub {shown[0]}, signed {shown[1]}"
+    )
+
+
+def open_member_message(
+    envelope: envelope_pb2.Envelope,
+    message_type: type[M],
+    members: TrustedMembers,
+    *,
+    signer: str,
+    hub_id: str,
+    what: str,
+) -> M:
+    """A message ``signer`` signed with one of its registered keys and sent to ``hub_id``
+    (the originator's own bytes that the hub forwards), or BadResponseError naming ``what``."""
+
+    def signer_key(key_id: str) -> Verifier:
+        return members.verifier(signer, key_id)
+
+    try:
+        opened = open_envelope(envelope, message_type, signer_key)
+    except (MalformedError, AuthenticationError) as exc:
+        raise BadResponseError(f"{what}: the signed message is invalid: {exc}") from exc
+    header = opened.header
+    if header.sender != signer or header.recipient != hub_id:
+        raise BadResponseError(
+            f"{what}: the signed message was sent by {header.sender!r} to "
+            f"{header.recipient!r}, not by {signer!r} to the hub"
+        )
+    return opened.message
+
+
 def issuers_to_fetch(answer: intake_pb2.PulledCertificates) -> set[str]:
     """The issuers whose keys checking ``answer`` needs (unsigned copies fail before that)."""
     return {p.issuer_member_id for p in answer.certificates if p.certificate.signatures}
@@ -167,10 +207,47 @@ def verify_pulled_certificate(
 
 
 def verify_pulled(
-    answer: intake_pb2.PulledCertificates, issuers: TrustedMembers
+    answer: intake_pb2.PulledCertificates,
+    issuers: TrustedMembers,
+    asked: intake_pb2.CertificatePull | None = None,
+    *,
+    holders: frozenset[str] = frozenset(),
 ) -> list[certificate_pb2.ElectronicCertificate]:
-    """Every certificate of a pull answer, each checked by ``verify_pulled_certificate``."""
-    return [verify_pulled_certificate(pulled, issuers) for pulled in answer.certificates]
+    """Every certificate of a pull answer, each checked by ``verify_pulled_certificate``,
+    then — from the issuer's signed bytes, never the hub's wrapper — against what was
+    ``asked`` and the prepared case's ``holders`` (when known):
+
+    1. the holder is the one asked for, and one of the case's holders;
+    2. the type is one of the types asked for;
+    3. the identifier is unique in the answer and of that type.
+    """
+    certificates = [verify_pulled_certificate(pulled, issuers) for pulled in answer.certificates]
+    if asked is None:
+        return certificates
+    wanted = asked.holder_code.strip().upper()
+    types = set(asked.type_codes)
+    seen: set[str] = set()
+    for cert in certificates:
+        what = f"pulled certificate {cert.identifier[:64]!r}"
+        holder = cert.holder_code.upper()
+        # 1.
+        if holder != wanted:
+            raise BadResponseError(
+                f"{what}: holder differs from the one asked for: asked {_short(wanted)}, "
+                f"issuer signed {_short(holder)}"
+            )
+        if holders and holder not in holders:
+            raise BadResponseError(f"{what}: holder {_short(holder)} is not of the prepared case")
+        # 2.
+        if cert.type_code not in types:
+            raise BadResponseError(
+                f"{what}: type {cert.type_code!r} was not asked for ({', '.join(sorted(types))})"
+            )
+        # 3.
+        if cert.identifier in seen:
+            raise BadResponseError(f"{what}: identifier returned twice")
+        seen.add(cert.identifier)
+    return certificates
 
 
 def verify_dispatched_case(
@@ -182,25 +259,23 @@ def verify_dispatched_case(
     1. The submission and every resubmission verify against the platform's own
        registered key and were addressed by that platform to this hub.
     2. Each resubmission names this case.
-    3. Applicant name and form are the submission's.
-    4. The certificate and material references are exactly those the platform's
+    3. The case is the one the platform signed: its prepared case (= the header's case
+       id), applicant code (and a code type that fits it), item code.
+    4. Applicant name and form are the submission's.
+    5. The certificate and material references are exactly those the platform's
        signed messages name.
     """
-
-    def platform_key(key_id: str) -> Verifier:
-        return platforms.verifier(case.platform, key_id)
+    what = f"case {case.case_number[:40]}"
 
     def platform_message(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
-        try:
-            opened = open_envelope(envelope, message_type, platform_key)
-        except (MalformedError, AuthenticationError) as exc:
-            raise BadResponseError(f"the platform's signed message is invalid: {exc}") from exc
-        header = opened.header
-        if header.sender != case.platform or header.recipient != hub_id:
-            raise BadResponseError(
-                f"the platform's message was sent by {header.sender!r} to {header.recipient!r}"
-            )
-        return opened.message
+        return open_member_message(
+            envelope,
+            message_type,
+            platforms,
+            signer=case.platform,
+            hub_id=hub_id,
+            what=f"{what}: the platform's message",
+        )
 
     # 1. signatures and senders
     submission = platform_message(case.submission, case_pb2.CaseSubmission)
@@ -209,16 +284,30 @@ def verify_dispatched_case(
     ]
     # 2. each resubmission is for this case
     if any(r.case_number != case.case_number for r in resubmissions):
-        raise BadResponseError(f"case {case.case_number}: a resubmission names another case")
-    # 3. the application's content
-    if case.applicant_name != submission.applicant_name[:200] or dict(case.form) != dict(
-        submission.form
-    ):
+        raise BadResponseError(f"{what}: a resubmission names another case")
+    # 3. which case: prepared case, applicant, item
+    if submission.prepared_case_id != submission.header.case_id:
         raise BadResponseError(
-            f"case {case.case_number}: applicant or form differs from the platform's "
-            "signed submission"
+            f"{what}: the signed prepared_case_id {submission.prepared_case_id[:40]!r} is not "
+            f"the case the submission is bound to ({submission.header.case_id[:40]!r})"
         )
-    # 4. the references
+    signed: dict[str, tuple[object, object]] = {
+        "applicant_code": (case.applicant_code, submission.applicant_code),
+        "item_code": (case.item.code, submission.item_code),
+        "applicant_name": (case.applicant_name, submission.applicant_name[:200]),
+        "form": (dict(case.form), dict(submission.form)),
+    }
+    for field, (hub, platform) in signed.items():
+        if hub != platform:
+            shown = (hub, platform) if field != "form" else ("…", "…")
+            raise _differs(f"{what}", f"{field} (platform's submission)", *shown)
+    try:
+        validate_holder(submission.applicant_code, submission.applicant_code_type)
+    except CertificateDataError as exc:
+        raise BadResponseError(
+            f"{what}: the signed applicant_code_type does not fit the applicant code"
+        ) from exc
+    # 5. the references
     certificates = list(submission.certificate_identifiers)
     materials = list(submission.material_ids)
     for resubmission in resubmissions:
@@ -228,16 +317,49 @@ def verify_dispatched_case(
         m.material_id for m in case.materials
     ] != materials:
         raise BadResponseError(
-            f"case {case.case_number}: certificate or material references differ from "
-            "the platform's signed messages"
+            f"{what}: certificate or material references differ from the platform's signed messages"
         )
     return submission
 
 
-class ContentCheck:
-    """A download's bytes against the size and SHA-256 of the hub-signed descriptor."""
+def verify_download_manifest(
+    descriptor: material_pb2.MaterialDescriptor, uploaders: TrustedMembers, *, hub_id: str
+) -> material_pb2.MaterialManifest:
+    """The uploader's signed manifest a download's descriptor carries, checked before any
+    content is read:
 
-    def __init__(self, material: material_pb2.MaterialRef) -> None:
+    1. it verifies with a registered key of the uploader the descriptor names, who sent it
+       to this hub;
+    2. the hub's descriptor agrees with it (size, SHA-256, material type) — the content is
+       then checked against the manifest (``ContentCheck(manifest)``), never the descriptor.
+    """
+    material = descriptor.material
+    what = f"material {material.material_id[:40]}"
+    if not descriptor.HasField("manifest"):
+        raise BadResponseError(f"{what}: the download carries no uploader's signed manifest")
+    # 1.
+    manifest = open_member_message(
+        descriptor.manifest,
+        material_pb2.MaterialManifest,
+        uploaders,
+        signer=material.uploader,
+        hub_id=hub_id,
+        what=f"{what}: the uploader's manifest",
+    )
+    # 2.
+    for field in ("size", "sha256", "material_type"):
+        hub, signed = getattr(material, field), getattr(manifest, field)
+        if hub != signed:
+            shown = (hub.hex()[:16], signed.hex()[:16]) if field == "sha256" else (hub, signed)
+            raise _differs(f"{what}", f"{field} (uploader's manifest)", *shown)
+    return manifest
+
+
+class ContentCheck:
+    """A download's bytes against the size and SHA-256 the uploader signed (its manifest;
+    a descriptor's ``MaterialRef`` has the same two fields)."""
+
+    def __init__(self, material: material_pb2.MaterialManifest | material_pb2.MaterialRef) -> None:
         self._material = material
         self._digest = hashlib.sha256()
         self._size = 0
@@ -252,4 +374,8 @@ class ContentCheck:
     def finish(self) -> None:
         """Refuse a download shorter than, or different from, the signed descriptor."""
         if self._size != self._material.size or self._digest.digest() != self._material.sha256:
-            raise BadResponseError("downloaded content does not match the signed descriptor")
+            raise BadResponseError(
+                f"downloaded content differs from the signed manifest: {self._size} bytes, "
+                f"SHA-256 {self._digest.hexdigest()[:16]}…; signed {self._material.size} bytes, "
+                f"SHA-256 {self._material.sha256.hex()[:16]}…"
+            )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from xhub.connectors.sdk._internal.proofs import (
+    LogState,
     VerifiedCheckpoint,
     needs_consistency_proof,
     verify_checkpoint,
@@ -25,10 +28,56 @@ class AuditLogCalls(Calls):
 
     # -- audit log ------------------------------------------------------------
 
-    def checkpoint(self) -> VerifiedCheckpoint:
-        """The latest checkpoint, its signature checked with the log key pinned in the bundle.
+    _log_state: LogState
+    _log_state_path: Path | None
 
-        Raises: BadResponseError (the note does not verify), TransportError.
+    def log_state(self) -> LogState:
+        """The last checkpoint this client verified (every newer one must extend it)."""
+        return self._log_state
+
+    def use_log_state_file(self, path: Path) -> None:
+        """Keep the last verified checkpoint in ``path`` (a small file holding its signed
+        note), so a restarted connector goes on checking consistency from where it was.
+        A saved checkpoint larger than the one in hand replaces it.
+
+        Raises: BadResponseError (the saved note does not verify with the bundle's log
+        key), OSError.
+        """
+        saved = path.read_bytes() if path.exists() else b""
+        loaded = LogState.from_note(saved, self.bundle.log_key)
+        if loaded.latest is not None:
+            self.see_checkpoint(loaded.latest)
+        self._log_state_path = path
+        self._save_log_state()
+
+    def see_checkpoint(self, new: VerifiedCheckpoint) -> None:
+        """Check a verified checkpoint against the last one (fetching the consistency proof
+        between them), then remember the larger.
+
+        Raises: BadResponseError (inconsistent with the last verified checkpoint: the log
+        was rewritten or forked), MalformedError, TransportError.
+        """
+        sizes = self._log_state.proof_sizes(new)
+        hashes = list(self.consistency_proof(*sizes).hashes) if sizes else []
+        before = self._log_state.latest
+        self._log_state.advance(new, hashes)
+        if self._log_state.latest is not before:
+            self._save_log_state()
+
+    def _save_log_state(self) -> None:
+        if self._log_state_path is None or self._log_state.latest is None:
+            return
+        partial = self._log_state_path.with_name(self._log_state_path.name + ".part")
+        partial.write_bytes(self._log_state.note())
+        os.replace(partial, self._log_state_path)
+
+    def checkpoint(self) -> VerifiedCheckpoint:
+        """The latest checkpoint, its signature checked with the log key pinned in the
+        bundle, and consistent with the last checkpoint this client verified
+        (``see_checkpoint``).
+
+        Raises: BadResponseError (the note does not verify, or the log was rewritten or
+        forked since the last checkpoint verified), TransportError.
         """
         answer = self.transport.call(
             self.transport.audit.GetCheckpoint,
@@ -37,7 +86,9 @@ class AuditLogCalls(Calls):
             audit_pb2.CheckpointResult,
             idempotent=True,
         )
-        return verify_checkpoint(answer, self.bundle.log_key)
+        verified = verify_checkpoint(answer, self.bundle.log_key)
+        self.see_checkpoint(verified)
+        return verified
 
     def inclusion_proof(
         self, *, leaf_hash: bytes = b"", leaf_index: int = 0, tree_size: int = 0
@@ -108,6 +159,7 @@ class AuditLogCalls(Calls):
         if needs_consistency_proof(old, new):
             hashes = list(self.consistency_proof(old.size, new.size).hashes)
         verify_consistency_proof(old, new, hashes)
+        self.see_checkpoint(new)
 
     def audit_pages(
         self, *, page_size: int = 100, **filters: Any

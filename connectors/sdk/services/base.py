@@ -5,6 +5,7 @@ from __future__ import annotations
 from xhub.connectors.sdk._internal.transport import Transport
 from xhub.connectors.sdk._internal.verify import TrustedMembers
 from xhub.protocol.bundle import MemberBundle
+from xhub.v1 import intake_pb2
 
 
 class Calls:
@@ -15,3 +16,6 @@ class Calls:
     hub_id: str
     transport: Transport
     _trusted: TrustedMembers
+    _prepared: dict[str, intake_pb2.Checklist]  # hub-signed checklists of prepare_case
+    _holders: dict[str, frozenset[str]]  # whose certificates each prepared case may pull
+    _pushed: dict[str, int]  # the last push number per case this client sent

@@ -10,6 +10,7 @@ from xhub.connectors.sdk._internal.verify import (
     verify_pulled_certificate,
 )
 from xhub.connectors.sdk.services.registry import RegistryCalls
+from xhub.protocol.errors import BadResponseError
 from xhub.v1 import certificate_pb2, intake_pb2
 
 HolderCodeType: TypeAlias = certificate_pb2.HolderCodeType.ValueType
@@ -39,10 +40,14 @@ class IntakeCalls(RegistryCalls):
     ) -> intake_pb2.Checklist:
         """The one-time checklist (一次性告知) for an application; platform members only.
 
+        The hub-signed checklist is remembered: ``submit_case`` signs its applicant, item
+        and prepared case, and ``pull_certificates`` checks holders against it.
+
         Raises: PermissionDeniedError (not a platform, no purpose), NotFoundError (no such
-        item), MalformedError (a bad applicant code).
+        item), MalformedError (a bad applicant code), BadResponseError (the checklist is for
+        another item or applicant than asked).
         """
-        return self.transport.call(
+        checklist = self.transport.call(
             self.transport.intake.PrepareCase,
             intake_pb2.PrepareCaseRequest,
             intake_pb2.CasePreparation(
@@ -55,6 +60,18 @@ class IntakeCalls(RegistryCalls):
             idempotent=False,
             purpose=purpose,
         )
+        if checklist.item.code != item_code or (
+            checklist.applicant_code.upper() != applicant_code.strip().upper()
+        ):
+            raise BadResponseError(
+                f"checklist {checklist.case_id[:40]!r} is for item {checklist.item.code!r} and "
+                f"another applicant than asked (item {item_code!r})"
+            )
+        self._prepared[checklist.case_id] = checklist
+        self._holders[checklist.case_id] = frozenset(
+            {checklist.applicant_code.upper(), legal_representative_code.strip().upper()} - {""}
+        )
+        return checklist
 
     def pull_certificates(
         self, case_id: str, holder_code: str, type_codes: list[str], *, purpose: str
@@ -62,22 +79,28 @@ class IntakeCalls(RegistryCalls):
         """Certificates bound to a prepared case, each verified against its issuer's key.
 
         First the pull, then the issuers' member records not yet trusted, then the offline
-        check of every certificate (``_internal.verify.verify_pulled``).
+        check of every certificate (``_internal.verify.verify_pulled``): the issuer's
+        signature, and — read from the issuer's signed bytes, not the hub's wrapper — the
+        holder (the one asked for, and the prepared case's applicant or legal
+        representative when this client prepared it), the type (one asked for) and the
+        identifier (not repeated).
 
         Raises: PermissionDeniedError (purpose or case binding), NotFoundError (no such
-        case), MalformedError, BadResponseError (a certificate fails its issuer's check).
+        case), MalformedError, BadResponseError (a certificate fails its issuer's check, or
+        names another holder or type than asked).
         """
+        asked = intake_pb2.CertificatePull(holder_code=holder_code, type_codes=type_codes)
         answer = self.transport.call(
             self.transport.intake.PullCertificates,
             intake_pb2.PullCertificatesRequest,
-            intake_pb2.CertificatePull(holder_code=holder_code, type_codes=type_codes),
+            asked,
             intake_pb2.PulledCertificates,
             idempotent=True,
             case_id=case_id,
             purpose=purpose,
         )
         self._trust(issuers_to_fetch(answer))
-        verify_pulled(answer, self._trusted)
+        verify_pulled(answer, self._trusted, asked, holders=self._holders.get(case_id, frozenset()))
         return answer
 
     def verify_issuer_signature(

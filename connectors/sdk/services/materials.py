@@ -8,14 +8,14 @@ from pathlib import Path
 
 import grpc
 
-from xhub.connectors.sdk._internal.verify import ContentCheck
-from xhub.connectors.sdk.services.base import Calls
+from xhub.connectors.sdk._internal.verify import ContentCheck, verify_download_manifest
 from xhub.connectors.sdk.services.intake import HolderCodeType
+from xhub.connectors.sdk.services.registry import RegistryCalls
 from xhub.protocol.errors import typed_error
 from xhub.v1 import certificate_pb2, material_pb2
 
 
-class MaterialCalls(Calls):
+class MaterialCalls(RegistryCalls):
     """HubClient's material library operations: upload, find, download."""
 
     # -- material library -----------------------------------------------------
@@ -94,11 +94,15 @@ class MaterialCalls(Calls):
     ) -> material_pb2.MaterialDescriptor:
         """Stream a material to ``destination``; returns the hub-signed descriptor.
 
-        Size and SHA-256 are checked against the descriptor before the file appears
-        (written to a temporary name, then renamed).
+        The descriptor carries the uploader's own signed manifest: it is checked with the
+        uploader's registered key (its member record fetched first if not yet trusted),
+        the descriptor must agree with it, and the content's size and SHA-256 are checked
+        against the manifest — not the hub's descriptor — before the file appears (written
+        to a temporary name, then renamed).
 
         Raises: PermissionDeniedError (purpose or case binding), NotFoundError,
-        BadResponseError (content differs from the descriptor), OSError (writing).
+        BadResponseError (no or a forged manifest, a descriptor that differs from it, or
+        content that differs from it), OSError (writing).
         """
         payload = material_pb2.MaterialFetch(material_id=material_id)
         envelope = self.transport.seal(payload, case_id=case_id, purpose=purpose)
@@ -112,7 +116,9 @@ class MaterialCalls(Calls):
             descriptor = self.transport.open_response(
                 first.descriptor, material_pb2.MaterialDescriptor, payload.header.message_id
             )
-            content = ContentCheck(descriptor.material)
+            self._trust([descriptor.material.uploader])
+            manifest = verify_download_manifest(descriptor, self._trusted, hub_id=self.hub_id)
+            content = ContentCheck(manifest)
             with partial.open("wb") as out:
                 for message in stream:
                     chunk = message.chunk  # each access copies the bytes: read it once

@@ -595,8 +595,24 @@ class CaseSubmission(_message.Message):
     MATERIAL_IDS_FIELD_NUMBER: _builtins.int
     APPLICANT_NAME_FIELD_NUMBER: _builtins.int
     FORM_FIELD_NUMBER: _builtins.int
+    APPLICANT_CODE_FIELD_NUMBER: _builtins.int
+    APPLICANT_CODE_TYPE_FIELD_NUMBER: _builtins.int
+    ITEM_CODE_FIELD_NUMBER: _builtins.int
+    PREPARED_CASE_ID_FIELD_NUMBER: _builtins.int
     applicant_name: _builtins.str
     """Applicant's name (申请人名称)."""
+    applicant_code: _builtins.str
+    """The applicant (申请人代码), as the hub-signed Checklist of PrepareCase names it: signed
+    here so a department can check the case it receives is this applicant's (端到端核验).
+    The hub refuses a submission naming another applicant than the prepared case
+    (PURPOSE_NOT_BOUND, metadata field).
+    """
+    applicant_code_type: _certificate_pb2.HolderCodeType.ValueType
+    """Applicant code type (申请人代码类型)."""
+    item_code: _builtins.str
+    """The catalogue item code (事项编码) the case was prepared for."""
+    prepared_case_id: _builtins.str
+    """The prepared case (预受理编号); equals header.case_id."""
     @_builtins.property
     def header(self) -> _envelope_pb2.Header:
         """Message header (报文头); case_id is the prepared case, purpose as prepared."""
@@ -621,10 +637,14 @@ class CaseSubmission(_message.Message):
         material_ids: _abc.Iterable[_builtins.str] | None = ...,
         applicant_name: _builtins.str = ...,
         form: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        applicant_code: _builtins.str = ...,
+        applicant_code_type: _certificate_pb2.HolderCodeType.ValueType = ...,
+        item_code: _builtins.str = ...,
+        prepared_case_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant_name", b"applicant_name", "certificate_identifiers", b"certificate_identifiers", "form", b"form", "header", b"header", "material_ids", b"material_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant_code", b"applicant_code", "applicant_code_type", b"applicant_code_type", "applicant_name", b"applicant_name", "certificate_identifiers", b"certificate_identifiers", "form", b"form", "header", b"header", "item_code", b"item_code", "material_ids", b"material_ids", "prepared_case_id", b"prepared_case_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -801,6 +821,7 @@ class StatusPush(_message.Message):
     NOTE_FIELD_NUMBER: _builtins.int
     MISSING_ITEMS_FIELD_NUMBER: _builtins.int
     CERTIFICATE_IDENTIFIER_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     case_number: _builtins.str
     """Case number (办件编号)."""
     stage: Global___CaseStage.ValueType
@@ -811,6 +832,13 @@ class StatusPush(_message.Message):
     """Free-text note (办理意见)."""
     certificate_identifier: _builtins.str
     """For COMPLETED: the certificate issued (出证证照标识)."""
+    sequence: _builtins.int
+    """This department's push number for this case (回传序号): 1 for its first push, then
+    one more each time, assigned by the department. The hub refuses a push that skips or
+    reuses a number (STATUS_TRANSITION, metadata field "sequence", "expected_sequence"),
+    except a repeated event id (idempotent). Signed, so a platform notices a push the
+    hub dropped (a gap in the numbers).
+    """
     @_builtins.property
     def header(self) -> _envelope_pb2.Header:
         """Message header (报文头)."""
@@ -829,10 +857,11 @@ class StatusPush(_message.Message):
         note: _builtins.str = ...,
         missing_items: _abc.Iterable[_builtins.str] | None = ...,
         certificate_identifier: _builtins.str = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "certificate_identifier", b"certificate_identifier", "event_id", b"event_id", "header", b"header", "missing_items", b"missing_items", "note", b"note", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "certificate_identifier", b"certificate_identifier", "event_id", b"event_id", "header", b"header", "missing_items", b"missing_items", "note", b"note", "sequence", b"sequence", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -426,8 +426,16 @@ class Checklist(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     ITEM_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
+    APPLICANT_CODE_FIELD_NUMBER: _builtins.int
+    APPLICANT_CODE_TYPE_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     """Prepared case id that binds later pulls (预受理编号)."""
+    applicant_code: _builtins.str
+    """The applicant the case was prepared for, normalised (申请人代码): the platform signs it
+    back in its CaseSubmission.
+    """
+    applicant_code_type: _certificate_pb2.HolderCodeType.ValueType
+    """Applicant code type (申请人代码类型)."""
     @_builtins.property
     def header(self) -> _envelope_pb2.Header:
         """Message header (报文头)."""
@@ -447,10 +455,12 @@ class Checklist(_message.Message):
         case_id: _builtins.str = ...,
         item: Global___Item | None = ...,
         lines: _abc.Iterable[Global___ChecklistLine] | None = ...,
+        applicant_code: _builtins.str = ...,
+        applicant_code_type: _certificate_pb2.HolderCodeType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "header", b"header", "item", b"item", "lines", b"lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant_code", b"applicant_code", "applicant_code_type", b"applicant_code_type", "case_id", b"case_id", "header", b"header", "item", b"item", "lines", b"lines"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

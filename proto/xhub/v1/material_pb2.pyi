@@ -427,6 +427,7 @@ class MaterialDescriptor(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     MATERIAL_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> _envelope_pb2.Header:
         """Message header (报文头)."""
@@ -435,15 +436,22 @@ class MaterialDescriptor(_message.Message):
     def material(self) -> Global___MaterialRef:
         """The material that follows."""
 
+    @_builtins.property
+    def manifest(self) -> _envelope_pb2.Envelope:
+        """The uploader's own signed manifest, byte for byte (上传清单原文): the downloader checks
+        size and SHA-256 against it and the uploader's key, not against `material`.
+        """
+
     def __init__(
         self,
         *,
         header: _envelope_pb2.Header | None = ...,
         material: Global___MaterialRef | None = ...,
+        manifest: _envelope_pb2.Envelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "material", b"material"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "manifest", b"manifest", "material", b"material"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "material", b"material"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "manifest", b"manifest", "material", b"material"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
