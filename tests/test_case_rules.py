@@ -34,13 +34,15 @@ from xhub.hub.cases.rules import (
     supervision_due,
 )
 from xhub.hub.cases.submission import SubmitRows, SubmittedCase, decide_lookup, decide_submit
+from xhub.protocol import codes
 from xhub.protocol.stages import Stage
 from xhub.v1 import case_pb2, certificate_pb2, envelope_pb2, intake_pb2, material_pb2
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 CALENDAR = workdays.WorkCalendar.from_file(workdays.SAMPLE_CN_2026)
 PLATFORM, DEPT, DEPT2 = "platform", "department", "department2"
-COMPANY, PERSON, OTHER = "91440103MA5CQ8XY7K", "440103198001011234", "91440103MA5CQ9AB0X"
+PERSON, OTHER = "440103198001011234", "91440103MA5CQ9AB0X"
+COMPANY = codes.make_uscc("9", "1", "440103", "MA5CQ8XY")  # valid: submissions check its type
 NUMBER = "20260302ABCDEF123456"
 ORIGIN = envelope_pb2.Envelope(payload_type="xhub.v1.StatusPush", payload=b"signed")
 S = Stage
@@ -72,6 +74,7 @@ def request(author: str) -> Request:
 
 def push(stage: int = case_pb2.CASE_STAGE_ACCEPTED, **fields: Any) -> case_pb2.StatusPush:
     fields.setdefault("event_id", "EV-1")
+    fields.setdefault("sequence", 1)
     return case_pb2.StatusPush(case_number=NUMBER, stage=stage, **fields)  # type: ignore[arg-type]
 
 
@@ -359,7 +362,14 @@ PREPARED = BoundCase(
     expires_at=NOW + timedelta(hours=1),
     item=ITEM,
 )
-SUBMISSION = case_pb2.CaseSubmission(applicant_name="示例公司", form={"k": "v"})
+SUBMISSION = case_pb2.CaseSubmission(
+    applicant_name="示例公司",
+    form={"k": "v"},
+    applicant_code=COMPANY,
+    applicant_code_type=certificate_pb2.HOLDER_CODE_TYPE_USCC,
+    item_code=ITEM.code,
+    prepared_case_id="PC1",
+)
 
 
 def submit(rows: SubmitRows, author: str = PLATFORM, purpose: str = "受理") -> Any:
@@ -494,3 +504,46 @@ def test_a_case_takes_at_most_max_resubmissions() -> None:
         "field": "resubmissions",
         "limit": str(MAX_RESUBMISSIONS),
     }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("applicant_code", PERSON),
+        ("item_code", "ITEM-2"),
+        ("prepared_case_id", "PC2"),
+        ("applicant_code_type", certificate_pb2.HOLDER_CODE_TYPE_CITIZEN_ID),
+    ],
+)
+def test_a_submission_signing_another_case_is_refused_naming_the_field(
+    field: str, value: Any
+) -> None:
+    other = case_pb2.CaseSubmission()
+    other.CopyFrom(SUBMISSION)
+    setattr(other, field, value)
+    with pytest.raises(RuleError) as caught:
+        decide_submit(
+            SubmitRows(PREPARED),
+            other,
+            request(PLATFORM),
+            case_id="PC1",
+            purpose="受理",
+            case_number=NUMBER,
+        )
+    expected = Refusal.MALFORMED if field == "applicant_code_type" else Refusal.UNBOUND
+    assert (caught.value.refusal, caught.value.metadata["field"]) == (expected, field)
+
+
+@pytest.mark.parametrize("sequence", [0, 2, 5])
+def test_a_push_that_skips_or_reuses_a_number_is_refused(sequence: int) -> None:
+    rows = PushRows(None, case(S.SUBMITTED))
+    with pytest.raises(RuleError) as caught:
+        decide_push(rows, push(sequence=sequence), request(DEPT), CALENDAR)
+    assert caught.value.refusal == Refusal.STATUS_TRANSITION
+    assert caught.value.metadata["field"] == "sequence"
+    assert caught.value.metadata["expected_sequence"] == "1"
+
+
+def test_a_push_records_its_number() -> None:
+    decision = decide_push(PushRows(None, case(S.SUBMITTED)), push(), request(DEPT), CALENDAR)
+    assert [c.sequence for c in decision.changes] == [1]

@@ -32,7 +32,14 @@ def test_a_lost_submit_answer_is_retried_and_names_the_same_case(any_desk: Desk)
     desk = any_desk
     platform = desk.platform
     checklist = platform.prepare_case(JOINT_ITEM, COMPANY, purpose=PURPOSE)
-    submission = case_pb2.CaseSubmission(applicant_name=COMPANY_NAME, form={"经营面积": "80"})
+    submission = case_pb2.CaseSubmission(
+        applicant_name=COMPANY_NAME,
+        form={"经营面积": "80"},
+        applicant_code=checklist.applicant_code,
+        applicant_code_type=checklist.applicant_code_type,
+        item_code=checklist.item.code,
+        prepared_case_id=checklist.case_id,
+    )
     # The first attempt reaches the hub, but its answer never reaches the platform.
     lost = case_pb2.CaseSubmission()
     lost.CopyFrom(submission)

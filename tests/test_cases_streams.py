@@ -271,7 +271,9 @@ def test_an_event_committed_after_a_later_cursor_is_still_delivered(pg_kit: HubK
 
     # The slow push: its transaction inserts its case event (taking cursor N), then waits
     # on the replay-store row this test holds uncommitted with the same message id.
-    payload = case_pb2.StatusPush(case_number=slow_case, stage=ACCEPTED, event_id="slow-1")
+    payload = case_pb2.StatusPush(
+        case_number=slow_case, stage=ACCEPTED, event_id="slow-1", sequence=1
+    )
     envelope = slow_client.transport.seal(payload, case_id=slow_case)
     header = payload.header
     outcome: list[Any] = []

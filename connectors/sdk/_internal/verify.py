@@ -133,10 +133,10 @@ def _short(value: str) -> str:
     return repr(value[:6] + "…" if len(value) > 8 else value)
 
 
-def _differs(what: str, field: str, hub: object, signed: object) -> BadResponseError:
+def _differs(what: str, field: str, source: str, hub: object, signed: object) -> BadResponseError:
     shown = [_short(v) if isinstance(v, str) else repr(v) for v in (hub, signed)]
     return BadResponseError(
-        f"{what}: {field} differs from the signed: hub {shown[0]}, signed {shown[1]}"
+        f"{what}: {field} differs from the {source}: hub {shown[0]}, signed {shown[1]}"
     )
 
 
@@ -299,8 +299,12 @@ def verify_dispatched_case(
     }
     for field, (hub, platform) in signed.items():
         if hub != platform:
-            shown = (hub, platform) if field != "form" else ("…", "…")
-            raise _differs(f"{what}", f"{field} (platform's submission)", *shown)
+            if isinstance(hub, dict) and isinstance(platform, dict):
+                keys = sorted(
+                    k for k in hub.keys() | platform.keys() if hub.get(k) != platform.get(k)
+                )
+                hub, platform = f"fields {', '.join(keys)[:200]}", "others"
+            raise _differs(what, field, "platform's signed submission", hub, platform)
     try:
         validate_holder(submission.applicant_code, submission.applicant_code_type)
     except CertificateDataError as exc:
@@ -351,7 +355,7 @@ def verify_download_manifest(
         hub, signed = getattr(material, field), getattr(manifest, field)
         if hub != signed:
             shown = (hub.hex()[:16], signed.hex()[:16]) if field == "sha256" else (hub, signed)
-            raise _differs(f"{what}", f"{field} (uploader's manifest)", *shown)
+            raise _differs(what, field, "uploader's signed manifest", *shown)
     return manifest
 
 
