@@ -303,7 +303,10 @@ def verify_dispatched_case(
                 keys = sorted(
                     k for k in hub.keys() | platform.keys() if hub.get(k) != platform.get(k)
                 )
-                hub, platform = f"fields {', '.join(keys)[:200]}", "others"
+                raise BadResponseError(
+                    f"{what}: form differs from the platform's signed submission in field(s) "
+                    f"{', '.join(keys)[:200]}"
+                )
             raise _differs(what, field, "platform's signed submission", hub, platform)
     try:
         validate_holder(submission.applicant_code, submission.applicant_code_type)
