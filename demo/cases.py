@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xhub.certificates_store.model import USCC, new_certificate
 from xhub.connectors import HubClient
@@ -12,6 +14,9 @@ from xhub.demo.region import DEMO_MEMBERS
 from xhub.hub.core.db import make_engine
 from xhub.protocol.envelope import verify_signature_by
 from xhub.v1 import case_pb2
+
+if TYPE_CHECKING:
+    from xhub.connectors.department.connector import DepartmentConnector
 
 DEPARTMENT_CONFIG = """\
 [hub]
@@ -123,6 +128,7 @@ def case_section(
             "  checked end to end first (端到端核验): applicant, form and every reference are "
             f"the platform's own signed submission ({len(result.unverified)} refused)"
         )
+        opened = _open_floor_plan(connector, market, case_number)
         department_records("01", "材料齐全，予以受理")
         department_records("02", "现场核查")
         result = connector.run_once()
@@ -187,4 +193,33 @@ def case_section(
         f"\n  a later application ({checklist.item.name}): {line.material.name} → "
         f"{'✓ from library: ' + line.certificate.identifier if line.satisfied else '✗ bring'}"
     )
-    return line.satisfied and line.certificate.identifier == licence.identifier
+    return opened and line.satisfied and line.certificate.identifier == licence.identifier
+
+
+def _open_floor_plan(connector: DepartmentConnector, market: HubClient, case_number: str) -> bool:
+    """部门调阅材料: the connector fetched the case's references into the department's own
+    system; the department opens the floor plan the platform uploaded."""
+    from xhub.connectors.department import attachments as fetch
+
+    done = [a for a in connector.attachments.all() if a.case_number == case_number]
+    fetched = [a for a in done if a.state == fetch.FETCHED]
+    say(
+        f"  the connector fetched the case's references into the department's own system "
+        f"(部门调阅材料): {len(fetched)} of {len(done)} attachments, each verified end to end"
+    )
+    plan = next((a for a in fetched if "平面" in a.name), None)
+    if plan is None:
+        say("  the floor plan was not fetched")
+        return False
+    data = connector.attachments.file(plan).read_bytes()
+    # Opened again through the SDK as the department (bound to this case, audited).
+    again = connector.attachments.directory / ".demo-plan"
+    descriptor = market.download_case_material(case_number, plan.ref, again)
+    same = again.read_bytes() == data and descriptor.material.sha256.hex() == plan.sha256
+    again.unlink()
+    matches = same and hashlib.sha256(data).hexdigest() == plan.sha256
+    say(
+        f"  the department opens {plan.name}: {len(data)} bytes, SHA-256 "
+        f"{plan.sha256[:16]}… {'matches the signed descriptor ✓' if matches else 'DIFFERS ✗'}"
+    )
+    return matches

@@ -15,12 +15,16 @@ from xhub.hub.binding.purpose import refusal
 from xhub.hub.binding.rules import (
     BoundCase,
     Refusal,
+    ReviewedCase,
     RuleError,
     check_binding,
     check_pull,
     check_purpose,
+    check_review,
+    check_reviewed_references,
     item_of,
 )
+from xhub.protocol.stages import FINAL_STAGES, Stage
 from xhub.v1 import intake_pb2
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -173,6 +177,7 @@ WIRE = [
     (Refusal.STATUS_TRANSITION, grpc.StatusCode.FAILED_PRECONDITION, "STATUS_TRANSITION"),
     # FAILED_PRECONDITION's default reason, as the hub answered before the rules were pure.
     (Refusal.PRECONDITION, grpc.StatusCode.FAILED_PRECONDITION, "STATUS_TRANSITION"),
+    (Refusal.CASE_CLOSED, grpc.StatusCode.FAILED_PRECONDITION, "CASE_CLOSED"),
 ]
 
 
@@ -187,3 +192,72 @@ def test_each_rule_refusal_has_one_refusal_on_the_wire(
 
 def test_every_rule_refusal_is_mapped() -> None:
     assert {w[0] for w in WIRE} == set(Refusal)
+
+
+# == A department reading the case it reviews (部门调阅) ==========================================
+
+REVIEWED = ReviewedCase(
+    case_number="20260302ABCDEF123456",
+    applicant_code=COMPANY,
+    stage=Stage.SUBMITTED,
+    certificate_identifiers=("1.2.156.3005.2.A", "1.2.156.3005.2.B"),
+    material_ids=("MT1", "MT2"),
+)
+OPEN = [s for s in Stage if s not in FINAL_STAGES]
+
+
+@pytest.mark.parametrize("stage", list(Stage), ids=[s.name for s in Stage])
+def test_a_case_is_open_to_its_department_until_its_stage_there_is_final(stage: Stage) -> None:
+    case = replace(REVIEWED, stage=stage)
+    if stage in OPEN:
+        assert check_review(case, case_number=case.case_number) is case
+        return
+    kind, message, _ = refusal_of(lambda: check_review(case, case_number=case.case_number))
+    assert kind == Refusal.CASE_CLOSED and stage.name in message
+
+
+def test_completed_is_open_and_delivered_closes_the_case() -> None:
+    assert Stage.COMPLETED in OPEN and Stage.SUPPLEMENT_REQUIRED in OPEN
+    assert Stage.DELIVERED not in OPEN
+
+
+REVIEW_REFUSALS: list[tuple[str, ReviewedCase | None, Refusal]] = [
+    ("no-such-case", None, Refusal.NOT_FOUND),
+    ("another-departments-case", replace(REVIEWED, stage=None), Refusal.NOT_YOUR_CASE),
+    ("withdrawn", replace(REVIEWED, stage=Stage.WITHDRAWN), Refusal.CASE_CLOSED),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "kind"), [r[1:] for r in REVIEW_REFUSALS], ids=[r[0] for r in REVIEW_REFUSALS]
+)
+def test_review_refusals(case: ReviewedCase | None, kind: Refusal) -> None:
+    assert refusal_of(lambda: check_review(case, case_number="20260302X"))[0] == kind
+
+
+def test_a_refused_review_names_the_applicant_as_audit_subject() -> None:
+    with pytest.raises(RuleError) as raised:
+        check_review(replace(REVIEWED, stage=None), case_number=REVIEWED.case_number)
+    assert raised.value.subject == COMPANY
+
+
+REFERENCES: list[tuple[str, dict[str, list[str]], bool]] = [
+    ("its-certificates", {"certificates": ["1.2.156.3005.2.A", "1.2.156.3005.2.B"]}, True),
+    ("its-materials", {"materials": ["MT2"]}, True),
+    ("nothing", {}, True),
+    ("another-certificate", {"certificates": ["1.2.156.3005.2.Z"]}, False),
+    ("another-material", {"materials": ["MT1", "MT9"]}, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("asked", "bound"), [r[1:] for r in REFERENCES], ids=[r[0] for r in REFERENCES]
+)
+def test_a_department_reads_only_the_cases_references(
+    asked: dict[str, list[str]], bound: bool
+) -> None:
+    if bound:
+        check_reviewed_references(REVIEWED, **asked)
+        return
+    kind, message, _ = refusal_of(lambda: check_reviewed_references(REVIEWED, **asked))
+    assert kind == Refusal.UNBOUND and REVIEWED.case_number in message

@@ -40,8 +40,8 @@ running). Like every command, 2 when the configuration or the state file cannot 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -83,6 +83,9 @@ class StatusReport:
     watermark: Watermark | None
     rows: Sequence[ReportRow]
     stuck_after_seconds: float | None = None  # None: nothing waits (the issuer sync)
+    # Counts of what else the connector keeps, by name (the department's attachments), as
+    # a JSON object and one text line each; empty for the issuer sync.
+    extra: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def is_stuck(self, row: ReportRow, now: datetime) -> bool:
         if row.state != PENDING or self.stuck_after_seconds is None:
@@ -114,6 +117,7 @@ class StatusReport:
             "counts": counts,
             "rows": [{**asdict(row), "key": _plain(row.key)} for row in self.rows],
             "exit_code": self.exit_code(counts),
+            **{name: dict(values) for name, values in self.extra.items()},
         }
 
     def text(self, limit: int = DEFAULT_LIMIT) -> str:
@@ -137,6 +141,8 @@ class StatusReport:
             f"{counts[REFUSED]} refused, {counts[PASSED_OVER]} passed over; "
             f"{counts['in_error']} row(s) in error"
         )
+        for name, values in self.extra.items():
+            lines.append(f"{name}: " + ", ".join(f"{n} {k}" for k, n in values.items()))
         return "\n".join(lines)
 
 

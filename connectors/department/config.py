@@ -47,6 +47,8 @@ Relative paths are relative to the file; SQLAlchemy URLs are not::
                                        # kept this long for inspection
     stuck_after_seconds = 600          # `xhub-connector status`: a push waiting this long
                                        # is stuck (exit code 5)
+    attachments_dir = "attachments"    # fetched certificates and materials of received
+                                       # cases (default: next to the state file; 0700/0600)
 
 Stages a department may report: ACCEPTED 受理, NOT_ACCEPTED 不予受理, UNDER_REVIEW 审核,
 SUPPLEMENT_REQUIRED 补正, APPROVED 审批通过, REJECTED 不予许可, COMPLETED 办结, DELIVERED 出件.
@@ -119,6 +121,12 @@ class DepartmentConfig:
     overlap_seconds: float = 60.0
     counter_cases: bool = True
     stuck_after_seconds: float = 600.0
+    attachments_dir: Path | None = None  # default: "attachments" next to the state file
+
+    @property
+    def attachments_path(self) -> Path:
+        """Where fetched certificates and materials are kept (部门调阅材料)."""
+        return self.attachments_dir or self.state_path.parent / "attachments"
 
     @property
     def row_errors(self) -> frozenset[str]:
@@ -189,7 +197,9 @@ def load_department_config(path: Path) -> DepartmentConfig:
     )
     hub = file.section("hub", _HUB_KEYS)
     department = file.section("department", _DEPARTMENT_KEYS)
-    state = file.section("state", {"path", "keep_sent_days", "stuck_after_seconds"})
+    state = file.section(
+        "state", {"path", "keep_sent_days", "stuck_after_seconds", "attachments_dir"}
+    )
     config = DepartmentConfig(
         bundle=file.relative(hub.get("bundle", str)),
         address=hub.values.get("address") or None,
@@ -213,6 +223,11 @@ def load_department_config(path: Path) -> DepartmentConfig:
         overlap_seconds=department.get("overlap_seconds", float, 60.0),
         counter_cases=department.get("counter_cases", bool, True),
         stuck_after_seconds=state.get("stuck_after_seconds", float, 600.0),
+        attachments_dir=(
+            file.relative(state.get("attachments_dir", str))
+            if "attachments_dir" in state.values
+            else None
+        ),
         backoff=Backoff.from_section(hub),
         subscribe_seconds=hub.get("subscribe_seconds", float, 2.0),
     )

@@ -79,6 +79,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from xhub.connectors.common.retry import call_hub, retryable
 from xhub.connectors.common.state import RowError, scan_rows
+from xhub.connectors.department.attachments import Attachments
 from xhub.connectors.department.config import (
     DepartmentConfig,
     DepartmentConfigError,
@@ -134,6 +135,8 @@ class PassResult:
     passed_over: list[PassedRow] = field(default_factory=list)  # every row passed over
     row_errors: int = 0  # rows passed over that a person must fix (config.row_errors)
     unverified: list[RowError] = field(default_factory=list)  # cases kept out of the inbox
+    fetched: int = 0  # attachments fetched (部门调阅材料)
+    fetch_failed: int = 0  # attachments the hub refused or that failed verification
     sent: int = 0
     failed: list[OutboxEntry] = field(default_factory=list)
     pending: int = 0
@@ -148,6 +151,8 @@ class PassResult:
         )
         if self.unverified:
             text += f"; {len(self.unverified)} case(s) failed end-to-end verification"
+        if self.fetched or self.fetch_failed:
+            text += f"; attachments: {self.fetched} fetched, {self.fetch_failed} failed"
         if self.unreachable:
             text += f"; hub unreachable: {self.unreachable}"
         return text
@@ -180,6 +185,7 @@ class DepartmentConnector:
         self._wake = threading.Event()
         self._fatal: BaseException | None = None
         self.state = DepartmentState(config.state_path)
+        self.attachments = Attachments(self.state.engine, config.attachments_path)
         self.department: Engine = create_engine(config.department_url)
         self.client: HubClient | None = None
         try:
@@ -251,6 +257,8 @@ class DepartmentConnector:
                 result.unverified.append(RowError(case.case_number, exc.message))
             return "unverified"
         outcome = store_case(self.department, self.inbox, case)
+        if case.stage != case_pb2.CASE_STAGE_WITHDRAWN:
+            self.attachments.enqueue(case)  # before the cursor moves: never lost in a crash
         resubmitted = (
             case.case_number
             if outcome == "updated" and case.stage == case_pb2.CASE_STAGE_SUBMITTED
@@ -280,6 +288,23 @@ class DepartmentConnector:
                 self.receive(case, result)
 
         self._call(attempt, bounded=True)
+        self.fetch_attachments(result)
+
+    def fetch_attachments(self, result: PassResult | None = None) -> None:
+        """Fetch the pending certificates and materials of received cases (部门调阅材料), each
+        with the retry policy; raises a TransportError when the hub stays unreachable (the
+        rest stay pending for the next pass)."""
+        client = self._hub()
+
+        def call(fn: Callable[[], None], on_retry: Callable[[BaseException], None]) -> None:
+            self._call(fn, bounded=True, on_retry=on_retry)
+
+        fetched, failed = self.attachments.fetch_pending(client, call, stop=self.stop.is_set)
+        if result is not None:
+            result.fetched += fetched
+            result.fetch_failed += failed
+        if failed:
+            log.error("%d attachment(s) could not be fetched; see the status command", failed)
 
     def _receive_forever(self, client: HubClient) -> None:
         """Loop mode: follow the stream across hub restarts until stopped."""
@@ -288,8 +313,10 @@ class DepartmentConnector:
                 events: Iterator[case_pb2.DispatchedCase] = client.follow(
                     client.subscribe_cases, self.state.cursor(), stop=self.stop.is_set
                 )
+                self.fetch_attachments()
                 for case in events:
                     self.receive(case)
+                    self.fetch_attachments()
             except SQLAlchemyError as exc:
                 # The cursor did not move: the same case is delivered again after the pause.
                 log.warning(

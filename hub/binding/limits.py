@@ -75,6 +75,7 @@ INTAKE: Mapping[type[Message], Fields] = {
         "legal_representative_code": HOLDER_CODE,
     },
     intake_pb2.CertificatePull: {"holder_code": HOLDER_CODE, "type_codes": Many(20, Id(32))},
+    intake_pb2.CaseCertificatePull: {"certificate_identifiers": Many(REFERENCES, CERTIFICATE_ID)},
     intake_pb2.CertificateCheck: {
         "identifier": CERTIFICATE_ID,
         "number": Id(64),  # certificates.number; also a probed person's id (audit subject)

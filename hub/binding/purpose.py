@@ -11,8 +11,15 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from xhub.hub.binding.rules import BoundCase, Refusal, RuleError, check_binding
-from xhub.hub.binding.store import read_bound_case
+from xhub.hub.binding.rules import (
+    BoundCase,
+    Refusal,
+    ReviewedCase,
+    RuleError,
+    check_binding,
+    check_review,
+)
+from xhub.hub.binding.store import read_bound_case, read_reviewed_case
 from xhub.hub.core.runtime import Call
 from xhub.protocol.errors import (
     FailedPreconditionError,
@@ -23,7 +30,15 @@ from xhub.protocol.errors import (
 )
 from xhub.v1 import envelope_pb2 as R
 
-__all__ = ["BoundCase", "bound_case", "deny_unbound", "refusal", "refusing"]
+__all__ = [
+    "BoundCase",
+    "ReviewedCase",
+    "bound_case",
+    "deny_unbound",
+    "refusal",
+    "refusing",
+    "reviewed_case",
+]
 
 M = TypeVar("M", bound=Message)
 
@@ -51,6 +66,10 @@ def refusal(error: RuleError) -> RefusedError:
         case Refusal.STATUS_TRANSITION:
             return FailedPreconditionError(
                 message, reason=R.ERROR_REASON_STATUS_TRANSITION, metadata=metadata
+            )
+        case Refusal.CASE_CLOSED:
+            return FailedPreconditionError(
+                message, reason=R.ERROR_REASON_CASE_CLOSED, metadata=metadata
             )
         case Refusal.PRECONDITION:
             return FailedPreconditionError(message, metadata=metadata)
@@ -80,5 +99,20 @@ def bound_case(call: Call[Any]) -> BoundCase:
             purpose=call.header.purpose,
             now=datetime.now(UTC),
         )
+    except RuleError as exc:
+        raise refusal(exc) from exc
+
+
+def reviewed_case(call: Call[Any]) -> ReviewedCase:
+    """A department reading the case it reviews (部门调阅): the case the header names
+    (``case_id`` is the case number), dispatched to the caller and open there; the call is
+    audited under the case's applicant, as a platform's pull is."""
+    case = read_reviewed_case(
+        session=call.session, case_number=call.header.case_id, department=call.caller.member_id
+    )
+    if case is not None:
+        call.audit.subject = case.applicant_code
+    try:
+        return check_review(case, case_number=call.header.case_id)
     except RuleError as exc:
         raise refusal(exc) from exc

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from xhub.protocol.stages import Stage, is_final
 from xhub.v1 import intake_pb2
 
 LEGAL_REP = intake_pb2.HOLDER_ROLE_LEGAL_REPRESENTATIVE
@@ -26,6 +27,7 @@ class Refusal(enum.Enum):
     UNBOUND = "purpose not bound"  # outside the prepared case it is bound to
     NOT_YOUR_CASE = "not your case"  # another member's case
     STATUS_TRANSITION = "status transition"  # the case's stage does not allow it
+    CASE_CLOSED = "case closed"  # the case is closed at the caller (a final stage there)
     PRECONDITION = "precondition"  # the hub's own state does not allow it
 
 
@@ -121,3 +123,71 @@ def check_pull(case: BoundCase, holder_code: str, type_codes: Sequence[str]) -> 
             case_id=case.case_id,
             type_codes=",".join(refused)[:200],
         )
+
+
+# -- a department reading the case it reviews (部门调阅) -------------------------------------
+
+
+@dataclass(frozen=True)
+class ReviewedCase:
+    """A submitted case as a department reading it sees it, read once: the caller's stage
+    there (None: not dispatched to the caller) and the references the platform signed."""
+
+    case_number: str
+    applicant_code: str
+    stage: Stage | None  # at the calling department
+    certificate_identifiers: tuple[str, ...]  # submission's, then each resubmission's
+    material_ids: tuple[str, ...]
+
+
+def check_review(case: ReviewedCase | None, *, case_number: str) -> ReviewedCase:
+    """A department may read a case's references while the case is open at it.
+
+    1. The case exists (NOT_FOUND).
+    2. It was dispatched to the caller (NOT_YOUR_CASE).
+    3. It is open there: its stage at the caller is not final — NOT_ACCEPTED 不予受理,
+       REJECTED 不予许可, DELIVERED 出件 and WITHDRAWN 撤回 close it (CASE_CLOSED);
+       COMPLETED 办结 is still open (the result is not delivered yet), and so is
+       SUPPLEMENT_REQUIRED 补正 (the department waits for the applicant).
+    """
+    number = case_number[:40]
+    # 1.
+    if case is None:
+        raise RuleError(Refusal.NOT_FOUND, f"no case {number!r}", case_number=number)
+    # 2.
+    if case.stage is None:
+        error = RuleError(
+            Refusal.NOT_YOUR_CASE,
+            "the case was not dispatched to this department",
+            case_number=case.case_number,
+        )
+        error.subject = case.applicant_code
+        raise error
+    # 3.
+    if is_final(case.stage):
+        error = RuleError(
+            Refusal.CASE_CLOSED,
+            f"the case is closed at this department ({case.stage.label})",
+            case_number=case.case_number,
+            stage=case.stage.name,
+        )
+        error.subject = case.applicant_code
+        raise error
+    return case
+
+
+def check_reviewed_references(
+    case: ReviewedCase, *, certificates: Sequence[str] = (), materials: Sequence[str] = ()
+) -> None:
+    """Every certificate identifier and material id asked for is one the case references
+    (the platform's signed submission or resubmissions): PURPOSE_NOT_BOUND otherwise."""
+    foreign_certificates = [c for c in certificates if c not in case.certificate_identifiers]
+    foreign_materials = [m for m in materials if m not in case.material_ids]
+    if foreign_certificates or foreign_materials:
+        named = ", ".join(foreign_certificates + foreign_materials)[:200]
+        error = unbound(
+            f"case {case.case_number} does not reference {named}",
+            case_id=case.case_number,
+        )
+        error.subject = case.applicant_code
+        raise error

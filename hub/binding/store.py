@@ -1,13 +1,15 @@
-"""The one read of purpose binding: the prepared case and its item, in one statement."""
+"""The one read of purpose binding: the prepared case and its item, in one statement (a
+platform's pulls), or the case a department reviews with its stage there (部门调阅)."""
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
-from xhub.hub.binding.rules import BoundCase
-from xhub.hub.core.db import ItemRow, PreparedCaseRow, table_of
-from xhub.v1 import intake_pb2
+from xhub.hub.binding.rules import BoundCase, ReviewedCase
+from xhub.hub.core.db import CaseDepartmentRow, CaseRow, ItemRow, PreparedCaseRow, table_of
+from xhub.protocol.stages import Stage
+from xhub.v1 import case_pb2, envelope_pb2, intake_pb2
 
 _prepared = table_of(PreparedCaseRow)
 _items = table_of(ItemRow)
@@ -27,6 +29,24 @@ _BOUND_CASE = (
     .where(_prepared.c.case_id == bindparam("case_id"))
 )
 
+_cases = table_of(CaseRow)
+_at = table_of(CaseDepartmentRow)
+# The case with the calling department's row (none when it was not dispatched there).
+_REVIEWED_CASE = (
+    select(_cases.c.case_number, _cases.c.applicant_code, _cases.c.submission, _cases.c.dispatch)
+    .add_columns(_at.c.stage)
+    .select_from(
+        _cases.outerjoin(
+            _at,
+            and_(
+                _at.c.case_number == _cases.c.case_number,
+                _at.c.department == bindparam("department"),
+            ),
+        )
+    )
+    .where(_cases.c.case_number == bindparam("number"))
+)
+
 
 def read_bound_case(session: Session, case_id: str) -> BoundCase | None:
     """The prepared case ``case_id`` names, or None (also when no case_id is given)."""
@@ -44,4 +64,37 @@ def read_bound_case(session: Session, case_id: str) -> BoundCase | None:
         purpose=row.purpose,
         expires_at=row.expires_at,
         item=intake_pb2.Item.FromString(row.item) if row.item is not None else None,
+    )
+
+
+def _payload(envelope: bytes | envelope_pb2.Envelope) -> bytes:
+    if isinstance(envelope, bytes):
+        envelope = envelope_pb2.Envelope.FromString(envelope)
+    return envelope.payload
+
+
+def read_reviewed_case(session: Session, case_number: str, department: str) -> ReviewedCase | None:
+    """The case ``case_number`` as ``department`` may read it, or None (no such case).
+
+    Its references are the ones the platform signed — its submission's, then each
+    resubmission's (stored byte for byte, verified when the hub admitted them) — never
+    the hub's own copy of them, nor anything else of the applicant."""
+    if not case_number:
+        return None
+    row = session.execute(_REVIEWED_CASE, {"number": case_number, "department": department}).first()
+    if row is None:
+        return None
+    submission = case_pb2.CaseSubmission.FromString(_payload(bytes(row.submission)))
+    certificates = list(submission.certificate_identifiers)
+    materials = list(submission.material_ids)
+    for envelope in case_pb2.DispatchedCase.FromString(bytes(row.dispatch)).resubmissions:
+        resubmission = case_pb2.CaseResubmission.FromString(_payload(envelope))
+        certificates.extend(resubmission.certificate_identifiers)
+        materials.extend(resubmission.material_ids)
+    return ReviewedCase(
+        case_number=row.case_number,
+        applicant_code=row.applicant_code,
+        stage=Stage(row.stage) if row.stage is not None else None,
+        certificate_identifiers=tuple(certificates),
+        material_ids=tuple(materials),
     )

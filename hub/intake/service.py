@@ -17,9 +17,15 @@ from google.protobuf.message import Message
 from xhub.certificates_store import store
 from xhub.certificates_store.model import STATUS_NAMES, VALID, CertificateDataError, validate_holder
 from xhub.certificates_store.schema import CertificateRow
+from xhub.certificates_store.store import HeldCertificate
 from xhub.hub.binding.limits import INTAKE, check
-from xhub.hub.binding.purpose import bound_case, refusing
-from xhub.hub.binding.rules import LEGAL_REP, check_pull, check_purpose
+from xhub.hub.binding.purpose import bound_case, refusing, reviewed_case
+from xhub.hub.binding.rules import (
+    LEGAL_REP,
+    check_pull,
+    check_purpose,
+    check_reviewed_references,
+)
 from xhub.hub.catalog import store as catalog
 from xhub.hub.core.db import MemberKeyRow, PreparedCaseRow
 from xhub.hub.core.rpc import Service, Unary
@@ -36,6 +42,8 @@ from xhub.v1 import (
     registry_pb2,
 )
 
+REVIEW_PURPOSE = "办件审查"
+"""The use a department's copy is annotated with when its pull names no purpose."""
 PREPARED_CASE_LIFETIME = timedelta(hours=24)
 USE_COPY_LIFETIME = timedelta(days=30)
 R = envelope_pb2
@@ -56,6 +64,12 @@ class IntakeService(Service):
                 "PrepareCase", intake_pb2.CasePreparation, _bounded(_prepare_case), role=platform
             ),
             Unary("PullCertificates", intake_pb2.CertificatePull, _bounded(_pull), role=platform),
+            Unary(
+                "PullCaseCertificates",
+                intake_pb2.CaseCertificatePull,
+                _bounded(_pull_for_case),
+                role=registry_pb2.ROLE_DEPARTMENT,
+            ),
             Unary("VerifyCertificate", intake_pb2.CertificateCheck, _bounded(_verify)),
         ]
 
@@ -172,10 +186,37 @@ def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificat
     check_pull(case, request.holder_code, request.type_codes)
     now = datetime.now(UTC)
     rows = store.latest_for_holder(call.session, request.holder_code, list(request.type_codes))
+    # Only certificates that can satisfy a requirement leave the library (data minimisation).
+    usable = [r for r in rows if store.status_of(r, now.date()) == VALID]
+    return _copies(call, usable, case.case_id, case.purpose, now)
+
+
+def _pull_for_case(call: Call[intake_pb2.CaseCertificatePull]) -> intake_pb2.PulledCertificates:
+    """部门调阅: the certificates the case references (all of them when none is named), for a
+    department the case is open at; each with its status today, valid or not (the department
+    reviews what the applicant used, and must see one revoked since)."""
+    case = reviewed_case(call)
+    wanted = list(dict.fromkeys(call.message.certificate_identifiers)) or list(
+        dict.fromkeys(case.certificate_identifiers)
+    )
+    check_reviewed_references(case, certificates=wanted)
+    call.audit.case_id = case.case_number
+    rows = [row for i in wanted if (row := call.session.get(CertificateRow, i)) is not None]
+    purpose = call.header.purpose or REVIEW_PURPOSE
+    return _copies(call, rows, case.case_number, purpose, datetime.now(UTC))
+
+
+def _copies(
+    call: Call[Any],
+    rows: Sequence[HeldCertificate | CertificateRow],
+    case_id: str,
+    purpose: str,
+    now: datetime,
+) -> intake_pb2.PulledCertificates:
+    """The issuer-signed certificates, each annotated with this use (用证记录)."""
     today = now.date()
     pulled = []
-    # Only certificates that can satisfy a requirement leave the library (data minimisation).
-    for row in (r for r in rows if store.status_of(r, today) == VALID):
+    for row in rows:
         envelope = envelope_pb2.Envelope()
         envelope.ParseFromString(row.envelope)
         copy = certificate_pb2.PulledCertificate(
@@ -184,7 +225,7 @@ def _pull(call: Call[intake_pb2.CertificatePull]) -> intake_pb2.PulledCertificat
             raw_status_code=row.raw_status_code,
             issuer_member_id=row.issuer_member_id,
             annotation=certificate_pb2.UseAnnotation(
-                pulled_by=call.caller.member_id, case_id=case.case_id, purpose=case.purpose
+                pulled_by=call.caller.member_id, case_id=case_id, purpose=purpose
             ),
         )
         copy.annotation.pulled_at.FromDatetime(now)

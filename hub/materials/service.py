@@ -10,7 +10,9 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from xhub.certificates_store.model import CertificateDataError, validate_holder
-from xhub.hub.binding.purpose import bound_case, deny_unbound
+from xhub.hub.binding.purpose import bound_case, deny_unbound, refusal, reviewed_case
+from xhub.hub.binding.rules import RuleError, check_reviewed_references
+from xhub.hub.binding.store import read_bound_case
 from xhub.hub.catalog import store as catalog
 from xhub.hub.catalog.store import CODE_RE
 from xhub.hub.core.db import MaterialRow
@@ -22,6 +24,7 @@ from xhub.hub.materials.blobstore import CHUNK, BlobWriter, LocalBlobStore
 from xhub.protocol.errors import (
     FailedPreconditionError,
     MalformedError,
+    PermissionDeniedError,
     RefusedError,
     ResourceExhaustedError,
 )
@@ -219,7 +222,6 @@ class MaterialService(Service):
             material_pb2.MaterialFetch,
             _fetch,
             method=f"/{SERVICE}/Download",
-            require_role=registry_pb2.ROLE_PLATFORM,
         )
         descriptor = material_pb2.MaterialDescriptor()
         descriptor.ParseFromString(envelope.payload)  # our own signed bytes
@@ -272,6 +274,47 @@ def _find(call: Call[material_pb2.MaterialQuery]) -> material_pb2.MaterialList:
 
 
 def _fetch(call: Call[material_pb2.MaterialFetch]) -> material_pb2.MaterialDescriptor:
+    row = _downloadable(call)
+    return material_pb2.MaterialDescriptor(
+        material=materials.to_ref(row),
+        manifest=envelope_pb2.Envelope.FromString(row.manifest),
+    )
+
+
+def _downloadable(call: Call[material_pb2.MaterialFetch]) -> MaterialRow:
+    """Who may download what (the one place that decides it):
+
+    * a platform, for the prepared case the header names: a material of the case's
+      applicant, of a type its item requires, still valid;
+    * a department, for a case dispatched to it and open there (the header's case_id is
+      the case number): a material that case references (``hub.binding.rules.check_review``);
+    * nobody else (ROLE_REQUIRED).
+
+    A member holding both roles downloads as the platform when the header names one of its
+    prepared cases, else as the department."""
+    is_department = call.caller.has(registry_pb2.ROLE_DEPARTMENT)
+    if call.caller.has(registry_pb2.ROLE_PLATFORM) and not (
+        is_department and read_bound_case(call.session, call.header.case_id) is None
+    ):
+        return _for_prepared_case(call)
+    if is_department:
+        return _for_reviewed_case(call)
+    raise PermissionDeniedError(
+        f"{call.caller.member_id} lacks the ROLE_PLATFORM or ROLE_DEPARTMENT role",
+        metadata={"required_role": "ROLE_PLATFORM,ROLE_DEPARTMENT"},
+    )
+
+
+def _for_reviewed_case(call: Call[material_pb2.MaterialFetch]) -> MaterialRow:
+    case = reviewed_case(call)
+    try:
+        check_reviewed_references(case, materials=[call.message.material_id])
+    except RuleError as exc:
+        raise refusal(exc) from exc
+    return materials.get(call.session, call.message.material_id)
+
+
+def _for_prepared_case(call: Call[material_pb2.MaterialFetch]) -> MaterialRow:
     case = bound_case(call)
     call.audit.subject = case.applicant_code
     row = materials.get(call.session, call.message.material_id)
@@ -285,7 +328,4 @@ def _fetch(call: Call[material_pb2.MaterialFetch]) -> material_pb2.MaterialDescr
             reason=R.ERROR_REASON_PURPOSE_NOT_BOUND,
             metadata={"material_id": row.material_id},
         )
-    return material_pb2.MaterialDescriptor(
-        material=materials.to_ref(row),
-        manifest=envelope_pb2.Envelope.FromString(row.manifest),
-    )
+    return row

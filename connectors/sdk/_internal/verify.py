@@ -329,6 +329,57 @@ def verify_dispatched_case(
     return submission
 
 
+def verify_case_certificates(
+    answer: intake_pb2.PulledCertificates,
+    certificates: list[certificate_pb2.ElectronicCertificate],
+    *,
+    case_number: str,
+    wanted: list[str],
+    complete: bool,
+) -> None:
+    """A department's pull for a case (部门调阅), after ``verify_pulled`` checked each
+    certificate against its issuer: the certificates are the ones asked for.
+
+    1. Each is annotated for this case.
+    2. Each issuer-signed identifier is one of ``wanted`` (the identifiers asked for, or the
+       case's references as the platform signed them), and none comes twice.
+    3. With ``complete`` (``wanted`` are the case's signed references), every one came.
+    """
+    seen: set[str] = set()
+    for pulled, cert in zip(answer.certificates, certificates, strict=True):
+        # 1.
+        if pulled.annotation.case_id != case_number:
+            raise BadResponseError(
+                f"pulled certificate {cert.identifier} is annotated for case "
+                f"{pulled.annotation.case_id!r}, not {case_number!r}"
+            )
+        # 2.
+        if cert.identifier not in wanted:
+            raise BadResponseError(
+                f"pulled certificate differs from what case {case_number} references: "
+                f"issuer signed {cert.identifier}, asked {', '.join(wanted) or '(none)'}"
+            )
+        if cert.identifier in seen:
+            raise BadResponseError(f"pulled certificate {cert.identifier} came twice")
+        seen.add(cert.identifier)
+    # 3.
+    missing = [identifier for identifier in wanted if identifier not in seen]
+    if complete and missing:
+        raise BadResponseError(
+            f"case {case_number} references certificate(s) the hub did not hand over: "
+            + ", ".join(missing)
+        )
+
+
+def check_descriptor_names(descriptor: material_pb2.MaterialDescriptor, material_id: str) -> None:
+    """A download's descriptor is of the material asked for."""
+    if descriptor.material.material_id != material_id:
+        raise BadResponseError(
+            f"download describes material {descriptor.material.material_id!r}, "
+            f"asked {material_id!r}"
+        )
+
+
 def verify_download_manifest(
     descriptor: material_pb2.MaterialDescriptor, uploaders: TrustedMembers, *, hub_id: str
 ) -> material_pb2.MaterialManifest:

@@ -6,14 +6,18 @@ from typing import TypeAlias
 
 from xhub.connectors.sdk._internal.verify import (
     issuers_to_fetch,
+    verify_case_certificates,
+    verify_dispatched_case,
     verify_pulled,
     verify_pulled_certificate,
 )
 from xhub.connectors.sdk.services.registry import RegistryCalls
 from xhub.protocol.errors import BadResponseError
-from xhub.v1 import certificate_pb2, intake_pb2
+from xhub.v1 import case_pb2, certificate_pb2, intake_pb2
 
 HolderCodeType: TypeAlias = certificate_pb2.HolderCodeType.ValueType
+REVIEW_PURPOSE = "办件审查"
+"""The purpose a department's reading of a case it reviews names (部门调阅)."""
 
 
 class IntakeCalls(RegistryCalls):
@@ -101,6 +105,61 @@ class IntakeCalls(RegistryCalls):
         )
         self._trust(issuers_to_fetch(answer))
         verify_pulled(answer, self._trusted, asked, holders=self._holders.get(case_id, frozenset()))
+        return answer
+
+    def pull_case_certificates(
+        self,
+        case_number: str,
+        identifiers: list[str] | None = None,
+        *,
+        dispatched: case_pb2.DispatchedCase | None = None,
+        purpose: str = REVIEW_PURPOSE,
+    ) -> intake_pb2.PulledCertificates:
+        """Departments: the certificates a case dispatched to this department references
+        (部门调阅), while the case is open here; ``identifiers`` (default: every one).
+
+        Each is verified against its issuer's registered key (``verify_pulled``), then
+        against what was asked (``verify_case_certificates``). Given ``dispatched`` (the case
+        as SubscribeCases delivered it), the case is first checked end to end against the
+        platform's signatures, and the pull must bring exactly the references the platform
+        signed (or those of ``identifiers``, each of which it must sign).
+
+        Raises: PermissionDeniedError (not a department: ROLE_REQUIRED; another
+        department's case: NOT_YOUR_CASE; a certificate the case does not reference:
+        PURPOSE_NOT_BOUND), FailedPreconditionError (CASE_CLOSED: the case's stage here
+        is final), NotFoundError (no such case), MalformedError, BadResponseError (a
+        certificate fails its issuer's check or is not one asked for).
+        """
+        references: list[str] | None = None
+        if dispatched is not None:
+            self._trust([dispatched.platform])
+            verify_dispatched_case(dispatched, self._trusted, hub_id=self.hub_id)
+            references = [c.identifier for c in dispatched.certificates]
+        asked = list(identifiers or [])
+        answer = self.transport.call(
+            self.transport.intake.PullCaseCertificates,
+            intake_pb2.PullCaseCertificatesRequest,
+            intake_pb2.CaseCertificatePull(certificate_identifiers=asked),
+            intake_pb2.PulledCertificates,
+            idempotent=True,
+            case_id=case_number,
+            purpose=purpose,
+        )
+        self._trust(issuers_to_fetch(answer))
+        certificates = verify_pulled(answer, self._trusted)
+        if references is not None and (foreign := [i for i in asked if i not in references]):
+            raise BadResponseError(
+                f"case {case_number}: the platform's signed references do not name "
+                + ", ".join(foreign)
+            )
+        wanted = asked or references
+        verify_case_certificates(
+            answer,
+            certificates,
+            case_number=case_number,
+            wanted=wanted if wanted is not None else [c.identifier for c in certificates],
+            complete=wanted is not None,
+        )
         return answer
 
     def verify_issuer_signature(

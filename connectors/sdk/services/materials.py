@@ -8,8 +8,12 @@ from pathlib import Path
 
 import grpc
 
-from xhub.connectors.sdk._internal.verify import ContentCheck, verify_download_manifest
-from xhub.connectors.sdk.services.intake import HolderCodeType
+from xhub.connectors.sdk._internal.verify import (
+    ContentCheck,
+    check_descriptor_names,
+    verify_download_manifest,
+)
+from xhub.connectors.sdk.services.intake import REVIEW_PURPOSE, HolderCodeType
 from xhub.connectors.sdk.services.registry import RegistryCalls
 from xhub.protocol.errors import typed_error
 from xhub.v1 import certificate_pb2, material_pb2
@@ -131,3 +135,29 @@ class MaterialCalls(RegistryCalls):
             raise typed_error(exc) from exc
         finally:
             partial.unlink(missing_ok=True)
+
+    def download_case_material(
+        self,
+        case_number: str,
+        material_id: str,
+        destination: Path,
+        *,
+        purpose: str = REVIEW_PURPOSE,
+    ) -> material_pb2.MaterialDescriptor:
+        """Departments: stream a material the case ``case_number`` references to
+        ``destination`` (部门调阅), while the case is open at this department; checked as
+        ``download_material`` checks a download (size and hash before the file appears),
+        and the descriptor must name ``material_id``.
+
+        Raises: PermissionDeniedError (not a department: ROLE_REQUIRED; another
+        department's case: NOT_YOUR_CASE; a material the case does not reference:
+        PURPOSE_NOT_BOUND), FailedPreconditionError (CASE_CLOSED), NotFoundError,
+        BadResponseError (content or descriptor differ), OSError (writing).
+        """
+        descriptor = self.download_material(case_number, material_id, destination, purpose=purpose)
+        try:
+            check_descriptor_names(descriptor, material_id)
+        except BaseException:
+            destination.unlink(missing_ok=True)
+            raise
+        return descriptor

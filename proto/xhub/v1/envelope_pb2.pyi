@@ -90,6 +90,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Nothing arrived on an upload within the idle limit; the upload was discarded (上传空闲超时).
     RESOURCE_EXHAUSTED.
     """
+    ERROR_REASON_CASE_CLOSED: _ErrorReason.ValueType  # 28
+    """The case is closed at the calling department (its stage there is final: 不予受理, 不予许可,
+    出件 or 撤回), so its certificates and materials are no longer open to it (办件已结).
+    FAILED_PRECONDITION.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable reason carried in google.rpc.ErrorInfo
@@ -156,6 +161,11 @@ metadata names the cap and its setting (并发流超限). RESOURCE_EXHAUSTED.
 ERROR_REASON_IDLE_TIMEOUT: ErrorReason.ValueType  # 27
 """Nothing arrived on an upload within the idle limit; the upload was discarded (上传空闲超时).
 RESOURCE_EXHAUSTED.
+"""
+ERROR_REASON_CASE_CLOSED: ErrorReason.ValueType  # 28
+"""The case is closed at the calling department (its stage there is final: 不予受理, 不予许可,
+出件 or 撤回), so its certificates and materials are no longer open to it (办件已结).
+FAILED_PRECONDITION.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

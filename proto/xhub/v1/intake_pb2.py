@@ -27,15 +27,15 @@ from xhub.v1 import envelope_pb2 as xhub_dot_v1_dot_envelope__pb2
 from xhub.v1 import material_pb2 as xhub_dot_v1_dot_material__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xhub/v1/intake.proto\x12\x07xhub.v1\x1a\x19xhub/v1/certificate.proto\x1a\x16xhub/v1/envelope.proto\x1a\x16xhub/v1/material.proto\"5\n\x0eGetItemRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"6\n\x0fGetItemResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"9\n\x12PrepareCaseRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\":\n\x13PrepareCaseResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\">\n\x17PullCertificatesRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"?\n\x18PullCertificatesResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"?\n\x18VerifyCertificateRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"@\n\x19VerifyCertificateResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"~\n\x04Item\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65partments\x18\x03 \x03(\t\x12\x17\n\x0ftime_limit_days\x18\x04 \x01(\r\x12,\n\tmaterials\x18\x05 \x03(\x0b\x32\x19.xhub.v1.RequiredMaterial\"\x86\x01\n\x10RequiredMaterial\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x19\n\x11\x63\x65rtificate_types\x18\x03 \x03(\t\x12\x16\n\x0ematerial_types\x18\x04 \x03(\t\x12#\n\x06holder\x18\x05 \x01(\x0e\x32\x13.xhub.v1.HolderRole\";\n\nItemLookup\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"P\n\x10ItemLookupResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1b\n\x04item\x18\x02 \x01(\x0b\x32\r.xhub.v1.Item\"\xb6\x01\n\x0f\x43\x61sePreparation\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x11\n\titem_code\x18\x02 \x01(\t\x12\x16\n\x0e\x61pplicant_code\x18\x03 \x01(\t\x12\x34\n\x13\x61pplicant_code_type\x18\x04 \x01(\x0e\x32\x17.xhub.v1.HolderCodeType\x12!\n\x19legal_representative_code\x18\x05 \x01(\t\"\xcf\x01\n\tChecklist\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x1b\n\x04item\x18\x03 \x01(\x0b\x32\r.xhub.v1.Item\x12%\n\x05lines\x18\x04 \x03(\x0b\x32\x16.xhub.v1.ChecklistLine\x12\x16\n\x0e\x61pplicant_code\x18\x05 \x01(\t\x12\x34\n\x13\x61pplicant_code_type\x18\x06 \x01(\x0e\x32\x17.xhub.v1.HolderCodeType\"\xbb\x01\n\rChecklistLine\x12+\n\x08material\x18\x01 \x01(\x0b\x32\x19.xhub.v1.RequiredMaterial\x12\x11\n\tsatisfied\x18\x02 \x01(\x08\x12,\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32\x17.xhub.v1.CertificateRef\x12\x0c\n\x04note\x18\x04 \x01(\t\x12.\n\x10\x65\x61rlier_material\x18\x05 \x01(\x0b\x32\x14.xhub.v1.MaterialRef\"[\n\x0f\x43\x65rtificatePull\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0bholder_code\x18\x02 \x01(\t\x12\x12\n\ntype_codes\x18\x03 \x03(\t\"g\n\x12PulledCertificates\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x30\n\x0c\x63\x65rtificates\x18\x02 \x03(\x0b\x32\x1a.xhub.v1.PulledCertificate\"j\n\x10\x43\x65rtificateCheck\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x12\n\nidentifier\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\t\x12\x11\n\ttype_code\x18\x04 \x01(\t\"\xab\x01\n\x17\x43\x65rtificateVerification\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12,\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x17.xhub.v1.CertificateRef\x12\x17\n\x0fraw_status_code\x18\x03 \x01(\t\x12\x17\n\x0fsignature_valid\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\r*O\n\nHolderRole\x12\x1b\n\x17HOLDER_ROLE_UNSPECIFIED\x10\x00\x12$\n HOLDER_ROLE_LEGAL_REPRESENTATIVE\x10\x01\x32\xcc\x02\n\rIntakeService\x12<\n\x07GetItem\x12\x17.xhub.v1.GetItemRequest\x1a\x18.xhub.v1.GetItemResponse\x12H\n\x0bPrepareCase\x12\x1b.xhub.v1.PrepareCaseRequest\x1a\x1c.xhub.v1.PrepareCaseResponse\x12W\n\x10PullCertificates\x12 .xhub.v1.PullCertificatesRequest\x1a!.xhub.v1.PullCertificatesResponse\x12Z\n\x11VerifyCertificate\x12!.xhub.v1.VerifyCertificateRequest\x1a\".xhub.v1.VerifyCertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xhub/v1/intake.proto\x12\x07xhub.v1\x1a\x19xhub/v1/certificate.proto\x1a\x16xhub/v1/envelope.proto\x1a\x16xhub/v1/material.proto\"5\n\x0eGetItemRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"6\n\x0fGetItemResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"9\n\x12PrepareCaseRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\":\n\x13PrepareCaseResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\">\n\x17PullCertificatesRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"?\n\x18PullCertificatesResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"B\n\x1bPullCaseCertificatesRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"C\n\x1cPullCaseCertificatesResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"W\n\x13\x43\x61seCertificatePull\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1f\n\x17\x63\x65rtificate_identifiers\x18\x02 \x03(\t\"?\n\x18VerifyCertificateRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"@\n\x19VerifyCertificateResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"~\n\x04Item\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65partments\x18\x03 \x03(\t\x12\x17\n\x0ftime_limit_days\x18\x04 \x01(\r\x12,\n\tmaterials\x18\x05 \x03(\x0b\x32\x19.xhub.v1.RequiredMaterial\"\x86\x01\n\x10RequiredMaterial\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x19\n\x11\x63\x65rtificate_types\x18\x03 \x03(\t\x12\x16\n\x0ematerial_types\x18\x04 \x03(\t\x12#\n\x06holder\x18\x05 \x01(\x0e\x32\x13.xhub.v1.HolderRole\";\n\nItemLookup\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"P\n\x10ItemLookupResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1b\n\x04item\x18\x02 \x01(\x0b\x32\r.xhub.v1.Item\"\xb6\x01\n\x0f\x43\x61sePreparation\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x11\n\titem_code\x18\x02 \x01(\t\x12\x16\n\x0e\x61pplicant_code\x18\x03 \x01(\t\x12\x34\n\x13\x61pplicant_code_type\x18\x04 \x01(\x0e\x32\x17.xhub.v1.HolderCodeType\x12!\n\x19legal_representative_code\x18\x05 \x01(\t\"\xcf\x01\n\tChecklist\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x1b\n\x04item\x18\x03 \x01(\x0b\x32\r.xhub.v1.Item\x12%\n\x05lines\x18\x04 \x03(\x0b\x32\x16.xhub.v1.ChecklistLine\x12\x16\n\x0e\x61pplicant_code\x18\x05 \x01(\t\x12\x34\n\x13\x61pplicant_code_type\x18\x06 \x01(\x0e\x32\x17.xhub.v1.HolderCodeType\"\xbb\x01\n\rChecklistLine\x12+\n\x08material\x18\x01 \x01(\x0b\x32\x19.xhub.v1.RequiredMaterial\x12\x11\n\tsatisfied\x18\x02 \x01(\x08\x12,\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32\x17.xhub.v1.CertificateRef\x12\x0c\n\x04note\x18\x04 \x01(\t\x12.\n\x10\x65\x61rlier_material\x18\x05 \x01(\x0b\x32\x14.xhub.v1.MaterialRef\"[\n\x0f\x43\x65rtificatePull\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x13\n\x0bholder_code\x18\x02 \x01(\t\x12\x12\n\ntype_codes\x18\x03 \x03(\t\"g\n\x12PulledCertificates\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x30\n\x0c\x63\x65rtificates\x18\x02 \x03(\x0b\x32\x1a.xhub.v1.PulledCertificate\"j\n\x10\x43\x65rtificateCheck\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x12\n\nidentifier\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\t\x12\x11\n\ttype_code\x18\x04 \x01(\t\"\xab\x01\n\x17\x43\x65rtificateVerification\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12,\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x17.xhub.v1.CertificateRef\x12\x17\n\x0fraw_status_code\x18\x03 \x01(\t\x12\x17\n\x0fsignature_valid\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\r*O\n\nHolderRole\x12\x1b\n\x17HOLDER_ROLE_UNSPECIFIED\x10\x00\x12$\n HOLDER_ROLE_LEGAL_REPRESENTATIVE\x10\x01\x32\xb1\x03\n\rIntakeService\x12<\n\x07GetItem\x12\x17.xhub.v1.GetItemRequest\x1a\x18.xhub.v1.GetItemResponse\x12H\n\x0bPrepareCase\x12\x1b.xhub.v1.PrepareCaseRequest\x1a\x1c.xhub.v1.PrepareCaseResponse\x12W\n\x10PullCertificates\x12 .xhub.v1.PullCertificatesRequest\x1a!.xhub.v1.PullCertificatesResponse\x12\x63\n\x14PullCaseCertificates\x12$.xhub.v1.PullCaseCertificatesRequest\x1a%.xhub.v1.PullCaseCertificatesResponse\x12Z\n\x11VerifyCertificate\x12!.xhub.v1.VerifyCertificateRequest\x1a\".xhub.v1.VerifyCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xhub.v1.intake_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOLDERROLE']._serialized_start=2071
-  _globals['_HOLDERROLE']._serialized_end=2150
+  _globals['_HOLDERROLE']._serialized_start=2297
+  _globals['_HOLDERROLE']._serialized_end=2376
   _globals['_GETITEMREQUEST']._serialized_start=108
   _globals['_GETITEMREQUEST']._serialized_end=161
   _globals['_GETITEMRESPONSE']._serialized_start=163
@@ -48,32 +48,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLCERTIFICATESREQUEST']._serialized_end=400
   _globals['_PULLCERTIFICATESRESPONSE']._serialized_start=402
   _globals['_PULLCERTIFICATESRESPONSE']._serialized_end=465
-  _globals['_VERIFYCERTIFICATEREQUEST']._serialized_start=467
-  _globals['_VERIFYCERTIFICATEREQUEST']._serialized_end=530
-  _globals['_VERIFYCERTIFICATERESPONSE']._serialized_start=532
-  _globals['_VERIFYCERTIFICATERESPONSE']._serialized_end=596
-  _globals['_ITEM']._serialized_start=598
-  _globals['_ITEM']._serialized_end=724
-  _globals['_REQUIREDMATERIAL']._serialized_start=727
-  _globals['_REQUIREDMATERIAL']._serialized_end=861
-  _globals['_ITEMLOOKUP']._serialized_start=863
-  _globals['_ITEMLOOKUP']._serialized_end=922
-  _globals['_ITEMLOOKUPRESULT']._serialized_start=924
-  _globals['_ITEMLOOKUPRESULT']._serialized_end=1004
-  _globals['_CASEPREPARATION']._serialized_start=1007
-  _globals['_CASEPREPARATION']._serialized_end=1189
-  _globals['_CHECKLIST']._serialized_start=1192
-  _globals['_CHECKLIST']._serialized_end=1399
-  _globals['_CHECKLISTLINE']._serialized_start=1402
-  _globals['_CHECKLISTLINE']._serialized_end=1589
-  _globals['_CERTIFICATEPULL']._serialized_start=1591
-  _globals['_CERTIFICATEPULL']._serialized_end=1682
-  _globals['_PULLEDCERTIFICATES']._serialized_start=1684
-  _globals['_PULLEDCERTIFICATES']._serialized_end=1787
-  _globals['_CERTIFICATECHECK']._serialized_start=1789
-  _globals['_CERTIFICATECHECK']._serialized_end=1895
-  _globals['_CERTIFICATEVERIFICATION']._serialized_start=1898
-  _globals['_CERTIFICATEVERIFICATION']._serialized_end=2069
-  _globals['_INTAKESERVICE']._serialized_start=2153
-  _globals['_INTAKESERVICE']._serialized_end=2485
+  _globals['_PULLCASECERTIFICATESREQUEST']._serialized_start=467
+  _globals['_PULLCASECERTIFICATESREQUEST']._serialized_end=533
+  _globals['_PULLCASECERTIFICATESRESPONSE']._serialized_start=535
+  _globals['_PULLCASECERTIFICATESRESPONSE']._serialized_end=602
+  _globals['_CASECERTIFICATEPULL']._serialized_start=604
+  _globals['_CASECERTIFICATEPULL']._serialized_end=691
+  _globals['_VERIFYCERTIFICATEREQUEST']._serialized_start=693
+  _globals['_VERIFYCERTIFICATEREQUEST']._serialized_end=756
+  _globals['_VERIFYCERTIFICATERESPONSE']._serialized_start=758
+  _globals['_VERIFYCERTIFICATERESPONSE']._serialized_end=822
+  _globals['_ITEM']._serialized_start=824
+  _globals['_ITEM']._serialized_end=950
+  _globals['_REQUIREDMATERIAL']._serialized_start=953
+  _globals['_REQUIREDMATERIAL']._serialized_end=1087
+  _globals['_ITEMLOOKUP']._serialized_start=1089
+  _globals['_ITEMLOOKUP']._serialized_end=1148
+  _globals['_ITEMLOOKUPRESULT']._serialized_start=1150
+  _globals['_ITEMLOOKUPRESULT']._serialized_end=1230
+  _globals['_CASEPREPARATION']._serialized_start=1233
+  _globals['_CASEPREPARATION']._serialized_end=1415
+  _globals['_CHECKLIST']._serialized_start=1418
+  _globals['_CHECKLIST']._serialized_end=1625
+  _globals['_CHECKLISTLINE']._serialized_start=1628
+  _globals['_CHECKLISTLINE']._serialized_end=1815
+  _globals['_CERTIFICATEPULL']._serialized_start=1817
+  _globals['_CERTIFICATEPULL']._serialized_end=1908
+  _globals['_PULLEDCERTIFICATES']._serialized_start=1910
+  _globals['_PULLEDCERTIFICATES']._serialized_end=2013
+  _globals['_CERTIFICATECHECK']._serialized_start=2015
+  _globals['_CERTIFICATECHECK']._serialized_end=2121
+  _globals['_CERTIFICATEVERIFICATION']._serialized_start=2124
+  _globals['_CERTIFICATEVERIFICATION']._serialized_end=2295
+  _globals['_INTAKESERVICE']._serialized_start=2379
+  _globals['_INTAKESERVICE']._serialized_end=2812
 # @@protoc_insertion_point(module_scope)

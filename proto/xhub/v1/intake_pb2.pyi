@@ -187,6 +187,86 @@ class PullCertificatesResponse(_message.Message):
 Global___PullCertificatesResponse: _TypeAlias = PullCertificatesResponse  # noqa: Y015
 
 @_typing.final
+class PullCaseCertificatesRequest(_message.Message):
+    """PullCaseCertificatesRequest carries a signed CaseCertificatePull."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.CaseCertificatePull"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullCaseCertificatesRequest: _TypeAlias = PullCaseCertificatesRequest  # noqa: Y015
+
+@_typing.final
+class PullCaseCertificatesResponse(_message.Message):
+    """PullCaseCertificatesResponse carries hub-signed PulledCertificates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.PulledCertificates"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullCaseCertificatesResponse: _TypeAlias = PullCaseCertificatesResponse  # noqa: Y015
+
+@_typing.final
+class CaseCertificatePull(_message.Message):
+    """CaseCertificatePull asks for certificates a dispatched case references (部门调阅证照)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头); case_id is the case number (办件编号) dispatched to the caller."""
+
+    @_builtins.property
+    def certificate_identifiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Identifiers of the case's certificates wanted (证照标识); empty: every one the case
+        references (the platform's signed submission and resubmissions).
+        """
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+        certificate_identifiers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_identifiers", b"certificate_identifiers", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseCertificatePull: _TypeAlias = CaseCertificatePull  # noqa: Y015
+
+@_typing.final
 class VerifyCertificateRequest(_message.Message):
     """VerifyCertificateRequest carries a signed CertificateCheck."""
 

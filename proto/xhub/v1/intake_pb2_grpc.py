@@ -51,6 +51,11 @@ class IntakeServiceStub:
                 request_serializer=xhub_dot_v1_dot_intake__pb2.PullCertificatesRequest.SerializeToString,
                 response_deserializer=xhub_dot_v1_dot_intake__pb2.PullCertificatesResponse.FromString,
                 _registered_method=True)
+        self.PullCaseCertificates = channel.unary_unary(
+                '/xhub.v1.IntakeService/PullCaseCertificates',
+                request_serializer=xhub_dot_v1_dot_intake__pb2.PullCaseCertificatesRequest.SerializeToString,
+                response_deserializer=xhub_dot_v1_dot_intake__pb2.PullCaseCertificatesResponse.FromString,
+                _registered_method=True)
         self.VerifyCertificate = channel.unary_unary(
                 '/xhub.v1.IntakeService/VerifyCertificate',
                 request_serializer=xhub_dot_v1_dot_intake__pb2.VerifyCertificateRequest.SerializeToString,
@@ -87,6 +92,16 @@ class IntakeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullCaseCertificates(self, request, context):
+        """PullCaseCertificates hands a department the certificates a case dispatched to it
+        references (部门调阅证照); departments only, only while the case is open there.
+        The header's case_id is the case number (办件编号). Request payload: CaseCertificatePull;
+        response payload: PulledCertificates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def VerifyCertificate(self, request, context):
         """VerifyCertificate checks a certificate's status and signature without personal
         fields (证照核验); any member. Request payload: CertificateCheck; response
@@ -113,6 +128,11 @@ def add_IntakeServiceServicer_to_server(servicer, server):
                     servicer.PullCertificates,
                     request_deserializer=xhub_dot_v1_dot_intake__pb2.PullCertificatesRequest.FromString,
                     response_serializer=xhub_dot_v1_dot_intake__pb2.PullCertificatesResponse.SerializeToString,
+            ),
+            'PullCaseCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullCaseCertificates,
+                    request_deserializer=xhub_dot_v1_dot_intake__pb2.PullCaseCertificatesRequest.FromString,
+                    response_serializer=xhub_dot_v1_dot_intake__pb2.PullCaseCertificatesResponse.SerializeToString,
             ),
             'VerifyCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyCertificate,
@@ -203,6 +223,33 @@ class IntakeService:
             '/xhub.v1.IntakeService/PullCertificates',
             xhub_dot_v1_dot_intake__pb2.PullCertificatesRequest.SerializeToString,
             xhub_dot_v1_dot_intake__pb2.PullCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullCaseCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xhub.v1.IntakeService/PullCaseCertificates',
+            xhub_dot_v1_dot_intake__pb2.PullCaseCertificatesRequest.SerializeToString,
+            xhub_dot_v1_dot_intake__pb2.PullCaseCertificatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class IntakeServiceStub:
     """PullCertificates hands out the certificates a prepared case needs (按需调证).
     Request payload: CertificatePull; response payload: PulledCertificates.
     """
+    PullCaseCertificates: _grpc.UnaryUnaryMultiCallable[_intake_pb2.PullCaseCertificatesRequest, _intake_pb2.PullCaseCertificatesResponse]
+    """PullCaseCertificates hands a department the certificates a case dispatched to it
+    references (部门调阅证照); departments only, only while the case is open there.
+    The header's case_id is the case number (办件编号). Request payload: CaseCertificatePull;
+    response payload: PulledCertificates.
+    """
     VerifyCertificate: _grpc.UnaryUnaryMultiCallable[_intake_pb2.VerifyCertificateRequest, _intake_pb2.VerifyCertificateResponse]
     """VerifyCertificate checks a certificate's status and signature without personal
     fields (证照核验); any member. Request payload: CertificateCheck; response
@@ -71,6 +77,12 @@ class IntakeServiceAsyncStub(IntakeServiceStub):
     PullCertificates: _aio.UnaryUnaryMultiCallable[_intake_pb2.PullCertificatesRequest, _intake_pb2.PullCertificatesResponse]  # type: ignore[assignment]
     """PullCertificates hands out the certificates a prepared case needs (按需调证).
     Request payload: CertificatePull; response payload: PulledCertificates.
+    """
+    PullCaseCertificates: _aio.UnaryUnaryMultiCallable[_intake_pb2.PullCaseCertificatesRequest, _intake_pb2.PullCaseCertificatesResponse]  # type: ignore[assignment]
+    """PullCaseCertificates hands a department the certificates a case dispatched to it
+    references (部门调阅证照); departments only, only while the case is open there.
+    The header's case_id is the case number (办件编号). Request payload: CaseCertificatePull;
+    response payload: PulledCertificates.
     """
     VerifyCertificate: _aio.UnaryUnaryMultiCallable[_intake_pb2.VerifyCertificateRequest, _intake_pb2.VerifyCertificateResponse]  # type: ignore[assignment]
     """VerifyCertificate checks a certificate's status and signature without personal
@@ -111,6 +123,18 @@ class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_intake_pb2.PullCertificatesResponse, _abc.Awaitable[_intake_pb2.PullCertificatesResponse]]:
         """PullCertificates hands out the certificates a prepared case needs (按需调证).
         Request payload: CertificatePull; response payload: PulledCertificates.
+        """
+
+    @_abc_1.abstractmethod
+    def PullCaseCertificates(
+        self,
+        request: _intake_pb2.PullCaseCertificatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_intake_pb2.PullCaseCertificatesResponse, _abc.Awaitable[_intake_pb2.PullCaseCertificatesResponse]]:
+        """PullCaseCertificates hands a department the certificates a case dispatched to it
+        references (部门调阅证照); departments only, only while the case is open there.
+        The header's case_id is the case number (办件编号). Request payload: CaseCertificatePull;
+        response payload: PulledCertificates.
         """
 
     @_abc_1.abstractmethod

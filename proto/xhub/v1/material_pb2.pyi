@@ -341,7 +341,9 @@ class MaterialQuery(_message.Message):
     MATERIAL_TYPES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> _envelope_pb2.Header:
-        """Message header (报文头); case_id (a prepared case) and purpose are required."""
+        """Message header (报文头). A platform names its prepared case (case_id) and its purpose;
+        a department names the case number dispatched to it (case_id = 办件编号, 部门调阅).
+        """
 
     @_builtins.property
     def material_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -403,7 +405,9 @@ class MaterialFetch(_message.Message):
     """Material id (材料标识)."""
     @_builtins.property
     def header(self) -> _envelope_pb2.Header:
-        """Message header (报文头); case_id (a prepared case) and purpose are required."""
+        """Message header (报文头). A platform names its prepared case (case_id) and its purpose;
+        a department names the case number dispatched to it (case_id = 办件编号, 部门调阅).
+        """
 
     def __init__(
         self,
