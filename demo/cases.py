@@ -215,11 +215,14 @@ def _open_floor_plan(connector: DepartmentConnector, market: HubClient, case_num
     # Opened again through the SDK as the department (bound to this case, audited).
     again = connector.attachments.directory / ".demo-plan"
     descriptor = market.download_case_material(case_number, plan.ref, again)
+    # download_case_material checked the bytes against the uploader's signed manifest.
+    signed = descriptor.manifest.ByteSize() > 0
     same = again.read_bytes() == data and descriptor.material.sha256.hex() == plan.sha256
     again.unlink()
-    matches = same and hashlib.sha256(data).hexdigest() == plan.sha256
+    matches = signed and same and hashlib.sha256(data).hexdigest() == plan.sha256
+    verdict = "matches the platform's signed manifest ✓" if matches else "DIFFERS ✗"
     say(
-        f"  the department opens {plan.name}: {len(data)} bytes, SHA-256 "
-        f"{plan.sha256[:16]}… {'matches the signed descriptor ✓' if matches else 'DIFFERS ✗'}"
+        f"  the department opens {plan.name}: {len(data)} bytes, "
+        f"SHA-256 {plan.sha256[:16]}… {verdict}"
     )
     return matches

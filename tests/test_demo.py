@@ -19,7 +19,7 @@ EXPECTED = [
     "✓ reused material",  # the second application reuses the first one's material
     "(端到端核验)",  # the department checked the case against the platform's signature
     "(部门调阅材料): 5 of 5 attachments",  # the connector fetched the case's references
-    "matches the signed descriptor ✓",  # the department opened the floor plan
+    "matches the platform's signed manifest ✓",  # the department opened the floor plan
     "proven append-only (consistency proof) ✓",
     "OK: ",  # xhub audit verify on the exported bundle
     "FAILED: entry #",  # ... and on the tampered copy, naming the entry
