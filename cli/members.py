@@ -186,8 +186,8 @@ def cmd_member_revoke(args: argparse.Namespace) -> int:
         with session_factory(engine).begin() as session:
             row = revoke_member(session, args.member_id, args.reason)
             print(
-                f"revoked {row.member_id} and all its certificates: {row.revoke_reason} "
-                "(refused from its next call)"
+                f"revoked {row.member_id}: {row.revoke_reason} (refused from its next call; "
+                "all its certificates revoked)"
             )
     finally:
         engine.dispose()

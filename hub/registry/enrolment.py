@@ -189,7 +189,11 @@ def certificates_of(session: Session, member_id: str) -> list[MemberCertificateR
         session.scalars(
             select(MemberCertificateRow)
             .where(MemberCertificateRow.member_id == member_id)
-            .order_by(MemberCertificateRow.not_after)
+            .order_by(
+                MemberCertificateRow.enrolment,
+                MemberCertificateRow.issued_at,
+                MemberCertificateRow.not_after,
+            )
         )
     )
 
