@@ -153,8 +153,6 @@ def add_member_with_bundle(
     The rows commit only if the bundle is written; a refusal writes nothing.
     """
     target = bundle_dir or config.paths.bundles / spec.member_id
-    if not re_enrol:
-        _refuse_non_empty(target)
     ca = load_ca(config)
     with _transaction(config) as session:
         enrolled = enrol_member(session, ca, spec, request, re_enrol=re_enrol, days=days)
@@ -226,17 +224,20 @@ def public_bundle(config: HubConfig, enrolled: Enrolled) -> PublicBundle:
 def _write_public(
     config: HubConfig, enrolled: Enrolled, target: Path, *, replace_existing: bool
 ) -> None:
-    """Write the public bundle into a fresh directory, then move it into place."""
+    """Write the public bundle into a fresh directory, then move it into place (a target
+    that is not empty is replaced only for a renewal or re-enrolment)."""
+    if not replace_existing:
+        _refuse_non_empty(target)
     bundle = public_bundle(config, enrolled)
     staging = target.with_name(f".{target.name}.new")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         bundle.write(staging)
         if target.exists():
-            if not replace_existing:
-                _refuse_non_empty(target)
             shutil.rmtree(target)
         staging.rename(target)
+        if config.paths.bundles.exists():
+            secure_tree(config.paths.bundles)  # the data directory's modes, public files too
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

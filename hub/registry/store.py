@@ -255,8 +255,13 @@ def member_to_proto(row: MemberRow) -> registry_pb2.Member:
     return _member_message(
         row,
         (r.role for r in row.roles),
-        ((k.key_id, k.algorithm, k.public_key_der) for k in row.keys),
+        ((k.key_id, k.algorithm, k.public_key_der) for k in row.keys if _current(k, row)),
     )
+
+
+def _current(key: MemberKeyRow, row: MemberRow) -> bool:
+    """Keys of an earlier enrolment (before a re-enrolment) are retired: kept, not published."""
+    return key.enrolment == row.enrolment
 
 
 _members = table_of(MemberRow)
@@ -265,8 +270,13 @@ _MEMBER = select(_members).where(
     _members.c.member_id == bindparam("member_id"), _members.c.uscc != ""
 )
 _ROLES = select(MemberRoleRow.role).where(MemberRoleRow.member_id == bindparam("member_id"))
-_KEYS = select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der).where(
-    MemberKeyRow.member_id == bindparam("member_id")
+_KEYS = (
+    select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der)
+    .join(MemberRow, MemberRow.member_id == MemberKeyRow.member_id)
+    .where(
+        MemberKeyRow.member_id == bindparam("member_id"),
+        MemberKeyRow.enrolment == MemberRow.enrolment,  # retired keys are not published
+    )
 )
 
 
