@@ -418,3 +418,55 @@ def test_revocation_revokes_every_certificate(
         assert [c.revoked_at for c in certificates_of(session, MEMBER)] == [NOW, NOW]
         row = session.get(MemberRow, MEMBER)
         assert row is not None and row.status == REVOKED
+
+
+# --------------------------------------------------------------------------- migration
+
+
+def test_migration_0007_copies_existing_certificates_into_the_history(
+    bare_engine: Any, ca: CertificateAuthority
+) -> None:
+    """Members enrolled before 0007 keep working: their current certificate becomes the
+    first row of their history, enrolment 1, revoked if the member was."""
+    from alembic import command
+    from sqlalchemy import column, insert, table
+
+    from xhub.hub.core.db import alembic_config, migrate
+
+    migrate(bare_engine, "0006_heartbeats")
+    cert = ca.issue(p256().public_key(), "old", member_id=MEMBER, now=NOW)
+    members = table(
+        "members",
+        *(
+            column(name)
+            for name in (
+                "member_id", "name", "uscc", "division_code", "level", "subsystem", "status",
+                "certificate_der", "certificate_serial", "not_after", "legacy_uscc",
+                "created_at", "revoked_at", "revoke_reason",
+            )
+        ),
+    )  # fmt: skip
+    with bare_engine.begin() as connection:
+        connection.execute(
+            insert(members).values(
+                member_id=MEMBER, name="旧单位", uscc=MEMBER.split(".")[2], division_code="440100",
+                level=2, subsystem="", status=int(REVOKED),
+                certificate_der=cert.public_bytes(Encoding.DER),
+                certificate_serial=format(cert.serial_number, "x"),
+                not_after=cert.not_valid_after_utc.replace(tzinfo=None), legacy_uscc=0,
+                created_at=NOW.replace(tzinfo=None), revoked_at=NOW.replace(tzinfo=None),
+                revoke_reason="撤销",
+            )
+        )  # fmt: skip
+    migrate(bare_engine)
+    with Session(bare_engine) as session:
+        row = session.get(MemberRow, MEMBER)
+        assert row is not None and row.enrolment == 1
+        [history] = certificates_of(session, MEMBER)
+        assert history.serial == format(cert.serial_number, "x")
+        assert history.certificate_der == cert.public_bytes(Encoding.DER)
+        assert history.not_before == cert.not_valid_before_utc
+        assert history.not_after == cert.not_valid_after_utc
+        assert (history.enrolment, history.revoked_at) == (1, NOW)
+    command.downgrade(alembic_config(bare_engine), "0006_heartbeats")
+    migrate(bare_engine)
