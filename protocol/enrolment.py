@@ -168,9 +168,9 @@ def verify_request(envelope: envelope_pb2.Envelope) -> VerifiedRequest:
     if key_id_for(tls_key) == signing_key.key_id:
         raise EnrolmentError("the TLS key and the signing key must be two different keys")
     try:
-        named = _csr_member_id(csr)
+        named = member_id_of(csr)
     except CertificateError as exc:
-        raise EnrolmentError(f"the CSR {exc}") from exc
+        raise EnrolmentError(f"the CSR does not name the member: {exc}") from exc
     if named != request.member_id:
         raise EnrolmentError(
             f"the CSR names {named}, the request names {request.member_id}: they must agree"
@@ -204,26 +204,6 @@ def _csr(der: bytes) -> x509.CertificateSigningRequest:
             "the CSR's signature does not verify (no proof of possession of the TLS key)"
         )
     return csr
-
-
-def _csr_member_id(csr: x509.CertificateSigningRequest) -> str:
-    """The member id in a CSR's SAN URI, read as a certificate's would be."""
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound as exc:
-        raise CertificateError("has no subjectAltName naming the member") from exc
-    return member_id_of(_SanHolder(san))  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class _SanHolder:
-    """Lets ``pki.member_id_of`` (one reading of the SAN URI) read a CSR's extension."""
-
-    san: x509.Extension[x509.SubjectAlternativeName]
-
-    @property
-    def extensions(self) -> x509.Extensions:
-        return x509.Extensions([self.san])
 
 
 def _describe(key: object) -> str:

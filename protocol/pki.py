@@ -54,8 +54,8 @@ def load_certificate(data: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(data)
 
 
-def member_id_of(cert: x509.Certificate) -> str:
-    """The member id in the certificate's SAN URI."""
+def member_id_of(cert: x509.Certificate | x509.CertificateSigningRequest) -> str:
+    """The member id in the SAN URI of a certificate (or of a request for one)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:

@@ -141,6 +141,16 @@ def _csr_names_another_member() -> envelope_pb2.Envelope:
     return forged(csr_der(p256(), OTHER), p256())
 
 
+def _csr_without_san() -> envelope_pb2.Envelope:
+    key = p256()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, MEMBER)]))
+        .sign(key, hashes.SHA256())
+    )
+    return forged(csr.public_bytes(Encoding.DER), p256())
+
+
 def _one_key_for_both() -> envelope_pb2.Envelope:
     key = p256()
     return forged(csr_der(key), key)
@@ -161,6 +171,7 @@ REFUSED_REQUESTS: list[tuple[Callable[[], envelope_pb2.Envelope], str]] = [
     (_tls_key_p384, "the CSR's TLS key is ECDSA secp384r1; the hub CA issues ECDSA P-256 only"),
     (_tls_key_ed25519, "the hub CA issues ECDSA P-256 only"),
     (_csr_names_another_member, f"the CSR names {OTHER}, the request names {MEMBER}"),
+    (_csr_without_san, "the CSR does not name the member: certificate has no subjectAltName"),
     (_one_key_for_both, "two different keys"),
     (_wrong_payload_type, "not an enrolment request"),
 ]
