@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import make_engine, migrate, session_factory
 from xhub.hub.registry.enrolment import Enrolled, enrol_member, renew_member
 from xhub.hub.registry.store import MemberSpec, RegistryError, bind_hub_identity
-from xhub.protocol.bundle import PublicBundle
+from xhub.protocol.bundle import PRIVATE_FILES, PublicBundle
 from xhub.protocol.enrolment import EnrolmentError, unarmor
 from xhub.protocol.pki import certificate_pem, load_certificate
 from xhub.protocol.signing import load_private_key, write_private_key, write_secret
@@ -150,21 +150,15 @@ def add_member_with_bundle(
 ) -> AddedMember:
     """Enrol a member from its request and write its public bundle (no private key).
 
-    The rows commit only if the bundle is written; a refusal writes nothing.
+    The bundle is staged inside the transaction and moved into place once the rows
+    committed; a refusal writes nothing.
     """
     target = bundle_dir or config.paths.bundles / spec.member_id
     ca = load_ca(config)
-    with _transaction(config) as session:
+    with _staged(config, target, replace_existing=re_enrol) as (session, stage):
         enrolled = enrol_member(session, ca, spec, request, re_enrol=re_enrol, days=days)
-        _write_public(config, enrolled, target, replace_existing=re_enrol)
-    return AddedMember(
-        spec.member_id,
-        target,
-        spec.warnings,
-        enrolled.certificate.not_valid_after_utc,
-        enrolled.signing_key_id,
-        enrolled.enrolment,
-    )
+        stage(enrolled)
+    return _added(enrolled, target, spec.warnings)
 
 
 def renew_member_bundle(
@@ -178,13 +172,17 @@ def renew_member_bundle(
     """Issue a renewed certificate and write the member's new public bundle."""
     target = bundle_dir or config.paths.bundles / member_id
     ca = load_ca(config)
-    with _transaction(config) as session:
+    with _staged(config, target, replace_existing=True) as (session, stage):
         enrolled = renew_member(session, ca, member_id, request, days=days)
-        _write_public(config, enrolled, target, replace_existing=True)
+        stage(enrolled)
+    return _added(enrolled, target, ())
+
+
+def _added(enrolled: Enrolled, target: Path, warnings: tuple[str, ...]) -> AddedMember:
     return AddedMember(
-        member_id,
+        enrolled.member_id,
         target,
-        (),
+        warnings,
         enrolled.certificate.not_valid_after_utc,
         enrolled.signing_key_id,
         enrolled.enrolment,
@@ -197,12 +195,36 @@ def _refuse_non_empty(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def _transaction(config: HubConfig) -> Iterator[Session]:
+def _staged(
+    config: HubConfig, target: Path, *, replace_existing: bool
+) -> Iterator[tuple[Session, Callable[[Enrolled], None]]]:
+    """One transaction and a staged public bundle: ``stage(enrolled)`` writes the bundle
+    beside ``target``; it replaces ``target`` only after the rows committed."""
+    staging = target.with_name(f".{target.name}.new")
     engine = make_engine(config.effective_database_url)
+
+    def stage(enrolled: Enrolled) -> None:
+        held = [name for name in PRIVATE_FILES if (target / name).exists()]
+        if held:
+            raise SetupError(
+                f"{target} holds {', '.join(held)}: the hub writes a public bundle, never into "
+                "a member's keys directory"
+            )
+        if not replace_existing:
+            _refuse_non_empty(target)
+        shutil.rmtree(staging, ignore_errors=True)
+        public_bundle(config, enrolled).write(staging)
+
     try:
         with session_factory(engine).begin() as session:
-            yield session
+            yield session, stage
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        if config.paths.bundles.exists():
+            secure_tree(config.paths.bundles)  # the data directory's modes, public files too
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         engine.dispose()
 
 
@@ -219,28 +241,6 @@ def public_bundle(config: HubConfig, enrolled: Enrolled) -> PublicBundle:
         signing_key_id=enrolled.signing_key_id,
         log_key=load_log_signer(config.effective_log_origin, config.paths.log_key).verifier_key(),
     )
-
-
-def _write_public(
-    config: HubConfig, enrolled: Enrolled, target: Path, *, replace_existing: bool
-) -> None:
-    """Write the public bundle into a fresh directory, then move it into place (a target
-    that is not empty is replaced only for a renewal or re-enrolment)."""
-    if not replace_existing:
-        _refuse_non_empty(target)
-    bundle = public_bundle(config, enrolled)
-    staging = target.with_name(f".{target.name}.new")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        bundle.write(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-        if config.paths.bundles.exists():
-            secure_tree(config.paths.bundles)  # the data directory's modes, public files too
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def open_config(data_dir: Path) -> HubConfig:

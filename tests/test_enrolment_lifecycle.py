@@ -252,3 +252,20 @@ def test_the_hub_dir_check_finds_a_planted_member_key(tmp_path: Path, run: Run) 
     planted.parent.mkdir()
     planted.write_bytes((member / "signing.key").read_bytes())
     assert member_keys_held_by_hub(config, [member]) == [planted]
+
+
+def test_a_renewal_never_writes_into_a_keys_directory(tmp_path: Path, run: Run) -> None:
+    data_dir = tmp_path / "hub"
+    assert run("init", data_dir)[0] == 0
+    member = tmp_path / "member"
+    assert run(*_add(data_dir, _keygen(run, member)))[0] == 0
+    public = data_dir / "bundles" / MEMBER_ID
+    assert run("connector", "bundle", "install", public, "--keys", member)[0] == 0
+    keys_before = {name: (member / name).read_bytes() for name in ("tls.key", "signing.key")}
+    assert run("connector", "request", "--keys", member)[0] == 0
+    code, _out, err = run(
+        "member", "renew", "--data-dir", data_dir, MEMBER_ID, "--csr", member / "enrolment.req",
+        "--out", member,
+    )  # fmt: skip
+    assert code == 2 and "never into a member's keys directory" in err
+    assert {name: (member / name).read_bytes() for name in keys_before} == keys_before
