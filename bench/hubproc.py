@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from xhub.demo.enrolment import enrol, members_dir
 from xhub.demo.region import DEMO_MEMBERS, HUB_ID
-from xhub.hub.registry.store import validate_member
-from xhub.hub.setup import add_member_with_bundle, init_data_dir
+from xhub.hub.setup import init_data_dir
 
 
 @contextmanager
@@ -38,17 +38,10 @@ def process(
 
 def setup(root: Path, port: int) -> dict[str, Path]:
     config = init_data_dir(root, hub_id=HUB_ID, listen=f"127.0.0.1:{port}")
-    bundles: dict[str, Path] = {}
-    for member in DEMO_MEMBERS:
-        spec = validate_member(
-            name=member.name,
-            uscc=member.uscc,
-            division=member.division,
-            roles=[member.roles],
-            subsystem=member.subsystem,
-        )
-        bundles[member.key] = add_member_with_bundle(config, spec).bundle_dir
-    return bundles
+    return {
+        member.key: enrol(config, member, members_dir(root) / member.key)[1]
+        for member in DEMO_MEMBERS
+    }
 
 
 def wait_echo(call: object, timeout: float = 20.0) -> None:

@@ -12,15 +12,14 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from xhub.cli.members import MEMBER_HANDLERS, add_member_commands
 from xhub.hub.core.config import ConfigError
 from xhub.hub.core.data_dir import private_files
 from xhub.hub.core.db import make_engine, migrate, session_factory
 from xhub.hub.core.failures import RedactingFormatter
-from xhub.hub.registry.store import list_members, revoke_member, role_name, validate_member
 from xhub.hub.server import StartupError
 from xhub.hub.setup import (
     SetupError,
-    add_member_with_bundle,
     init_data_dir,
     open_config,
     with_listen,
@@ -28,11 +27,8 @@ from xhub.hub.setup import (
 from xhub.protocol import codes
 from xhub.protocol.bundle import BundleError
 from xhub.protocol.errors import TransportError, XhubError
-from xhub.protocol.signing import ECDSA_P256, ED25519
-from xhub.v1 import registry_pb2
 
 DEFAULT_DATA_DIR = os.environ.get("XHUB_DATA_DIR", "xhub-data")
-LEVEL_NAMES = {1: "province 省", 2: "municipal 市", 3: "district 区"}
 
 
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -58,34 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url", default="", help="SQLAlchemy URL (default: SQLite in the data dir)"
     )
 
-    member = commands.add_parser("member", help="manage members (接入单位)")
-    member_commands = member.add_subparsers(dest="member_command", required=True)
-    add = member_commands.add_parser("add", help="register a member and write its bundle")
-    _data_dir_arg(add)
-    add.add_argument("--name", required=True, help="legal name (单位名称)")
-    add.add_argument("--uscc", required=True, help="unified social credit code (GB 32100)")
-    add.add_argument("--division", required=True, help="division code (GB/T 2260), 6 or 12 digits")
-    add.add_argument(
-        "--roles", required=True, help="comma list of issuer,platform,department,auditor,admin"
-    )
-    add.add_argument("--subsystem", default="", help="optional subsystem name (a-z0-9-)")
-    add.add_argument(
-        "--allow-legacy-uscc",
-        action="store_true",
-        help="accept an early pilot USCC whose check character fails (recorded as legacy)",
-    )
-    add.add_argument("--signing-alg", choices=["ecdsa-p256", "ed25519"], default="ecdsa-p256")
-    add.add_argument("--days", type=int, default=730, help="certificate validity in days")
-    add.add_argument("--out", type=Path, help="bundle directory (default: DATA_DIR/bundles/ID)")
-
-    lst = member_commands.add_parser("list", help="list members")
-    _data_dir_arg(lst)
-    lst.add_argument("--all", action="store_true", help="include revoked members")
-
-    revoke = member_commands.add_parser("revoke", help="revoke a member (effective next call)")
-    _data_dir_arg(revoke)
-    revoke.add_argument("member_id")
-    revoke.add_argument("--reason", required=True, help="why (recorded)")
+    add_member_commands(commands, _data_dir_arg)
 
     serve = commands.add_parser("serve", help="run the hub")
     _data_dir_arg(serve)
@@ -182,63 +151,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"initialised hub {config.hub_id} in {config.data_dir}")
     print(f"  CA certificate : {config.paths.ca_cert}")
     print(f"  database       : {config.effective_database_url}")
-    print(f"  next           : xhub member add --data-dir {config.data_dir} ...")
-    return 0
-
-
-def cmd_member_add(args: argparse.Namespace) -> int:
-    config = open_config(args.data_dir)
-    spec = validate_member(
-        name=args.name,
-        uscc=args.uscc,
-        division=args.division,
-        roles=[args.roles],
-        subsystem=args.subsystem,
-        allow_legacy_uscc=args.allow_legacy_uscc,
+    print(
+        "  next           : the member runs `xhub-connector keygen`, then "
+        f"xhub member add --data-dir {config.data_dir} --csr enrolment.req ..."
     )
-    added = add_member_with_bundle(
-        config,
-        spec,
-        bundle_dir=args.out,
-        signing_algorithm=ED25519 if args.signing_alg == "ed25519" else ECDSA_P256,
-        days=args.days,
-    )
-    for warning in added.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"added {added.member_id} ({LEVEL_NAMES[int(spec.level)]})")
-    print(f"  bundle: {added.bundle_dir}")
-    return 0
-
-
-def cmd_member_list(args: argparse.Namespace) -> int:
-    config = open_config(args.data_dir)
-    engine = make_engine(config.effective_database_url)
-    try:
-        with session_factory(engine)() as session:
-            rows = list_members(session, include_revoked=args.all, limit=100_000)
-            print(f"{'member id':<52} {'level':<13} {'status':<8} {'roles':<28} name")
-            for row in rows:
-                roles = ",".join(role_name(r.role) for r in sorted(row.roles, key=lambda r: r.role))
-                status = registry_pb2.MemberStatus.Name(row.status).removeprefix("MEMBER_STATUS_")  # type: ignore[arg-type]
-                print(
-                    f"{row.member_id:<52} {LEVEL_NAMES.get(row.level, '?'):<13} "
-                    f"{status.lower():<8} {roles:<28} {row.name}"
-                )
-            print(f"{len(rows)} member(s)")
-    finally:
-        engine.dispose()
-    return 0
-
-
-def cmd_member_revoke(args: argparse.Namespace) -> int:
-    config = open_config(args.data_dir)
-    engine = make_engine(config.effective_database_url)
-    try:
-        with session_factory(engine).begin() as session:
-            row = revoke_member(session, args.member_id, args.reason)
-            print(f"revoked {row.member_id}: {row.revoke_reason} (refused from its next call)")
-    finally:
-        engine.dispose()
     return 0
 
 
@@ -527,9 +443,7 @@ HANDLERS = {
     ("audit", "check"): cmd_audit_check,
     ("audit", "log-key"): cmd_audit_log_key,
     ("init", None): cmd_init,
-    ("member", "add"): cmd_member_add,
-    ("member", "list"): cmd_member_list,
-    ("member", "revoke"): cmd_member_revoke,
+    **MEMBER_HANDLERS,
     ("serve", None): cmd_serve,
     ("db", "upgrade"): cmd_db_upgrade,
 }

@@ -3,7 +3,7 @@
 Public API::
 
     from xhub.connectors import HubClient
-    with HubClient.from_bundle("bundles/CN.440103....") as hub:
+    with HubClient.from_bundle("member") as hub:  # its keys + the installed bundle
         member = hub.get_member("CN.440100....")
 """
 

@@ -3,6 +3,15 @@
     xhub-connector run department.toml [--once]          # cases in, approval status out
     xhub-connector sync-certificates sync.toml [--once]  # certificates from the department's table
     xhub-connector status CONFIG [--json] [--limit N]    # pending, sent, refused, passed-over rows
+    xhub-connector keygen --member-id ID --out DIR [--signing-alg ecdsa-p256|ed25519]
+    xhub-connector request --keys DIR                     # a fresh request from existing keys
+    xhub-connector bundle install PUBLIC_DIR --keys DIR   # the hub's public bundle next to keys
+
+``keygen`` makes the member's keys on the member's machine (``tls.key``: mutual TLS only;
+``signing.key``: message signatures only; both 0600) and the enrolment request
+``enrolment.req`` the hub operator certifies with ``xhub member add --csr``
+(``connectors/sdk/enrolment.py``). ``--signing-key FILE`` keeps an existing signing key
+(renewal with a new TLS key).
 
 ``status`` reads either connector's TOML (a ``[department]`` or a ``[source]`` table) and its
 state file only; ``sync-status`` is its older name for the issuer sync. The report and its
@@ -29,8 +38,23 @@ from xhub.connectors.department.cli import run_command
 from xhub.connectors.department.cli import status_command as department_status
 from xhub.connectors.issuer.cli import status_command as sync_status
 from xhub.connectors.issuer.cli import sync_command
+from xhub.connectors.sdk.enrolment import (
+    MemberKeys,
+    generate_keys,
+    install_bundle,
+    renewal_request,
+)
 from xhub.protocol.bundle import BundleError
+from xhub.protocol.enrolment import EnrolmentError
 from xhub.protocol.errors import TransportError, XhubError
+from xhub.protocol.pki import when
+from xhub.protocol.signing import (
+    ECDSA_P256,
+    ED25519,
+    KeySigner,
+    key_id_for,
+    load_private_key,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +89,72 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--once", action="store_true", help="one pass and exit (default: keep running)"
     )
+    _add_enrolment_commands(commands)
     return parser
+
+
+def _add_enrolment_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keygen = commands.add_parser(
+        "keygen", help="make the member's keys and enrolment request here (接入申请)"
+    )
+    keygen.add_argument("--member-id", required=True, help="e.g. CN.440103.<USCC>.approval")
+    keygen.add_argument("--out", type=Path, required=True, help="the member's keys directory")
+    keygen.add_argument(
+        "--signing-alg",
+        choices=["ecdsa-p256", "ed25519"],
+        default="ecdsa-p256",
+        help="message-signing key algorithm (the TLS key is always ECDSA P-256)",
+    )
+    keygen.add_argument(
+        "--signing-key",
+        type=Path,
+        help="keep this existing signing key (renewal with a new TLS key)",
+    )
+    request = commands.add_parser(
+        "request", help="a fresh enrolment request from the keys in DIR (renewal, same keys)"
+    )
+    request.add_argument("--keys", type=Path, required=True, help="the member's keys directory")
+    request.add_argument("--member-id", help="default: the installed bundle's member id")
+    bundle = commands.add_parser("bundle", help="member bundle (接入包) tools")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
+    install = bundle_commands.add_parser(
+        "install", help="check the hub's public bundle against the keys and copy it next to them"
+    )
+    install.add_argument("public_dir", type=Path, help="what `xhub member add --csr` wrote")
+    install.add_argument("--keys", type=Path, required=True, help="the member's keys directory")
+
+
+def _enrolment_command(args: argparse.Namespace) -> int:
+    if args.command == "keygen":
+        existing = None
+        if args.signing_key:
+            try:
+                existing = load_private_key(args.signing_key)
+            except (OSError, ValueError) as exc:
+                raise BundleError(f"{args.signing_key}: not a usable signing key: {exc}") from exc
+        keys = generate_keys(
+            args.member_id,
+            args.out,
+            signing_algorithm=ED25519 if args.signing_alg == "ed25519" else ECDSA_P256,
+            signing_key=existing,
+        )
+        _print_request(keys)
+        return 0
+    if args.command == "request":
+        _print_request(renewal_request(args.keys, args.member_id))
+        return 0
+    bundle = install_bundle(args.public_dir, args.keys)
+    print(f"installed the bundle of {bundle.member_id} in {args.keys}")
+    print(f"  certificate valid until {when(bundle.tls_cert.not_valid_after_utc)}")
+    print(f'  connector config: bundle = "{args.keys}"')
+    return 0
+
+
+def _print_request(keys: MemberKeys) -> None:
+    print(f"keys of {keys.member_id} in {keys.directory} (tls.key, signing.key: 0600)")
+    print(f"  TLS key (mutual TLS only)     : ECDSA P-256, {key_id_for(keys.tls_key.public_key())}")
+    print(f"  signing key (messages only)   : {KeySigner(keys.signing_key).key_id}")
+    print(f"  enrolment request for the hub : {keys.request_path}")
 
 
 # What a database error is called in the message, by command.
@@ -74,10 +163,15 @@ _DATABASE = {
     "sync-certificates": "source database",
     "sync-status": "state file",
     "status": "state file",
+    "keygen": "keys",
+    "request": "keys",
+    "bundle": "bundle",
 }
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("keygen", "request", "bundle"):
+        return _enrolment_command(args)
     if args.command == "run":
         return run_command(args.config, once=args.once)
     if args.command in ("status", "sync-status"):
@@ -100,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _dispatch(args)
-    except (ConnectorConfigError, BundleError) as exc:
+    except (ConnectorConfigError, BundleError, EnrolmentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SQLAlchemyError as exc:

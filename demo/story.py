@@ -1,7 +1,7 @@
 """`make demo`: a hub on SQLite and a real end-to-end exchange in the demo region.
 
-Creates a fresh data directory, registers the members of DOMAIN.md's demo
-region, starts `xhub serve` as a real process, runs signed round trips between
+Creates a fresh data directory, enrols the members of DOMAIN.md's demo region (each by
+its own keys and CSR), starts `xhub serve` as a real process, runs signed round trips between
 province, municipal and district members, shows a tampered and a replayed
 message being refused, stops the hub with SIGTERM and exits 0.
 """
@@ -18,13 +18,12 @@ import grpc
 from xhub.connectors import HubClient
 from xhub.demo.audit import audit_section, tamper_section
 from xhub.demo.cases import case_section
+from xhub.demo.enrolment import enrol, member_keys_held_by_hub, members_dir
 from xhub.demo.intake import FoodCase, Tally, intake_section, second_application
 from xhub.demo.process import LEVELS, free_port, refusal, running_hub, say
 from xhub.demo.region import DEMO_MEMBERS, HUB_ID, HUB_NAME
-from xhub.hub.registry.store import validate_member
-from xhub.hub.setup import add_member_with_bundle, init_data_dir, open_config
+from xhub.hub.setup import init_data_dir, open_config
 from xhub.protocol.codes import division_level
-from xhub.protocol.signing import ECDSA_P256, ED25519
 from xhub.v1 import registry_pb2
 
 
@@ -33,22 +32,24 @@ def run(data_dir: Path) -> int:
     say(f"== xhub demo: {HUB_NAME}")
     init_data_dir(data_dir, hub_id=HUB_ID, hub_name=HUB_NAME, listen=f"127.0.0.1:{port}")
     say(f"hub {HUB_ID} initialised in {data_dir} (SQLite, CA and keys created)")
+    say(
+        "\n-- enrolment: each member makes its own keys (xhub-connector keygen), the hub "
+        "certifies the request (xhub member add --csr)"
+    )
+    config = open_config(data_dir)
     bundles: dict[str, Path] = {}
     for member in DEMO_MEMBERS:
-        spec = validate_member(
-            name=member.name,
-            uscc=member.uscc,
-            division=member.division,
-            roles=[member.roles],
-            subsystem=member.subsystem,
-        )
-        algorithm = ED25519 if member.signing_alg == "ed25519" else ECDSA_P256
-        added = add_member_with_bundle(open_config(data_dir), spec, signing_algorithm=algorithm)
-        bundles[member.key] = added.bundle_dir
+        spec, bundles[member.key] = enrol(config, member, members_dir(data_dir) / member.key)
         say(
-            f"  member {LEVELS[int(spec.level)]} {member.name:<14} {added.member_id}"
-            f"  [{member.roles}; signs with {member.signing_alg}]"
+            f"  enrolled {LEVELS[int(spec.level)]} {member.name:<14} {spec.member_id}"
+            f"  [{member.roles}; TLS P-256, signs with {member.signing_alg}; keys in "
+            f"{bundles[member.key].parent.name}/{member.key}]"
         )
+    leaked = member_keys_held_by_hub(config, list(bundles.values()))
+    if leaked:
+        say(f"demo FAILED: the hub's data directory holds member private keys: {leaked}")
+        return 1
+    say("  the hub's data directory holds no member private key ✓")
 
     with running_hub(data_dir, port) as hub:
         clients = {key: HubClient.from_bundle(path) for key, path in bundles.items()}
@@ -150,8 +151,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.data_dir:
-        if args.data_dir.exists():
-            shutil.rmtree(args.data_dir)
+        for old in (args.data_dir, members_dir(args.data_dir)):
+            if old.exists():
+                shutil.rmtree(old)
         return run(args.data_dir)
     with tempfile.TemporaryDirectory(prefix="xhub-demo-") as tmp:
         return run(Path(tmp) / "hub")

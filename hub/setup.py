@@ -1,4 +1,6 @@
-"""`xhub init` and `xhub member add`: create the data directory and members.
+"""`xhub init`, `xhub member add --csr` and `renew`: the data directory and enrolments.
+
+The hub writes a member's *public* bundle only; the member's keys never leave its machine.
 
 Everything is validated before anything is written; a failed step leaves no
 partial data directory or bundle behind.
@@ -6,24 +8,30 @@ partial data directory or bundle behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy.orm import Session
 
 from xhub.hub.core.audit_log import load_log_signer
-from xhub.hub.core.ca import CertificateAuthority
+from xhub.hub.core.ca import MEMBER_DAYS, CertificateAuthority
 from xhub.hub.core.config import HubConfig, load_config, render_config
 from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import make_engine, migrate, session_factory
-from xhub.hub.registry.store import MemberSpec, add_member, bind_hub_identity, make_bundle
-from xhub.protocol.bundle import MemberBundle
+from xhub.hub.registry.enrolment import Enrolled, enrol_member, renew_member
+from xhub.hub.registry.store import MemberSpec, RegistryError, bind_hub_identity
+from xhub.protocol.bundle import PRIVATE_FILES, PublicBundle
+from xhub.protocol.enrolment import EnrolmentError, unarmor
 from xhub.protocol.pki import certificate_pem, load_certificate
-from xhub.protocol.signing import ECDSA_P256, load_private_key, write_private_key, write_secret
-from xhub.v1 import registry_pb2
+from xhub.protocol.signing import load_private_key, write_private_key, write_secret
+from xhub.v1 import envelope_pb2
 
 
 class SetupError(RuntimeError):
@@ -114,47 +122,125 @@ class AddedMember:
     member_id: str
     bundle_dir: Path
     warnings: tuple[str, ...]
+    not_after: datetime
+    signing_key_id: str
+    enrolment: int = 1
+
+
+def read_request(path: Path) -> envelope_pb2.Envelope:
+    """The enrolment request file a member made with ``xhub-connector keygen``."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SetupError(f"cannot read the enrolment request {path}: {exc.strerror}") from exc
+    try:
+        return unarmor(data)
+    except EnrolmentError as exc:
+        raise RegistryError(f"{path}: {exc}", metadata={"field": "csr"}) from exc
 
 
 def add_member_with_bundle(
     config: HubConfig,
     spec: MemberSpec,
+    request: envelope_pb2.Envelope,
     *,
     bundle_dir: Path | None = None,
-    signing_algorithm: registry_pb2.KeyAlgorithm.ValueType = ECDSA_P256,
-    days: int = 730,
+    days: int = MEMBER_DAYS,
+    re_enrol: bool = False,
 ) -> AddedMember:
-    """Register a member and write its bundle; the row commits only if the bundle is written."""
+    """Enrol a member from its request and write its public bundle (no private key).
+
+    The bundle is staged inside the transaction and moved into place once the rows
+    committed; a refusal writes nothing.
+    """
     target = bundle_dir or config.paths.bundles / spec.member_id
+    ca = load_ca(config)
+    with _staged(config, target, replace_existing=re_enrol) as (session, stage):
+        enrolled = enrol_member(session, ca, spec, request, re_enrol=re_enrol, days=days)
+        stage(enrolled)
+    return _added(enrolled, target, spec.warnings)
+
+
+def renew_member_bundle(
+    config: HubConfig,
+    member_id: str,
+    request: envelope_pb2.Envelope,
+    *,
+    bundle_dir: Path | None = None,
+    days: int = MEMBER_DAYS,
+) -> AddedMember:
+    """Issue a renewed certificate and write the member's new public bundle."""
+    target = bundle_dir or config.paths.bundles / member_id
+    ca = load_ca(config)
+    with _staged(config, target, replace_existing=True) as (session, stage):
+        enrolled = renew_member(session, ca, member_id, request, days=days)
+        stage(enrolled)
+    return _added(enrolled, target, ())
+
+
+def _added(enrolled: Enrolled, target: Path, warnings: tuple[str, ...]) -> AddedMember:
+    return AddedMember(
+        enrolled.member_id,
+        target,
+        warnings,
+        enrolled.certificate.not_valid_after_utc,
+        enrolled.signing_key_id,
+        enrolled.enrolment,
+    )
+
+
+def _refuse_non_empty(target: Path) -> None:
     if target.exists() and any(target.iterdir()):
         raise SetupError(f"bundle directory {target} is not empty")
-    ca = load_ca(config)
+
+
+@contextlib.contextmanager
+def _staged(
+    config: HubConfig, target: Path, *, replace_existing: bool
+) -> Iterator[tuple[Session, Callable[[Enrolled], None]]]:
+    """One transaction and a staged public bundle: ``stage(enrolled)`` writes the bundle
+    beside ``target``; it replaces ``target`` only after the rows committed."""
+    staging = target.with_name(f".{target.name}.new")
     engine = make_engine(config.effective_database_url)
+
+    def stage(enrolled: Enrolled) -> None:
+        held = [name for name in PRIVATE_FILES if (target / name).exists()]
+        if held:
+            raise SetupError(
+                f"{target} holds {', '.join(held)}: the hub writes a public bundle, never into "
+                "a member's keys directory"
+            )
+        if not replace_existing:
+            _refuse_non_empty(target)
+        shutil.rmtree(staging, ignore_errors=True)
+        public_bundle(config, enrolled).write(staging)
+
     try:
         with session_factory(engine).begin() as session:
-            issued = add_member(session, ca, spec, signing_algorithm=signing_algorithm, days=days)
-            bundle: MemberBundle = make_bundle(
-                issued,
-                ca_cert_der=ca.certificate.public_bytes(Encoding.DER),
-                hub_signing_cert_der=load_certificate(
-                    config.paths.signing_cert.read_bytes()
-                ).public_bytes(Encoding.DER),
-                hub_id=config.hub_id,
-                hub_address=config.advertised_address,
-                server_name=config.server_name,
-                log_key=load_log_signer(
-                    config.effective_log_origin, config.paths.log_key
-                ).verifier_key(),
-            )
-            try:
-                bundle.write(target)
-                secure_tree(config.paths.bundles)  # a bundle holds the TLS key until handed over
-            except BaseException:
-                shutil.rmtree(target, ignore_errors=True)
-                raise
+            yield session, stage
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        if config.paths.bundles.exists():
+            secure_tree(config.paths.bundles)  # the data directory's modes, public files too
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         engine.dispose()
-    return AddedMember(spec.member_id, target, spec.warnings)
+
+
+def public_bundle(config: HubConfig, enrolled: Enrolled) -> PublicBundle:
+    return PublicBundle(
+        member_id=enrolled.member_id,
+        name=enrolled.name,
+        hub_id=config.hub_id,
+        hub_address=config.advertised_address,
+        server_name=config.server_name,
+        tls_cert=enrolled.certificate,
+        ca_cert=load_certificate(config.paths.ca_cert.read_bytes()),
+        hub_signing_cert=load_certificate(config.paths.signing_cert.read_bytes()),
+        signing_key_id=enrolled.signing_key_id,
+        log_key=load_log_signer(config.effective_log_origin, config.paths.log_key).verifier_key(),
+    )
 
 
 def open_config(data_dir: Path) -> HubConfig:

@@ -20,6 +20,26 @@ class CertificateError(ValueError):
     """A certificate does not chain to the hub CA or names no member."""
 
 
+class CertificateExpired(CertificateError):
+    """A certificate is outside its validity period (expired, or not yet valid)."""
+
+
+def when(moment: datetime) -> str:
+    """A certificate date as every message shows it: ``2026-12-01 09:30:00 UTC``."""
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def check_validity(cert: x509.Certificate, what: str, *, at: datetime | None = None) -> None:
+    """Raise ``CertificateExpired`` naming ``what`` and the date unless ``cert`` is valid ``at``."""
+    at = at or datetime.now(UTC)
+    if at >= cert.not_valid_after_utc:
+        raise CertificateExpired(f"{what} expired on {when(cert.not_valid_after_utc)}")
+    if at < cert.not_valid_before_utc:
+        raise CertificateExpired(
+            f"{what} is not valid yet: valid from {when(cert.not_valid_before_utc)}"
+        )
+
+
 def member_uri(member_id: str) -> str:
     return MEMBER_URI_PREFIX + member_id
 
@@ -34,8 +54,8 @@ def load_certificate(data: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(data)
 
 
-def member_id_of(cert: x509.Certificate) -> str:
-    """The member id in the certificate's SAN URI."""
+def member_id_of(cert: x509.Certificate | x509.CertificateSigningRequest) -> str:
+    """The member id in the SAN URI of a certificate (or of a request for one)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:
@@ -53,15 +73,18 @@ def member_id_of(cert: x509.Certificate) -> str:
 def verify_member_certificate(
     cert: x509.Certificate, ca_cert: x509.Certificate, *, at: datetime | None = None
 ) -> str:
-    """Verify ``cert`` chains to the hub CA at ``at``; return the member id it names."""
-    verifier = (
-        PolicyBuilder()
-        .store(Store([ca_cert]))
-        .time(at or datetime.now(UTC))
-        .build_client_verifier()
-    )
+    """Verify ``cert`` chains to the hub CA at ``at``; return the member id it names.
+
+    A certificate outside its validity period (or a CA outside its own) raises
+    ``CertificateExpired`` saying so and when, before the chain is looked at.
+    """
+    at = at or datetime.now(UTC)
+    named = member_id_of(cert)
+    check_validity(ca_cert, "the hub CA certificate", at=at)
+    check_validity(cert, f"certificate of {named}", at=at)
+    verifier = PolicyBuilder().store(Store([ca_cert])).time(at).build_client_verifier()
     try:
         verifier.verify(cert, [])
     except VerificationError as exc:
         raise CertificateError(f"certificate does not chain to the hub CA: {exc}") from exc
-    return member_id_of(cert)
+    return named

@@ -34,9 +34,10 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from xhub.connectors import HubClient
+from xhub.connectors.sdk.enrolment import generate_keys, install_bundle
 from xhub.hub.core.ca import CertificateAuthority
 from xhub.hub.core.config import HubConfig
-from xhub.hub.core.db import MemberRow, make_engine, session_factory
+from xhub.hub.core.db import MemberCertificateRow, MemberRow, make_engine, session_factory
 from xhub.hub.registry.store import MemberSpec, revoke_member, validate_member
 from xhub.hub.server import RunningHub, start_hub
 from xhub.hub.setup import add_member_with_bundle, init_data_dir, load_ca
@@ -57,6 +58,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def enrol(
+    config: HubConfig,
+    spec: MemberSpec,
+    member_dir: Path,
+    *,
+    signing_algorithm: registry_pb2.KeyAlgorithm.ValueType = ECDSA_P256,
+    days: int = 730,
+) -> Path:
+    """The CSR path, done in-process by the member side: keys and request in the member's own
+    directory, the hub issues and writes a public bundle, the member installs it next to its
+    keys. Returns the member's (complete) directory."""
+    keys = generate_keys(spec.member_id, member_dir, signing_algorithm=signing_algorithm)
+    added = add_member_with_bundle(config, spec, keys.request, days=days)
+    install_bundle(added.bundle_dir, member_dir)
+    return member_dir
 
 
 @dataclass(frozen=True)
@@ -255,7 +273,9 @@ class HubKit:
     # -- members ----------------------------------------------------------------
 
     def add_member(self, definition: MemberDef) -> KitMember:
-        """Register a member (hub running or not) and write its bundle."""
+        """Enrol a member (hub running or not) the way the README says: the member generates
+        its keys and request in ``root/members/<key>``, the hub issues from the request and
+        writes a public bundle, the member installs it; ``bundle_dir`` is the member's dir."""
         if definition.key in self.members:
             raise ValueError(f"member key {definition.key!r} already used")
         spec = validate_member(
@@ -265,14 +285,15 @@ class HubKit:
             roles=definition.roles,
             subsystem=definition.subsystem,
         )
-        added = add_member_with_bundle(
+        member_dir = enrol(
             self.config,
             spec,
+            self.root / "members" / definition.key,
             signing_algorithm=definition.signing_algorithm,
             days=definition.days,
         )
         member = KitMember(
-            definition.key, added.member_id, spec, added.bundle_dir, definition.signing_algorithm
+            definition.key, spec.member_id, spec, member_dir, definition.signing_algorithm
         )
         self.members[definition.key] = member
         return member
@@ -330,10 +351,15 @@ class HubKit:
             revoke_member(session, self.member_id(key), reason)
 
     def set_not_after(self, key: str, when: datetime) -> None:
+        """Make the registry say every certificate of the member ends at ``when``."""
+        member_id = self.member_id(key)
         with self.session() as session:
             session.execute(
-                update(MemberRow)
-                .where(MemberRow.member_id == self.member_id(key))
+                update(MemberRow).where(MemberRow.member_id == member_id).values(not_after=when)
+            )
+            session.execute(
+                update(MemberCertificateRow)
+                .where(MemberCertificateRow.member_id == member_id)
                 .values(not_after=when)
             )
 

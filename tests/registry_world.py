@@ -5,11 +5,13 @@ a sample directory of members.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,16 +25,14 @@ from xhub.hub.core.db import (
     migrate,
     session_factory,
 )
-from xhub.hub.registry.store import (
-    IssuedMember,
-    add_member,
-    validate_member,
-)
+from xhub.hub.registry.enrolment import enrol_member
+from xhub.hub.registry.store import MemberSpec, validate_member
 from xhub.protocol import codes
-from xhub.protocol.signing import ECDSA_P256
+from xhub.protocol.enrolment import make_request
+from xhub.protocol.signing import ECDSA_P256, PrivateKey, generate_private_key
 
 HUB_ID = "CN.440000.XHUB"
-REGISTRY_TABLES = {"members", "member_roles", "member_keys", "seen_messages"}
+REGISTRY_TABLES = {"members", "member_roles", "member_keys", "member_certificates", "seen_messages"}
 LEGACY_PILOT = "91350100M0001TGQXM"
 NOW = datetime(2026, 11, 23, 9, 30, 0, 123456, tzinfo=UTC)
 
@@ -50,6 +50,16 @@ def uscc_for(division: str, org: str) -> str:
 
 def member_id_for(division: str, org: str) -> str:
     return f"CN.{division}.{uscc_for(division, org)}"
+
+
+@dataclass(frozen=True)
+class IssuedMember:
+    """A member enrolled the CSR way, with the keys its side generated (held by the test)."""
+
+    spec: MemberSpec
+    tls_key: ec.EllipticCurvePrivateKey
+    signing_key: PrivateKey
+    row: MemberRow
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -106,7 +116,11 @@ def register(
             subsystem=subsystem,
             allow_legacy_uscc=allow_legacy_uscc,
         )
-        return add_member(session, ca, spec, signing_algorithm=signing_algorithm, now=NOW)
+        tls_key = ec.generate_private_key(ec.SECP256R1())
+        signing_key = generate_private_key(signing_algorithm)
+        request = make_request(spec.member_id, tls_key, signing_key)
+        enrolled = enrol_member(session, ca, spec, request, now=NOW)
+        return IssuedMember(spec, tls_key, signing_key, enrolled.row)
 
 
 def register_sample(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import stat
 from collections.abc import Callable, Iterator
@@ -13,18 +14,19 @@ import pytest
 from sqlalchemy import select
 
 from xhub.cli.main import main
+from xhub.connectors.cli import main as connector_main
 from xhub.hub.core.config import ConfigError, HubConfig, load_config
 from xhub.hub.core.db import MemberRow, current_revision, make_engine, session_factory, table_names
 from xhub.hub.registry.store import REVOKED
 from xhub.protocol import codes
-from xhub.protocol.bundle import MemberBundle
+from xhub.protocol.bundle import MemberBundle, PublicBundle
 
 HUB_ID = "CN.440000.XHUB"
 LEGACY_PILOT = "91350100M0001TGQXM"
 GZ_SAMR = codes.make_uscc("1", "1", "440100", "MB2C9041")
 LIWAN = codes.make_uscc("1", "2", "440103", "0A7K3QX1")
 BAD_CHECK = GZ_SAMR[:-1] + ("0" if GZ_SAMR[-1] != "0" else "1")
-REGISTRY_TABLES = {"members", "member_roles", "member_keys", "seen_messages"}
+REGISTRY_TABLES = {"members", "member_roles", "member_keys", "member_certificates", "seen_messages"}
 KEY_FILES = {"tls.key", "signing.key"}
 
 
@@ -81,13 +83,33 @@ def member_rows(config: HubConfig) -> dict[str, MemberRow]:
         engine.dispose()
 
 
+def keygen(keys_dir: Path, member_id: str, signing_alg: str = "ecdsa-p256") -> Path:
+    """The member's side: `xhub-connector keygen`; returns its enrolment request."""
+    code = connector_main(
+        ["keygen", "--member-id", member_id, "--out", str(keys_dir), "--signing-alg", signing_alg]
+    )
+    assert code == 0
+    return keys_dir / "enrolment.req"
+
+
+_requests = itertools.count()
+
+
 def add_args(data_dir: Path, **overrides: str) -> list[str]:
+    """`xhub member add` for the member the flags name, with a request its side just made
+    (in a directory beside the hub's, one per call)."""
     values = {
         "--name": "广州市市场监督管理局",
         "--uscc": GZ_SAMR,
         "--division": "440100",
         "--roles": "issuer",
     } | overrides
+    signing_alg = values.pop("--signing-alg", "ecdsa-p256")
+    member_id = f"CN.{values['--division'][:6]}.{values['--uscc'].upper()}" + (
+        f".{values['--subsystem']}" if values.get("--subsystem") else ""
+    )
+    keys_dir = data_dir.parent / "members" / f"{next(_requests)}"
+    values["--csr"] = str(keygen(keys_dir, member_id, signing_alg))
     args = ["member", "add", "--data-dir", str(data_dir)]
     for flag, value in values.items():
         if value is not None:
@@ -164,41 +186,49 @@ def test_init_with_unusable_database_fails_cleanly(tmp_path: Path, run: Run, dat
 # --------------------------------------------------------------------------- member add
 
 
+PUBLIC_FILES = {"member.json", "tls.pem", "ca.pem", "hub-signing.pem"}
+
+
 @pytest.mark.parametrize(
-    ("overrides", "member_id", "files"),
+    ("overrides", "member_id"),
     [
-        ({}, f"CN.440100.{GZ_SAMR}", {"member.json", "tls.key", "tls.pem", "ca.pem"}),
+        ({}, f"CN.440100.{GZ_SAMR}"),
         (
             {"--uscc": LIWAN.lower(), "--division": "440103000000", "--subsystem": "approval"},
             f"CN.440103.{LIWAN}.approval",
-            {"member.json", "tls.key", "tls.pem", "ca.pem"},
         ),
-        (
-            {"--signing-alg": "ed25519", "--roles": "department,issuer"},
-            f"CN.440100.{GZ_SAMR}",
-            {"member.json", "tls.key", "tls.pem", "ca.pem", "signing.key"},
-        ),
+        ({"--signing-alg": "ed25519", "--roles": "department,issuer"}, f"CN.440100.{GZ_SAMR}"),
     ],
     ids=["ecdsa", "normalised-codes-subsystem", "ed25519"],
 )
-def test_member_add_writes_a_bundle(
-    data_dir: Path, run: Run, overrides: dict[str, str], member_id: str, files: set[str]
+def test_member_add_writes_a_public_bundle(
+    data_dir: Path, run: Run, overrides: dict[str, str], member_id: str
 ):
-    code, out, err = run(*add_args(data_dir, **overrides))
+    args = add_args(data_dir, **overrides)
+    keys_dir = Path(args[args.index("--csr") + 1]).parent
+    for name in KEY_FILES:  # the member's side made its keys, private to its owner
+        assert stat.S_IMODE((keys_dir / name).stat().st_mode) == 0o600, name
+    code, out, err = run(*args)
     assert code == 0, err
     assert err == ""
     assert f"added {member_id}" in out
     bundle_dir = data_dir / "bundles" / member_id
-    assert f"bundle: {bundle_dir}" in out
-    present = {p.name for p in bundle_dir.iterdir()}
-    assert files | {"hub-signing.pem"} == present
-    for name in present & KEY_FILES:
-        assert stat.S_IMODE((bundle_dir / name).stat().st_mode) == 0o600, name
+    assert f"public bundle (no private key): {bundle_dir}" in out
+    assert {p.name for p in bundle_dir.iterdir()} == PUBLIC_FILES
+    secrets = [(keys_dir / name).read_bytes() for name in KEY_FILES]
+    held = [
+        p for p in data_dir.rglob("*") if p.is_file() and any(k in p.read_bytes() for k in secrets)
+    ]
+    assert held == [], "the hub's data directory holds a member private key"
     manifest = json.loads((bundle_dir / "member.json").read_text("utf-8"))
     assert manifest["member_id"] == member_id
     assert manifest["hub_id"] == HUB_ID
-    bundle = MemberBundle.load(bundle_dir)
+    # the member installs it next to its keys
+    assert connector_main(["bundle", "install", str(bundle_dir), "--keys", str(keys_dir)]) == 0
+    bundle = MemberBundle.load(keys_dir)
     assert bundle.member_id == member_id
+    assert manifest["signing_key_id"] == bundle.signer.key_id
+    assert f"signing key id: {bundle.signer.key_id}" in out
     rows = member_rows(load_config(data_dir, env={}))
     assert list(rows) == [member_id]
     assert rows[member_id].legacy_uscc == 0
@@ -208,7 +238,7 @@ def test_member_add_with_out_dir(data_dir: Path, tmp_path: Path, run: Run):
     out_dir = tmp_path / "elsewhere" / "bundle"
     code, _out, err = run(*add_args(data_dir), "--out", out_dir)
     assert code == 0, err
-    assert MemberBundle.load(out_dir).member_id == f"CN.440100.{GZ_SAMR}"
+    assert PublicBundle.load(out_dir).member_id == f"CN.440100.{GZ_SAMR}"
     assert not (data_dir / "bundles").exists()
 
 

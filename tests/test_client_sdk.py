@@ -21,10 +21,11 @@ import grpc
 import grpc_testing
 import pytest
 from google.protobuf.message import Message
+from hubkit import enrol
 
 from xhub.connectors import HubClient, RetryPolicy, TransportError
 from xhub.hub.registry.store import validate_member
-from xhub.hub.setup import add_member_with_bundle, init_data_dir
+from xhub.hub.setup import init_data_dir
 from xhub.protocol import codes
 from xhub.protocol.bundle import MemberBundle
 from xhub.protocol.envelope import (
@@ -76,8 +77,9 @@ def hub_keys(tmp_path_factory: pytest.TempPathFactory) -> HubKeys:
         division="440103",
         roles=["department"],
     )
-    added = add_member_with_bundle(config, spec, signing_algorithm=ED25519)
-    bundle = MemberBundle.load(added.bundle_dir)
+    bundle = MemberBundle.load(
+        enrol(config, spec, root.parent / "member", signing_algorithm=ED25519)
+    )
     return HubKeys(bundle=bundle, hub_signer=load_signer(config.paths.signing_key))
 
 

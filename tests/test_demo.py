@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from xhub.demo.enrolment import member_keys_held_by_hub, members_dir
+from xhub.demo.region import DEMO_MEMBERS
+from xhub.hub.core.config import load_config
+
 # Each line must appear in the transcript: one per step a reader relies on.
 EXPECTED = [
+    "the hub's data directory holds no member private key ✓",  # every member enrolled by CSR
     "certificate chains to hub CA ✓",  # signed round trips between levels
     "tampered message (one payload byte changed after signing): refused UNAUTHENTICATED",
     "second refused ALREADY_EXISTS REPLAYED_MESSAGE",
@@ -41,3 +46,10 @@ def test_make_demo_tells_the_whole_story(tmp_path: Path) -> None:
     missing = [line for line in EXPECTED if line not in done.stdout]
     assert not missing, f"missing from the transcript: {missing}\n{done.stdout[-3000:]}"
     assert "(0 refused)" in done.stdout  # the genuine case passes the end-to-end check
+    assert done.stdout.count("  enrolled ") == len(DEMO_MEMBERS)  # one line per enrolment
+    # After the whole story, the hub's data directory still holds no member private key.
+    data_dir = tmp_path / "hub"
+    member_dirs = sorted(members_dir(data_dir).iterdir())
+    assert len(member_dirs) == len(DEMO_MEMBERS)
+    assert all((d / "tls.key").exists() and (d / "signing.key").exists() for d in member_dirs)
+    assert member_keys_held_by_hub(load_config(data_dir, env={}), member_dirs) == []

@@ -71,9 +71,8 @@ def test_pull_returns_issuer_signed_copies_that_verify_offline(intake_kit: HubKi
     with kit.session() as session:
         row = session.get(CertificateRow, world.licence.identifier)
         assert row is not None and row.envelope == pulled.certificate.SerializeToString()
-    # Offline: only the issuer's member certificate is needed (its P-256 key signs).
-    issuer_cert = kit.bundle("issuer").tls_cert
-    offline = open_certificate(pulled.certificate, KeyVerifier(issuer_cert.public_key()))  # type: ignore[arg-type]
+    # Offline: only the issuer's registered signing key is needed.
+    offline = open_certificate(pulled.certificate, kit.bundle("issuer").signer.verifier())
     assert offline == world.licence
     # The use annotation (加注): who, for which case and purpose, until when.
     note = pulled.annotation

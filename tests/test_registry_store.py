@@ -144,7 +144,8 @@ def test_add_member_writes_member_roles_and_key(
             registry_pb2.ROLE_ISSUER,
             registry_pb2.ROLE_DEPARTMENT,
         ]
-        assert [k.key_id for k in row.keys] == [key_id_for(issued.tls_key.public_key())]
+        # the signing key only: the TLS key is for mutual TLS, never for messages
+        assert [k.key_id for k in row.keys] == [key_id_for(issued.signing_key.public_key())]
         cert = load_certificate(row.certificate_der)
         assert verify_member_certificate(cert, ca.certificate) == member_id
         assert row.certificate_serial == format(cert.serial_number, "x")
@@ -416,10 +417,7 @@ def test_revoke_unknown_member_is_not_found(sessions: sessionmaker[Session]):
     ("algorithm", "expected_algorithms"),
     [
         (ECDSA_P256, [registry_pb2.KEY_ALGORITHM_ECDSA_P256_SHA256]),
-        (
-            ED25519,
-            [registry_pb2.KEY_ALGORITHM_ECDSA_P256_SHA256, registry_pb2.KEY_ALGORITHM_ED25519],
-        ),
+        (ED25519, [registry_pb2.KEY_ALGORITHM_ED25519]),
     ],
     ids=["ecdsa", "ed25519"],
 )
@@ -454,12 +452,9 @@ def test_member_to_proto_round_trip(
     # the certificate verifies offline against the hub CA and names the member
     cert = load_certificate(member.certificate_der)
     assert verify_member_certificate(cert, ca.certificate) == member.member_id
-    # the signing keys: TLS P-256 always, plus the separate Ed25519 key when chosen
-    assert sorted(k.algorithm for k in member.signing_keys) == expected_algorithms
-    expected_ids = {key_id_for(issued.tls_key.public_key())} | {
-        key_id_for(issued.signing_key.public_key())
-    }
-    assert {k.key_id for k in member.signing_keys} == expected_ids
+    # the signing key the member generated (never its TLS key)
+    assert [k.algorithm for k in member.signing_keys] == expected_algorithms
+    assert {k.key_id for k in member.signing_keys} == {key_id_for(issued.signing_key.public_key())}
     for key in member.signing_keys:
         assert KeyVerifier.from_der(key.public_key_der).key_id == key.key_id
     # a message signed by the member verifies with the published key of the same id

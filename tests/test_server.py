@@ -23,7 +23,6 @@ from xhub.connectors.sdk.client import secure_channel
 from xhub.hub.server import SERVICE_NAMES
 from xhub.protocol.envelope import pae, verify_signature_by
 from xhub.protocol.errors import error_info_of
-from xhub.protocol.signing import ECDSA_P256, ED25519
 from xhub.v1 import registry_pb2
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -166,11 +165,8 @@ def test_every_member_looks_up_every_member(shared_hub_kit: HubKit, asker: str) 
         keys = {k.key_id: k for k in member.signing_keys}
         signing = keys[bundle.signer.key_id]
         assert signing.algorithm == expected.signing_algorithm
-        if expected.signing_algorithm == ED25519:
-            # the TLS key (P-256) is bound too, next to the separate Ed25519 signing key
-            assert sorted(k.algorithm for k in member.signing_keys) == [ECDSA_P256, ED25519]
-        else:
-            assert list(keys) == [bundle.signer.key_id]
+        # only the member's signing key: its TLS key is for mutual TLS, never for messages
+        assert list(keys) == [bundle.signer.key_id]
 
         # the SDK verifies the certificate it got, offline, against the hub CA
         cert = client.verified_certificate(member)

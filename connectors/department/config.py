@@ -3,7 +3,7 @@
 Relative paths are relative to the file; SQLAlchemy URLs are not::
 
     [hub]
-    bundle = "bundles/CN.440103...."   # the department's member bundle (接入包)
+    bundle = "member"                  # keys + installed bundle (接入包, `bundle install`)
     address = "127.0.0.1:7443"         # optional: overrides the bundle's hub address
     retry_initial_seconds = 0.5        # backoff while the hub is unreachable (with jitter)
     retry_max_seconds = 30

@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataDir:
-    """Where the hub keeps its CA, keys, database and issued bundles."""
+    """Where the hub keeps its CA, keys, database and the public bundles it issued."""
 
     root: Path
 
@@ -179,7 +179,12 @@ def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> HubConf
 
 def render_config(config: HubConfig) -> str:
     """The TOML written by ``xhub init``; every setting spelled out."""
-    lines = ["# xhub hub configuration; XHUB_<SETTING> environment variables override.", "[hub]"]
+    lines = [
+        "# xhub hub configuration; XHUB_<SETTING> environment variables override.",
+        "# Members enrol with keys they make themselves (`xhub-connector keygen`), then",
+        "# `xhub member add --csr enrolment.req ...`; bundles/ holds public bundles only.",
+        "[hub]",
+    ]
     for name in _FIELDS:
         value = getattr(config, name)
         if isinstance(value, bool):

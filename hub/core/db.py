@@ -52,6 +52,9 @@ class MemberRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     revoke_reason: Mapped[str] = mapped_column(Text, default="")
+    # 1 at the first enrolment, +1 at each re-enrolment (after a revocation); keys and
+    # certificates of an earlier enrolment are retired and refused.
+    enrolment: Mapped[int] = mapped_column(Integer, default=1)
 
     roles: Mapped[list[MemberRoleRow]] = relationship(
         back_populates="member", cascade="all, delete-orphan", lazy="selectin"
@@ -83,7 +86,29 @@ class MemberKeyRow(Base):
     algorithm: Mapped[int] = mapped_column(Integer)
     public_key_der: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # The member enrolment this key was registered under: a key whose enrolment is older
+    # than the member's is retired (kept for the history, refused for new messages).
+    enrolment: Mapped[int] = mapped_column(Integer, default=1)
     member: Mapped[MemberRow] = relationship(back_populates="keys")
+
+
+class MemberCertificateRow(Base):
+    """Every TLS certificate the hub issued a member (证书历史): the gate admits any of the
+    member's certificates that is unexpired and unrevoked, so a renewal overlaps the old one.
+    ``members.certificate_der`` / ``certificate_serial`` / ``not_after`` is the newest."""
+
+    __tablename__ = "member_certificates"
+
+    member_id: Mapped[str] = mapped_column(
+        ForeignKey("members.member_id", ondelete="CASCADE"), primary_key=True
+    )
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    not_before: Mapped[datetime] = mapped_column(UtcDateTime())
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime())
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    enrolment: Mapped[int] = mapped_column(Integer, default=1)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class SeenMessageRow(Base):

@@ -18,14 +18,20 @@ from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import and_, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from xhub.hub.core.db import MemberKeyRow, MemberRoleRow, MemberRow, SeenMessageRow
+from xhub.hub.core.db import (
+    MemberCertificateRow,
+    MemberKeyRow,
+    MemberRoleRow,
+    MemberRow,
+    SeenMessageRow,
+)
 from xhub.protocol.envelope import Opened, check_size, open_envelope
 from xhub.protocol.errors import AuthenticationError, MalformedError, ReplayError, shown
-from xhub.protocol.pki import CertificateError, member_id_of
+from xhub.protocol.pki import CertificateError, member_id_of, when
 from xhub.protocol.signing import KeyVerifier
 from xhub.v1 import envelope_pb2, registry_pb2
 
@@ -41,6 +47,7 @@ class Caller:
     member_id: str
     name: str
     roles: frozenset[int]
+    enrolment: int = 1
 
     def has(self, role: registry_pb2.Role.ValueType) -> bool:
         return int(role) in self.roles
@@ -87,19 +94,27 @@ _KEY_ID = re.compile(r"[0-9a-f]{64}")
 
 # Built once: constructing a statement costs ten times more than running it on SQLite,
 # and these run on every call.
+_CERTIFICATE = and_(
+    MemberCertificateRow.member_id == MemberRow.member_id,
+    MemberCertificateRow.serial == bindparam("serial"),
+)
 _ACTIVE_MEMBER = (
     select(
         MemberRow.name,
         MemberRow.status,
-        MemberRow.certificate_serial,
-        MemberRow.not_after,
+        MemberRow.enrolment,
         MemberRow.revoke_reason,
+        MemberCertificateRow.serial,
+        MemberCertificateRow.not_before,
+        MemberCertificateRow.not_after,
+        MemberCertificateRow.revoked_at,
         MemberRoleRow.role,
     )
+    .outerjoin(MemberCertificateRow, _CERTIFICATE)
     .outerjoin(MemberRoleRow, MemberRoleRow.member_id == MemberRow.member_id)
     .where(MemberRow.member_id == bindparam("member_id"))
 )
-_KEY = select(MemberKeyRow.member_id, MemberKeyRow.public_key_der).where(
+_KEY = select(MemberKeyRow.member_id, MemberKeyRow.public_key_der, MemberKeyRow.enrolment).where(
     MemberKeyRow.key_id == bindparam("key_id")
 )
 _REMEMBER = insert(SeenMessageRow)
@@ -109,6 +124,7 @@ _REMEMBER = insert(SeenMessageRow)
 class BoundKey:
     member_id: str
     verifier: KeyVerifier
+    enrolment: int = 1  # keys of an earlier enrolment than the member's are retired
 
 
 class Gate:
@@ -174,7 +190,8 @@ class Gate:
         check_size(envelope)
         # 1. The TLS peer must present a hub-issued certificate naming a member.
         peer = self._peer(peer_pem)
-        # 2. The peer must be a registered, active, unexpired member using its current cert.
+        # 2. The peer must be a registered, active member presenting one of its certificates
+        #    that is neither revoked nor expired.
         caller = self._active_member(session, peer, now)
 
         # 3–6. Shape, payload type, key, signature over the exact bytes; then parse.
@@ -185,6 +202,13 @@ class Gate:
                     "message is signed by another member's key",
                     reason=R.ERROR_REASON_SENDER_NOT_PEER,
                     metadata={"peer": peer.member_id, "key_owner": bound.member_id},
+                )
+            if bound.enrolment != caller.enrolment:
+                raise AuthenticationError(
+                    f"key {key_id[:16]}… of {peer.member_id} belongs to an earlier enrolment "
+                    "and is retired",
+                    reason=R.ERROR_REASON_UNKNOWN_KEY,
+                    metadata={"key_id": shown(key_id), "member_id": peer.member_id},
                 )
             return bound.verifier
 
@@ -242,34 +266,50 @@ class Gate:
 
     def _active_member(self, session: Session, peer: PeerIdentity, now: datetime) -> Caller:
         # One Core round trip: this runs on every call, so no ORM loading here.
-        rows = session.connection().execute(_ACTIVE_MEMBER, {"member_id": peer.member_id}).all()
+        rows = (
+            session.connection()
+            .execute(_ACTIVE_MEMBER, {"member_id": peer.member_id, "serial": peer.serial})
+            .all()
+        )
         if not rows:
             raise AuthenticationError(
                 f"{peer.member_id} is not a registered member",
                 reason=R.ERROR_REASON_UNKNOWN_KEY,
                 metadata={"member_id": peer.member_id},
             )
-        name, status, serial, not_after, revoke_reason, _ = rows[0]
+        name, status, enrolment, revoke_reason, serial, not_before, not_after, revoked_at, _ = rows[
+            0
+        ]
         if status != registry_pb2.MEMBER_STATUS_ACTIVE:
             raise AuthenticationError(
                 f"member {peer.member_id} was revoked: {revoke_reason}",
                 reason=R.ERROR_REASON_MEMBER_REVOKED,
                 metadata={"member_id": peer.member_id},
             )
-        if serial != peer.serial:
+        # Any certificate the registry issued the member and has not revoked, inside its own
+        # validity: a renewal overlaps the certificate it renews until that one expires.
+        if serial is None or revoked_at is not None:
             raise AuthenticationError(
-                f"certificate {peer.serial} of {peer.member_id} has been superseded",
+                f"certificate {peer.serial} of {peer.member_id} has been superseded or revoked",
                 reason=R.ERROR_REASON_MEMBER_REVOKED,
                 metadata={"member_id": peer.member_id, "serial": peer.serial},
             )
         if not_after <= now:
             raise AuthenticationError(
-                f"certificate of {peer.member_id} expired at {not_after.isoformat()}",
+                f"certificate {peer.serial} of {peer.member_id} expired on {when(not_after)}; "
+                "renew it with `xhub member renew`",
                 reason=R.ERROR_REASON_MEMBER_EXPIRED,
-                metadata={"member_id": peer.member_id},
+                metadata={"member_id": peer.member_id, "not_after": not_after.isoformat()},
             )
-        roles = frozenset(int(row[5]) for row in rows if row[5] is not None)
-        return Caller(member_id=peer.member_id, name=name, roles=roles)
+        if not_before > now:
+            raise AuthenticationError(
+                f"certificate {peer.serial} of {peer.member_id} is not valid before "
+                f"{when(not_before)}",
+                reason=R.ERROR_REASON_MEMBER_EXPIRED,
+                metadata={"member_id": peer.member_id, "not_before": not_before.isoformat()},
+            )
+        roles = frozenset(int(row[8]) for row in rows if row[8] is not None)
+        return Caller(member_id=peer.member_id, name=name, roles=roles, enrolment=enrolment)
 
     def _key(self, session: Session, key_id: str) -> BoundKey:
         bound = self._keys.get(key_id)
@@ -287,7 +327,7 @@ class Gate:
                     reason=R.ERROR_REASON_UNKNOWN_KEY,
                     metadata={"key_id": shown(key_id)},
                 )
-            bound = BoundKey(row.member_id, KeyVerifier.from_der(row.public_key_der))
+            bound = BoundKey(row.member_id, KeyVerifier.from_der(row.public_key_der), row.enrolment)
             self._keys[key_id] = bound
         return bound
 

@@ -1,7 +1,8 @@
 """Member registry (接入单位管理): add, list, revoke and look up members.
 
 All validation of codes happens here, before anything is written, so a
-refused ``member add`` leaves no row, key or bundle behind.
+refused ``member add`` leaves no row or bundle behind. Enrolment from a member's request
+(the only way a member gets a certificate) is in ``registry/enrolment.py``.
 """
 
 from __future__ import annotations
@@ -13,22 +14,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from xhub.hub.core.ca import CertificateAuthority
-from xhub.hub.core.db import MemberKeyRow, MemberRoleRow, MemberRow, table_of
+from xhub.hub.core.db import (
+    MemberCertificateRow,
+    MemberKeyRow,
+    MemberRoleRow,
+    MemberRow,
+    table_of,
+)
 from xhub.protocol import codes
-from xhub.protocol.bundle import MemberBundle
 from xhub.protocol.errors import MalformedError, NotFoundError, shown
 from xhub.protocol.signing import (
-    ECDSA_P256,
     PrivateKey,
     PublicKey,
     algorithm_of,
-    generate_private_key,
     key_id_for,
     public_key_der,
 )
@@ -130,56 +131,6 @@ def validate_member(
     )
 
 
-@dataclass(frozen=True)
-class IssuedMember:
-    spec: MemberSpec
-    tls_key: ec.EllipticCurvePrivateKey
-    signing_key: PrivateKey
-    row: MemberRow
-
-
-def add_member(
-    session: Session,
-    ca: CertificateAuthority,
-    spec: MemberSpec,
-    *,
-    signing_algorithm: registry_pb2.KeyAlgorithm.ValueType = ECDSA_P256,
-    days: int = 730,
-    now: datetime | None = None,
-) -> IssuedMember:
-    """Create keys and certificate and register them (caller commits)."""
-    now = now or datetime.now(UTC)
-    if session.get(MemberRow, spec.member_id) is not None:
-        raise RegistryError(
-            f"member {spec.member_id} already exists", metadata={"field": "member_id"}
-        )
-    tls_key = ec.generate_private_key(ec.SECP256R1())
-    cert = ca.issue(tls_key.public_key(), spec.name, member_id=spec.member_id, days=days, now=now)
-    signing_key: PrivateKey = (
-        tls_key if signing_algorithm == ECDSA_P256 else generate_private_key(signing_algorithm)
-    )
-    row = MemberRow(
-        member_id=spec.member_id,
-        name=spec.name,
-        uscc=spec.uscc,
-        division_code=spec.division_code,
-        level=int(spec.level),
-        subsystem=spec.subsystem,
-        status=ACTIVE,
-        certificate_der=cert.public_bytes(Encoding.DER),
-        certificate_serial=format(cert.serial_number, "x"),
-        not_after=cert.not_valid_after_utc,
-        legacy_uscc=int(spec.legacy_uscc),
-        created_at=now,
-        revoke_reason="",
-    )
-    row.roles = [MemberRoleRow(role=int(r)) for r in spec.roles]
-    row.keys = [_key_row(k.public_key(), now) for k in _distinct(tls_key, signing_key)]
-    session.add(row)
-    session.flush()
-    return IssuedMember(spec=spec, tls_key=tls_key, signing_key=signing_key, row=row)
-
-
 def bind_hub_identity(
     session: Session, member_id: str, name: str, cert_der: bytes, signing_key: PrivateKey
 ) -> None:
@@ -206,45 +157,12 @@ def bind_hub_identity(
     session.add(row)
 
 
-def _distinct(*keys: PrivateKey) -> list[PrivateKey]:
-    out: list[PrivateKey] = []
-    for key in keys:
-        if all(key is not k for k in out):
-            out.append(key)
-    return out
-
-
 def _key_row(public_key: PublicKey, now: datetime) -> MemberKeyRow:
     return MemberKeyRow(
         key_id=key_id_for(public_key),
         algorithm=int(algorithm_of(public_key)),
         public_key_der=public_key_der(public_key),
         created_at=now,
-    )
-
-
-def make_bundle(
-    issued: IssuedMember,
-    *,
-    ca_cert_der: bytes,
-    hub_signing_cert_der: bytes,
-    hub_id: str,
-    hub_address: str,
-    server_name: str,
-    log_key: str = "",
-) -> MemberBundle:
-    return MemberBundle(
-        member_id=issued.spec.member_id,
-        name=issued.spec.name,
-        hub_id=hub_id,
-        hub_address=hub_address,
-        server_name=server_name,
-        tls_key=issued.tls_key,
-        tls_cert=x509.load_der_x509_certificate(issued.row.certificate_der),
-        ca_cert=x509.load_der_x509_certificate(ca_cert_der),
-        hub_signing_cert=x509.load_der_x509_certificate(hub_signing_cert_der),
-        signing_key=issued.signing_key,
-        log_key=log_key,
     )
 
 
@@ -292,9 +210,19 @@ def revoke_member(
     if not reason.strip():
         raise RegistryError("a revocation needs a reason", metadata={"field": "reason"})
     row = get_member(session, member_id)
+    now = now or datetime.now(UTC)
     row.status = REVOKED
-    row.revoked_at = now or datetime.now(UTC)
+    row.revoked_at = now
     row.revoke_reason = reason.strip()
+    # Every certificate of the member goes with it (renewals overlap, revocation does not).
+    session.execute(
+        update(MemberCertificateRow)
+        .where(
+            MemberCertificateRow.member_id == member_id,
+            MemberCertificateRow.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+    )
     return row
 
 
@@ -327,8 +255,13 @@ def member_to_proto(row: MemberRow) -> registry_pb2.Member:
     return _member_message(
         row,
         (r.role for r in row.roles),
-        ((k.key_id, k.algorithm, k.public_key_der) for k in row.keys),
+        ((k.key_id, k.algorithm, k.public_key_der) for k in row.keys if _current(k, row)),
     )
+
+
+def _current(key: MemberKeyRow, row: MemberRow) -> bool:
+    """Keys of an earlier enrolment (before a re-enrolment) are retired: kept, not published."""
+    return key.enrolment == row.enrolment
 
 
 _members = table_of(MemberRow)
@@ -337,8 +270,13 @@ _MEMBER = select(_members).where(
     _members.c.member_id == bindparam("member_id"), _members.c.uscc != ""
 )
 _ROLES = select(MemberRoleRow.role).where(MemberRoleRow.member_id == bindparam("member_id"))
-_KEYS = select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der).where(
-    MemberKeyRow.member_id == bindparam("member_id")
+_KEYS = (
+    select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der)
+    .join(MemberRow, MemberRow.member_id == MemberKeyRow.member_id)
+    .where(
+        MemberKeyRow.member_id == bindparam("member_id"),
+        MemberKeyRow.enrolment == MemberRow.enrolment,  # retired keys are not published
+    )
 )
 
 

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from xhub.v1 import envelope_pb2 as _envelope_pb2
@@ -459,3 +460,45 @@ class PublicKey(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublicKey: _TypeAlias = PublicKey  # noqa: Y015
+
+@_typing.final
+class EnrolmentRequest(_message.Message):
+    """EnrolmentRequest is what a member hands the hub operator to be enrolled or renewed
+    (接入申请 / 证书续期申请). It travels as the payload of an Envelope signed by the
+    signing key it names (proof of possession of that key, over the kernel's PAE); the CSR's
+    own signature proves possession of the TLS key. The hub never sees a private key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    CSR_DER_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    """The member id the request is for (接入单位标识), also the CSR's SAN URI."""
+    csr_der: _builtins.bytes
+    """PKCS#10 certificate signing request for the TLS key (ECDSA P-256), DER (证书请求)."""
+    @_builtins.property
+    def signing_key(self) -> Global___PublicKey:
+        """The message-signing public key (签名公钥); it signs this request's envelope."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the member made the request (申请时间); informational."""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        csr_der: _builtins.bytes = ...,
+        signing_key: Global___PublicKey | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "signing_key", b"signing_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "csr_der", b"csr_der", "member_id", b"member_id", "signing_key", b"signing_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrolmentRequest: _TypeAlias = EnrolmentRequest  # noqa: Y015
