@@ -434,17 +434,17 @@ def test_revocation_revokes_every_certificate(
 # --------------------------------------------------------------------------- migration
 
 
-def test_migration_0007_copies_existing_certificates_into_the_history(
+def test_migration_0008_copies_existing_certificates_into_the_history(
     bare_engine: Any, ca: CertificateAuthority
 ) -> None:
-    """Members enrolled before 0007 keep working: their current certificate becomes the
+    """Members enrolled before 0008 keep working: their current certificate becomes the
     first row of their history, enrolment 1, revoked if the member was."""
     from alembic import command
     from sqlalchemy import column, insert, table
 
     from xhub.hub.core.db import alembic_config, migrate
 
-    migrate(bare_engine, "0006_heartbeats")
+    migrate(bare_engine, "0007_origin_checks")
     cert = ca.issue(p256().public_key(), "old", member_id=MEMBER, now=NOW)
     members = table(
         "members",
@@ -479,5 +479,5 @@ def test_migration_0007_copies_existing_certificates_into_the_history(
         assert history.not_before == cert.not_valid_before_utc
         assert history.not_after == cert.not_valid_after_utc
         assert (history.enrolment, history.revoked_at) == (1, NOW)
-    command.downgrade(alembic_config(bare_engine), "0006_heartbeats")
+    command.downgrade(alembic_config(bare_engine), "0007_origin_checks")
     migrate(bare_engine)

@@ -4,8 +4,8 @@ Every certificate issued to a member is kept (renewals overlap the old certifica
 expires); ``enrolment`` counts a member's enrolments so keys of an earlier one are retired.
 Existing members' current certificates are copied into the history.
 
-Revision ID: 0007_member_certificates
-Revises: 0006_heartbeats
+Revision ID: 0008_member_certificates
+Revises: 0007_origin_checks
 Create Date: 2026-12-02
 """
 
@@ -17,8 +17,8 @@ from cryptography import x509
 
 from xhub.hub.core.db import UtcDateTime
 
-revision = "0007_member_certificates"
-down_revision = "0006_heartbeats"
+revision = "0008_member_certificates"
+down_revision = "0007_origin_checks"
 branch_labels = None
 depends_on = None
 
