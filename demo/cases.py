@@ -125,8 +125,9 @@ def case_section(
             f"table: {case_no} {item_name} for {applicant}"
         )
         say(
-            "  checked end to end first (端到端核验): applicant, form and every reference are "
-            f"the platform's own signed submission ({len(result.unverified)} refused)"
+            "  checked end to end first (端到端核验): the applicant (code and type), the item, "
+            "the prepared case, the form and every reference are the platform's own signed "
+            f"submission ({len(result.unverified)} refused)"
         )
         opened = _open_floor_plan(connector, market, case_number)
         department_records("01", "材料齐全，予以受理")

@@ -22,7 +22,8 @@ EXPECTED = [
     "✓ from library     营业执照",  # the checklist filled from the e-certificate library
     "refused PERMISSION_DENIED PURPOSE_NOT_BOUND",  # pull of a type the item does not need
     "✓ reused material",  # the second application reuses the first one's material
-    "(端到端核验)",  # the department checked the case against the platform's signature
+    # the department checked the case against the platform's signature, applicant and item too
+    "(端到端核验): the applicant (code and type), the item,",
     "(部门调阅材料): 5 of 5 attachments",  # the connector fetched the case's references
     "matches the platform's signed manifest ✓",  # the department opened the floor plan
     "proven append-only (consistency proof) ✓",

@@ -3,13 +3,16 @@
 Each tamper test edits one thing in the hub's database (as a hub operator could) and shows
 the SDK refusing with a VerificationError that names what disagreed: the dispatched case
 against the platform's signed submission, a status event against the department's signed
-push, a deleted event (a gap in the department's signed push numbers), and — offline — a
-checkpoint that forks from the last one verified. SQLite and PostgreSQL.
+push, a deleted event (a gap in the department's signed push numbers), and a checkpoint
+that forks from the last one verified (offline, and served by a live hub). SQLite and
+PostgreSQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +26,12 @@ from cases_world import (
     Desk,
     event_id,
 )
-from sqlalchemy import delete, select
+from hubkit import HubKit
+from sqlalchemy import delete, select, update
 
 from xhub.connectors.sdk._internal.proofs import LogState, verify_checkpoint
-from xhub.hub.core.db import CaseEventRow
+from xhub.hub.core.audit_log import load_log_signer
+from xhub.hub.core.db import AuditCheckpointRow, CaseEventRow
 from xhub.protocol.errors import (
     BadResponseError,
     FailedPreconditionError,
@@ -236,3 +241,89 @@ def test_the_client_checks_every_checkpoint_against_the_last(
     again = any_desk.kit.client("platform", log_state_file=tmp_path / "log-state")
     assert again.log_state().latest is not None
     assert again.log_state().latest.size >= checkpoint.size
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    ids=["sqlite", "postgres"],
+)
+def paused_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubKit]:
+    """A running hub whose sequencer waits for ``sequence`` (one round at start-up only), so
+    the test knows which checkpoint is the latest."""
+    url = "" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    kit = HubKit(tmp_path, database_url=url)
+    kit.config = dataclasses.replace(kit.config, sequencer_interval_seconds=3600.0)
+    with kit.start():
+        yield kit
+
+
+def _sequence(kit: HubKit) -> None:
+    assert kit.running is not None
+    runtime = kit.running.runtime
+    runtime.writing(lambda: runtime.audit.sequence(10_000))
+
+
+def _forge_latest(kit: HubKit, size: int) -> bytes:
+    """The operator re-signs checkpoint ``size`` over another root with the hub's own log
+    key (read from its data directory); returns the note it replaced."""
+    signer = load_log_signer(kit.config.effective_log_origin, kit.config.paths.log_key)
+    root = hashlib.sha256(b"another history").digest()
+    note = sign_checkpoint(Checkpoint(kit.config.effective_log_origin, size, root), signer)
+    with kit.session() as session:
+        row = session.get(AuditCheckpointRow, size)
+        assert row is not None
+        honest = bytes(row.note)
+        session.execute(
+            update(AuditCheckpointRow)
+            .where(AuditCheckpointRow.tree_size == size)
+            .values(note=note, root_hash=root)
+        )
+        session.commit()
+    return honest
+
+
+def test_a_live_hub_serving_a_checkpoint_inconsistent_with_the_last_verified_is_refused(
+    paused_kit: HubKit, tmp_path: Path
+) -> None:
+    kit = paused_kit
+    saved = tmp_path / "log-state"
+    client = kit.client("platform", log_state_file=saved)
+    client.get_member(kit.member_id("issuer"))
+    _sequence(kit)
+    verified = client.checkpoint()
+    assert verified.size >= 1 and client.log_state().latest == verified
+
+    # 1. The same size over another root, signed with the hub's log key.
+    honest = _forge_latest(kit, verified.size)
+    with pytest.raises(
+        VerificationError,
+        match=rf"checkpoint {verified.size} .* inconsistent with the last verified checkpoint "
+        rf"{verified.size} .*same size, another root",
+    ):
+        client.checkpoint()
+    # A restarted client, knowing only its saved state, refuses it too.
+    restarted = kit.client("platform", log_state_file=saved)
+    with pytest.raises(VerificationError, match="the log was rewritten or forked"):
+        restarted.checkpoint()
+    assert client.log_state().latest == verified  # the forged one was not taken
+
+    # 2. A larger checkpoint that does not extend it: the hub's own consistency proof from
+    #    its stored tree cannot join the verified root to the forged one.
+    with kit.session() as session:
+        session.execute(
+            update(AuditCheckpointRow)
+            .where(AuditCheckpointRow.tree_size == verified.size)
+            .values(note=honest, root_hash=verified.root_hash)
+        )
+        session.commit()
+    _sequence(kit)  # the calls since, refused ones included
+    later = kit.client("auditor").checkpoint()
+    assert later.size > verified.size
+    _forge_latest(kit, later.size)
+    with pytest.raises(
+        VerificationError,
+        match=rf"checkpoint {later.size} .* inconsistent with the last verified checkpoint "
+        rf"{verified.size}",
+    ):
+        client.checkpoint()
+    assert saved.read_bytes() == verified.note

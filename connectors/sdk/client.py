@@ -38,6 +38,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from xhub.connectors.sdk._internal.lru import DEFAULT_CASE_MEMORY, LruDict
 from xhub.connectors.sdk._internal.proofs import LogState, VerifiedCheckpoint
 from xhub.connectors.sdk._internal.transport import RetryPolicy, Transport, secure_channel
 from xhub.connectors.sdk._internal.verify import TrustedMembers
@@ -59,6 +60,15 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
 
     ``transport`` is the signed plumbing underneath (for the project's tests and tools
     that send hand-made messages); integrators need only the methods.
+
+    ``case_memory`` bounds what the client remembers per case, in memory only: the
+    checklists of ``prepare_case`` (which ``submit_case`` signs and ``pull_certificates``
+    / ``download_material`` check holders against) and the last push number of each case
+    (``push_status``) — default 10 000 cases each, the least recently used forgotten
+    first. Forgotten, a case still works: pass ``checklist=`` to ``submit_case`` (else the
+    hub refuses PURPOSE_NOT_BOUND), pulls and downloads are checked against the holder
+    asked only, and ``push_status`` adopts the hub's next number once. Raises ValueError
+    for a ``case_memory`` below 1.
     """
 
     def __init__(
@@ -71,6 +81,7 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
         clock_skew: timedelta = timedelta(minutes=5),
         sleep: Callable[[float], None] | None = None,
         log_state_file: Path | str | None = None,
+        case_memory: int = DEFAULT_CASE_MEMORY,
     ) -> None:
         self.bundle = bundle
         self.member_id = bundle.member_id
@@ -85,9 +96,9 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
         )
         # Members whose signatures this client checks (issuers, platforms), once fetched.
         self._trusted = TrustedMembers(bundle.ca_cert)
-        self._prepared: dict[str, intake_pb2.Checklist] = {}
-        self._holders: dict[str, frozenset[str]] = {}
-        self._pushed: dict[str, int] = {}
+        self._prepared: LruDict[str, intake_pb2.Checklist] = LruDict(case_memory)
+        self._holders: LruDict[str, frozenset[str]] = LruDict(case_memory)
+        self._pushed: LruDict[str, int] = LruDict(case_memory)
         # The last checkpoint verified; log_state_file keeps it across restarts.
         self._log_state = LogState()
         self._log_state_path = None

@@ -16,7 +16,12 @@ from typing import TypeVar
 from cryptography import x509
 from google.protobuf.message import Message
 
-from xhub.certificates_store.model import CertificateDataError, open_certificate, validate_holder
+from xhub.certificates_store.model import (
+    CertificateDataError,
+    open_certificate,
+    validate_certificate,
+    validate_holder,
+)
 from xhub.protocol.envelope import open_envelope
 from xhub.protocol.errors import AuthenticationError, BadResponseError, MalformedError
 from xhub.protocol.pki import CertificateError, load_certificate, verify_member_certificate
@@ -129,8 +134,9 @@ class TrustedMembers:
 
 
 def _short(value: str) -> str:
-    """A value in a message a client logs: enough to tell two apart, not a whole ID number."""
-    return repr(value[:6] + "…" if len(value) > 8 else value)
+    """A value in a message a client logs: enough to tell two codes apart (their first and
+    last four characters, as ID numbers are masked), not a whole ID number."""
+    return repr(value[:4] + "…" + value[-4:] if len(value) > 10 else value)
 
 
 def _differs(what: str, field: str, source: str, hub: object, signed: object) -> BadResponseError:
@@ -153,7 +159,10 @@ def open_member_message(
     (the originator's own bytes that the hub forwards), or BadResponseError naming ``what``."""
 
     def signer_key(key_id: str) -> Verifier:
-        return members.verifier(signer, key_id)
+        try:
+            return members.verifier(signer, key_id)
+        except BadResponseError as exc:
+            raise BadResponseError(f"{what}: signed with {exc.message}") from exc
 
     try:
         opened = open_envelope(envelope, message_type, signer_key)
@@ -219,7 +228,9 @@ def verify_pulled(
 
     1. the holder is the one asked for, and one of the case's holders;
     2. the type is one of the types asked for;
-    3. the identifier is unique in the answer and of that type.
+    3. the identifier is unique in the answer and the certificate's own: the signed
+       certificate meets every rule of ``validate_certificate`` (type, issuer and version
+       are the ones inside the identifier), as the hub checked at publishing.
     """
     certificates = [verify_pulled_certificate(pulled, issuers) for pulled in answer.certificates]
     if asked is None:
@@ -241,12 +252,19 @@ def verify_pulled(
         # 2.
         if cert.type_code not in types:
             raise BadResponseError(
-                f"{what}: type {cert.type_code!r} was not asked for ({', '.join(sorted(types))})"
+                f"{what}: type differs from the ones asked for: asked "
+                f"{', '.join(sorted(types))[:200]}, issuer signed {cert.type_code[:32]!r}"
             )
         # 3.
         if cert.identifier in seen:
             raise BadResponseError(f"{what}: identifier returned twice")
         seen.add(cert.identifier)
+        try:
+            validate_certificate(cert)
+        except CertificateDataError as exc:
+            raise BadResponseError(
+                f"{what}: the issuer's signed certificate breaks a certificate rule: {exc.message}"
+            ) from exc
     return certificates
 
 
@@ -381,21 +399,37 @@ def check_descriptor_names(descriptor: material_pb2.MaterialDescriptor, material
 
 
 def verify_download_manifest(
-    descriptor: material_pb2.MaterialDescriptor, uploaders: TrustedMembers, *, hub_id: str
+    descriptor: material_pb2.MaterialDescriptor,
+    uploaders: TrustedMembers,
+    *,
+    hub_id: str,
+    material_id: str = "",
+    holders: frozenset[str] = frozenset(),
 ) -> material_pb2.MaterialManifest:
     """The uploader's signed manifest a download's descriptor carries, checked before any
     content is read:
 
-    1. it verifies with a registered key of the uploader the descriptor names, who sent it
-       to this hub;
-    2. the hub's descriptor agrees with it (size, SHA-256, material type) — the content is
-       then checked against the manifest (``ContentCheck(manifest)``), never the descriptor.
+    1. the descriptor is of the material asked for (``material_id``, when given);
+    2. the manifest verifies with a registered key of the uploader the descriptor names,
+       who sent it to this hub;
+    3. the hub's descriptor agrees with it (size, SHA-256, material type, media type,
+       source case, valid until, name) — the content is then checked against the
+       manifest (``ContentCheck(manifest)``), never the descriptor;
+    4. the signed applicant is one of the prepared case's ``holders`` (when known): the
+       manifest names no material id, so this is what tells another applicant's material
+       served under the asked id.
     """
     material = descriptor.material
     what = f"material {material.material_id[:40]}"
+    # 1.
+    if material_id and material.material_id != material_id:
+        raise BadResponseError(
+            f"{what}: the descriptor is of another material than asked: asked "
+            f"{material_id[:40]!r}, hub {material.material_id[:40]!r}"
+        )
     if not descriptor.HasField("manifest"):
         raise BadResponseError(f"{what}: the download carries no uploader's signed manifest")
-    # 1.
+    # 2.
     manifest = open_member_message(
         descriptor.manifest,
         material_pb2.MaterialManifest,
@@ -404,12 +438,26 @@ def verify_download_manifest(
         hub_id=hub_id,
         what=f"{what}: the uploader's manifest",
     )
-    # 2.
-    for field in ("size", "sha256", "material_type"):
-        hub, signed = getattr(material, field), getattr(manifest, field)
-        if hub != signed:
-            shown = (hub.hex()[:16], signed.hex()[:16]) if field == "sha256" else (hub, signed)
-            raise _differs(what, field, "uploader's signed manifest", *shown)
+    # 3.
+    signed: dict[str, tuple[object, object]] = {
+        "size": (material.size, manifest.size),
+        "sha256": (material.sha256.hex(), manifest.sha256.hex()),
+        "material_type": (material.material_type, manifest.material_type),
+        "media_type": (material.media_type, manifest.media_type),
+        "source_case": (material.source_case, manifest.source_case),
+        "valid_until": (material.valid_until, manifest.valid_until),
+        "name": (material.name, manifest.name or manifest.material_type),
+    }
+    for field, (hub, uploader) in signed.items():
+        if hub != uploader:
+            raise _differs(what, field, "uploader's signed manifest", hub, uploader)
+    # 4.
+    applicant = manifest.applicant_code.upper()
+    if holders and applicant not in holders:
+        raise BadResponseError(
+            f"{what}: the uploader's signed manifest is of applicant {_short(applicant)}, "
+            "not of the prepared case"
+        )
     return manifest
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xhub.connectors.sdk._internal.lru import LruDict
 from xhub.connectors.sdk._internal.transport import Transport
 from xhub.connectors.sdk._internal.verify import TrustedMembers
 from xhub.protocol.bundle import MemberBundle
@@ -16,6 +17,7 @@ class Calls:
     hub_id: str
     transport: Transport
     _trusted: TrustedMembers
-    _prepared: dict[str, intake_pb2.Checklist]  # hub-signed checklists of prepare_case
-    _holders: dict[str, frozenset[str]]  # whose certificates each prepared case may pull
-    _pushed: dict[str, int]  # the last push number per case this client sent
+    # Per case, each bounded to the ``case_memory`` most recently used cases:
+    _prepared: LruDict[str, intake_pb2.Checklist]  # hub-signed checklists of prepare_case
+    _holders: LruDict[str, frozenset[str]]  # whose certificates each prepared case may pull
+    _pushed: LruDict[str, int]  # the last push number per case this client sent

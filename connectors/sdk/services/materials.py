@@ -98,15 +98,18 @@ class MaterialCalls(RegistryCalls):
     ) -> material_pb2.MaterialDescriptor:
         """Stream a material to ``destination``; returns the hub-signed descriptor.
 
-        The descriptor carries the uploader's own signed manifest: it is checked with the
-        uploader's registered key (its member record fetched first if not yet trusted),
-        the descriptor must agree with it, and the content's size and SHA-256 are checked
-        against the manifest — not the hub's descriptor — before the file appears (written
-        to a temporary name, then renamed).
+        The descriptor must be of ``material_id`` and carries the uploader's own signed
+        manifest: it is checked with the uploader's registered key (its member record
+        fetched first if not yet trusted), the descriptor must agree with it, its applicant
+        must be the prepared case's applicant or legal representative (when this client
+        prepared the case), and the content's size and SHA-256 are checked against the
+        manifest — not the hub's descriptor — before the file appears (written to a
+        temporary name, then renamed).
 
         Raises: PermissionDeniedError (purpose or case binding), NotFoundError,
-        BadResponseError (no or a forged manifest, a descriptor that differs from it, or
-        content that differs from it), OSError (writing).
+        BadResponseError (another material's descriptor, no or a forged manifest, a
+        descriptor that differs from it, another applicant's manifest, or content that
+        differs from it), OSError (writing).
         """
         payload = material_pb2.MaterialFetch(material_id=material_id)
         envelope = self.transport.seal(payload, case_id=case_id, purpose=purpose)
@@ -121,7 +124,13 @@ class MaterialCalls(RegistryCalls):
                 first.descriptor, material_pb2.MaterialDescriptor, payload.header.message_id
             )
             self._trust([descriptor.material.uploader])
-            manifest = verify_download_manifest(descriptor, self._trusted, hub_id=self.hub_id)
+            manifest = verify_download_manifest(
+                descriptor,
+                self._trusted,
+                hub_id=self.hub_id,
+                material_id=material_id,
+                holders=self._holders.get(case_id, frozenset()),
+            )
             content = ContentCheck(manifest)
             with partial.open("wb") as out:
                 for message in stream:
