@@ -114,11 +114,17 @@ class AuditDraft:
 
     @classmethod
     def for_request(
-        cls, method: str, envelope: envelope_pb2.Envelope | None, sender: str
+        cls,
+        method: str,
+        envelope: envelope_pb2.Envelope | None,
+        sender: str,
+        envelope_bytes: bytes = b"",
     ) -> AuditDraft:
+        """The draft of a request: ``envelope_bytes`` are its envelope's bytes exactly as
+        received; only a caller without them (in process) gets the envelope re-encoded."""
         draft = cls(method=method, sender=sender)
         if envelope is not None:
-            draft.envelope_bytes = envelope.SerializeToString()
+            draft.envelope_bytes = envelope_bytes or envelope.SerializeToString()
             draft.payload_type = envelope.payload_type[:MAX_PAYLOAD_TYPE_CHARS]
             draft.signature = envelope.signatures[0].sig if envelope.signatures else b""
         return draft

@@ -52,6 +52,8 @@ class Admitted(Generic[M]):
 
     opened: Opened[M]
     caller: Caller
+    # The envelope's bytes exactly as received: what the audit log stores and hashes.
+    envelope_bytes: bytes = b""
 
     @property
     def message(self) -> M:
@@ -135,6 +137,7 @@ class Gate:
         *,
         on_verified: Callable[[envelope_pb2.Header], None] | None = None,
         session: Session | None = None,
+        envelope_bytes: bytes = b"",
     ) -> Admitted[M]:
         """Run every admission step; ``on_verified`` sees the header as soon as it verified
         (so a refusal after that point is still recorded with its message id).
@@ -142,13 +145,16 @@ class Gate:
         With ``session`` the reads use the caller's session and step 10 is left to the
         caller: it calls ``record`` at the end of its transaction, so the call's effect and
         its replay record commit together and SQLite's write lock is held only briefly.
+        ``envelope_bytes`` (the envelope as received) are carried on to the admitted call.
         """
         if session is None:
             with self._sessions.begin() as own:
-                admitted = self._admit(own, envelope, message_type, peer_pem, on_verified)
+                admitted = self._admit(
+                    own, envelope, message_type, peer_pem, on_verified, envelope_bytes
+                )
                 self.record(own, admitted)
                 return admitted
-        return self._admit(session, envelope, message_type, peer_pem, on_verified)
+        return self._admit(session, envelope, message_type, peer_pem, on_verified, envelope_bytes)
 
     def record(self, session: Session, admitted: Admitted[Any]) -> None:
         """10. The message id must be new inside the window (stored: survives restarts)."""
@@ -167,6 +173,7 @@ class Gate:
         message_type: type[M],
         peer_pem: bytes | None,
         on_verified: Callable[[envelope_pb2.Header], None] | None,
+        envelope_bytes: bytes,
     ) -> Admitted[M]:
         now = self._clock()
         # 0. Within its bounds (size, signatures, type): before anything is looked up, so an
@@ -192,7 +199,7 @@ class Gate:
         if on_verified is not None:
             on_verified(opened.header)
         self._check_header(opened.header, peer, now)
-        return Admitted(opened=opened, caller=caller)
+        return Admitted(opened=opened, caller=caller, envelope_bytes=envelope_bytes)
 
     def remember(self, sender: str, header: envelope_pb2.Header) -> None:
         """Record an admitted message id whose call was refused later (its transaction

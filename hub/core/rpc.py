@@ -44,11 +44,13 @@ from xhub.hub.core.failures import log_internal_error
 from xhub.hub.core.gate import peer_member_id
 from xhub.hub.core.runtime import Call, HubRuntime, peer_certificate
 from xhub.protocol.errors import MalformedError, RefusedError, ResourceExhaustedError
+from xhub.protocol.wire import field_parts
 from xhub.v1 import envelope_pb2, registry_pb2
 
 log = logging.getLogger("xhub.rpc")
 
 M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message, covariant=True)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _STREAM_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
@@ -68,12 +70,47 @@ class Undecodable:
     data: bytes
 
 
+@dataclass(frozen=True)
+class Received(Generic[R]):
+    """A request message as parsed, with the exact bytes of its signed envelope as they
+    arrived (``b""`` when it carries none): what the audit log stores and hashes."""
+
+    message: R
+    envelope: envelope_pb2.Envelope | None  # None only for a message with no envelope field
+    envelope_bytes: bytes
+
+
+def _envelope_field(request_class: Any) -> str:
+    """The name of the request message's one ``Envelope`` field ("" if it has none)."""
+    for field_descriptor in request_class.DESCRIPTOR.fields:
+        if field_descriptor.message_type is envelope_pb2.Envelope.DESCRIPTOR:
+            return str(field_descriptor.name)
+    return ""
+
+
 def _lenient(request_class: Any) -> Callable[[bytes], Any]:
+    """Parse the request, keeping its envelope's bytes as received (``protocol.wire``): the
+    parsed message re-encoded could differ from them (field order, unknown fields)."""
+    name = _envelope_field(request_class)
+    number = request_class.DESCRIPTOR.fields_by_name[name].number if name else 0
+
     def parse(data: bytes) -> Any:
         try:
-            return request_class.FromString(data)
+            message = request_class.FromString(data)
         except Exception:  # DecodeError, or whatever the parser raises on garbage
             return Undecodable(data)
+        if not name:
+            return Received(message, None, b"")
+        envelope = getattr(message, name)  # an empty one when the field is not set
+        if not message.HasField(name):
+            return Received(message, envelope, b"")
+        parts = field_parts(data, number)
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        # Repeated occurrences merge, and concatenated they parse to the same envelope —
+        # unless another member of a oneof came between them: then there are no exact bytes.
+        if len(parts) != 1 and envelope_pb2.Envelope.FromString(raw) != envelope:
+            return Undecodable(data)
+        return Received(message, envelope, raw)
 
     return parse
 
@@ -184,6 +221,7 @@ class Service:
                 declaration.handler,
                 method=path,
                 require_role=declaration.role,
+                envelope_bytes=request.envelope_bytes,
             )
             return response_class(envelope=envelope)
 

@@ -182,12 +182,18 @@ class HubRuntime:
         *,
         method: str,
         require_role: registry_pb2.Role.ValueType | None = None,
+        envelope_bytes: bytes = b"",
     ) -> envelope_pb2.Envelope:
-        """Admit, handle, audit and sign one request; abort the RPC with a status on refusal."""
+        """Admit, handle, audit and sign one request; abort the RPC with a status on refusal.
+
+        ``envelope_bytes`` are the envelope's bytes exactly as received (the edge cuts them
+        out of the request); the audit entry hashes and stores those."""
         peer_pem = peer_certificate(context)
 
         def work() -> envelope_pb2.Envelope:
-            draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
+            draft = AuditDraft.for_request(
+                method, envelope, peer_member_id(peer_pem), envelope_bytes
+            )
             admitted: Admitted[M] | None = None
             try:
                 with self.sessions() as session:
@@ -198,6 +204,7 @@ class HubRuntime:
                         peer_pem,
                         on_verified=draft.note_header,
                         session=session,
+                        envelope_bytes=draft.envelope_bytes,
                     )
                     if require_role is not None and not admitted.caller.has(require_role):
                         raise PermissionDeniedError(
@@ -237,6 +244,7 @@ class HubRuntime:
         method: str,
         require_role: registry_pb2.Role.ValueType | None = None,
         subject: Callable[[M], str] | None = None,
+        envelope_bytes: bytes = b"",
     ) -> tuple[Admitted[M], AuditDraft]:
         """Admit the opening message of a stream (its id recorded at once); abort if refused.
 
@@ -245,10 +253,16 @@ class HubRuntime:
         peer_pem = peer_certificate(context)
 
         def work() -> tuple[Admitted[M], AuditDraft]:
-            draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
+            draft = AuditDraft.for_request(
+                method, envelope, peer_member_id(peer_pem), envelope_bytes
+            )
             try:
                 admitted = self.gate.admit(
-                    envelope, message_type, peer_pem, on_verified=draft.note_header
+                    envelope,
+                    message_type,
+                    peer_pem,
+                    on_verified=draft.note_header,
+                    envelope_bytes=draft.envelope_bytes,
                 )
                 if require_role is not None and not admitted.caller.has(require_role):
                     raise PermissionDeniedError(
