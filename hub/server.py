@@ -207,6 +207,7 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
             uploads_per_member=config.max_uploads_per_member,
             lifetime_seconds=config.stream_lifetime_seconds,
             upload_idle_seconds=config.upload_idle_seconds,
+            member_recheck_seconds=config.member_recheck_seconds,
         )
     )
     for service in services:

@@ -106,9 +106,12 @@ class CaseStreams(Service):
         )  # the subscription itself is audited once
         recipient = "" if kind == SUPERVISION else admitted.caller.member_id
         cursor = admitted.message.after_cursor
+        # Before each batch is sent, the subscriber is checked again (after the batch was
+        # read, on the same connection): a member revoked or expired gets none of it.
+        recheck = partial(runtime.gate.recheck, peer_pem=admitted.peer_pem)
         while not context.done():
             rows = await runtime.run_blocking(
-                partial(store.page, runtime.engine, kind, recipient, cursor)
+                partial(store.page, runtime.engine, kind, recipient, cursor, recheck)
             )
             for event_cursor, body in rows:
                 message = body_type()

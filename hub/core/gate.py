@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,6 +54,8 @@ class Admitted(Generic[M]):
     caller: Caller
     # The envelope's bytes exactly as received: what the audit log stores and hashes.
     envelope_bytes: bytes = b""
+    # The TLS client certificate the call came on (``Gate.recheck`` checks it again).
+    peer_pem: bytes | None = None
 
     @property
     def message(self) -> M:
@@ -182,7 +184,7 @@ class Gate:
         # 1. The TLS peer must present a hub-issued certificate naming a member.
         peer = self._peer(peer_pem)
         # 2. The peer must be a registered, active, unexpired member using its current cert.
-        caller = self._active_member(session, peer, now)
+        caller = self._active_member(session.connection(), peer, now)
 
         # 3–6. Shape, payload type, key, signature over the exact bytes; then parse.
         def resolve(key_id: str) -> KeyVerifier:
@@ -199,7 +201,17 @@ class Gate:
         if on_verified is not None:
             on_verified(opened.header)
         self._check_header(opened.header, peer, now)
-        return Admitted(opened=opened, caller=caller, envelope_bytes=envelope_bytes)
+        return Admitted(
+            opened=opened, caller=caller, envelope_bytes=envelope_bytes, peer_pem=peer_pem
+        )
+
+    def recheck(self, connection: Connection, peer_pem: bytes | None) -> Caller:
+        """Steps 1–2 again, for a call that is still running (an open stream, an upload):
+        the member behind the connection must still be registered, active, on its current
+        certificate and unexpired. Raises ``AuthenticationError`` (``MEMBER_REVOKED``,
+        ``MEMBER_EXPIRED``) when it no longer is; any other condition for staying connected
+        belongs here too."""
+        return self._active_member(connection, self._peer(peer_pem), self._clock())
 
     def remember(self, sender: str, header: envelope_pb2.Header) -> None:
         """Record an admitted message id whose call was refused later (its transaction
@@ -247,9 +259,9 @@ class Gate:
                 reason=R.ERROR_REASON_SENDER_NOT_PEER,
             ) from exc
 
-    def _active_member(self, session: Session, peer: PeerIdentity, now: datetime) -> Caller:
+    def _active_member(self, connection: Connection, peer: PeerIdentity, now: datetime) -> Caller:
         # One Core round trip: this runs on every call, so no ORM loading here.
-        rows = session.connection().execute(_ACTIVE_MEMBER, {"member_id": peer.member_id}).all()
+        rows = connection.execute(_ACTIVE_MEMBER, {"member_id": peer.member_id}).all()
         if not rows:
             raise AuthenticationError(
                 f"{peer.member_id} is not a registered member",

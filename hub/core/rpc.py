@@ -27,6 +27,7 @@ Every method, unary or streaming, is guarded the same way at this edge:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -123,6 +124,7 @@ class StreamLimits:
     uploads_per_member: int = 16  # max_uploads_per_member
     lifetime_seconds: float = 3600.0  # stream_lifetime_seconds
     upload_idle_seconds: float = 60.0  # upload_idle_seconds
+    member_recheck_seconds: float = 2.0  # member_recheck_seconds
 
 
 @dataclass
@@ -238,22 +240,35 @@ class Service:
             return self._stream_out(path, fn)
 
         async def stream_in(requests: AsyncIterator[Any], context: Context) -> Any:
-            member = peer_member_id(peer_certificate(context))
+            peer_pem = peer_certificate(context)
+            member = peer_member_id(peer_pem)
+            watch = asyncio.ensure_future(self._watch_member(peer_pem))
             try:
                 with self.open_streams.slot(member, upload=True):
                     idle = self.open_streams.limits.upload_idle_seconds
                     first = await _next_within(aiter(requests), idle)
                     if isinstance(first, Undecodable):
                         await self._refuse_undecodable(context, path, first)
-                    return await fn(_checked(first, requests, idle), context)
+                    work = asyncio.ensure_future(fn(_checked(first, requests, idle), context))
+                    await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+                    if not work.done():  # the member was revoked or expired: end the upload
+                        work.cancel()
+                        with contextlib.suppress(BaseException):
+                            await work  # its own clean-up (discard, audit) runs first
+                        watch.result()
+                    return work.result()
             except Exception as exc:
                 await self._abort_for(context, path, exc)
+            finally:
+                watch.cancel()
 
         return stream_in
 
     def _stream_out(self, path: str, fn: Callable[..., Any]) -> Any:
         async def stream_out(request: Any, context: Context) -> AsyncIterator[Any]:
-            member = peer_member_id(peer_certificate(context))
+            peer_pem = peer_certificate(context)
+            member = peer_member_id(peer_pem)
+            watch = asyncio.ensure_future(self._watch_member(peer_pem))
             try:
                 with self.open_streams.slot(member, upload=False):
                     if isinstance(request, Undecodable):
@@ -262,19 +277,46 @@ class Service:
                     stream = aiter(fn(request, context))
                     end = asyncio.get_running_loop().time() + lifetime
                     while True:
-                        try:
-                            async with asyncio.timeout_at(end):
-                                item = await anext(stream)
-                        except StopAsyncIteration:
-                            return
-                        except TimeoutError:  # the lifetime is up: end cleanly, resume later
+                        step = asyncio.ensure_future(anext(stream))
+                        await asyncio.wait(
+                            {step, watch},
+                            timeout=max(end - asyncio.get_running_loop().time(), 0),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        if not step.done():
+                            step.cancel()
+                            with contextlib.suppress(BaseException):
+                                await step
                             await stream.aclose()
+                            if watch.done():  # the member was revoked or expired
+                                watch.result()
+                            return  # the lifetime is up: end cleanly, resume later
+                        try:
+                            item = step.result()
+                        except StopAsyncIteration:
                             return
                         yield item
             except Exception as exc:
                 await self._abort_for(context, path, exc)
+            finally:
+                watch.cancel()
 
         return stream_out
+
+    async def _watch_member(self, peer_pem: bytes | None) -> None:
+        """Return only by raising: every ``member_recheck_seconds`` the member behind a
+        long call is checked again (``Gate.recheck``), and its refusal (``MEMBER_REVOKED``,
+        ``MEMBER_EXPIRED``) ends the call. A check that fails otherwise (the database
+        briefly away) is retried next round; the streams' own reads fail meanwhile."""
+        every = self.open_streams.limits.member_recheck_seconds
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.runtime.run_blocking(lambda: self.runtime.recheck_member(peer_pem))
+            except RefusedError:
+                raise
+            except Exception as exc:
+                log_internal_error(log, "re-checking a stream's member", exc)
 
     async def _refuse_undecodable(self, context: Context, path: str, request: Undecodable) -> None:
         """Refuse bytes that are no request message, audited with the digest of what came."""

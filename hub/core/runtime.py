@@ -317,6 +317,8 @@ class HubRuntime:
     ) -> envelope_pb2.Envelope:
         """Run a streaming call's effect with its audit entry in one transaction; sign."""
         with self.sessions() as session:
+            # A long call's effect commits only while its member is still in good standing.
+            self.gate.recheck(session.connection(), admitted.peer_pem)
             # A stream's opening message was recorded at admission: no replay record here.
             response, receipt = self._commit(Call(admitted, session, draft), effect, record=False)
         return self.sign_response(response, admitted.header, receipt)
@@ -364,6 +366,11 @@ class HubRuntime:
         except _NothingDone:
             return False
         return True
+
+    def recheck_member(self, peer_pem: bytes | None) -> Caller:
+        """``Gate.recheck`` on a connection of its own (an open stream's periodic check)."""
+        with self.engine.connect() as connection:
+            return self.gate.recheck(connection, peer_pem)
 
     def audit_refusal(self, draft: AuditDraft, reason: str) -> None:
         """Log a call that ended without an RefusedError (e.g. the client went away)."""
