@@ -10,6 +10,7 @@ before sending, and every open stream re-checks its member every
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,19 +18,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 from cases_world import (
     ACCEPTED,
+    COMPANY,
+    PLAN,
     UNDER_REVIEW,
     Desk,
     count_events,
     stage_at,
 )
-from sqlalchemy import update
+from helpers import refused_on_the_wire
+from sqlalchemy import func, select, update
 
 from xhub.connectors import XhubError
 from xhub.hub.cases.service import CaseService
-from xhub.hub.core.db import CaseDepartmentRow, CaseEventRow
-from xhub.v1 import audit_pb2
+from xhub.hub.core.db import CaseDepartmentRow, CaseEventRow, MaterialRow
+from xhub.v1 import audit_pb2, certificate_pb2, material_pb2
 
 ENDS_WITHIN = 6.0  # member_recheck_seconds is 2 by default
 
@@ -155,3 +160,41 @@ def test_expiry_during_a_stream_ends_it_with_member_expired(any_desk: Desk) -> N
     error = stream.ended(ENDS_WITHIN)
     assert error.reason_name == "MEMBER_EXPIRED", error
     assert stream.received == []
+
+
+def test_an_upload_in_progress_ends_when_its_platform_is_revoked(any_desk: Desk) -> None:
+    desk = any_desk
+    kit = desk.kit
+    transport = desk.platform.transport
+    chunk = b"%PDF-" + b"x" * 1000
+    manifest = material_pb2.MaterialManifest(
+        material_type=PLAN,
+        applicant_code=COMPANY,
+        applicant_code_type=certificate_pb2.HOLDER_CODE_TYPE_USCC,
+        size=len(chunk) * 1000,  # far more than will be sent before the revocation
+        sha256=hashlib.sha256(b"never").digest(),
+        media_type="application/pdf",
+        name="plan.pdf",
+    )
+    envelope = transport.seal(manifest)
+    revoked = threading.Event()
+
+    def slowly() -> Iterator[material_pb2.UploadRequest]:
+        yield material_pb2.UploadRequest(manifest=envelope)
+        for i in range(100):
+            yield material_pb2.UploadRequest(chunk=chunk)
+            if i == 1:
+                kit.revoke("platform")
+                revoked.set()
+            time.sleep(0.1)
+
+    started = time.monotonic()
+    error = refused_on_the_wire(
+        lambda: transport.materials.Upload(slowly(), timeout=30),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "MEMBER_REVOKED",
+    )
+    assert revoked.is_set() and time.monotonic() - started < ENDS_WITHIN
+    assert "revoked" in (error.details() or "")
+    with kit.session() as session:
+        assert session.scalar(select(func.count()).select_from(MaterialRow)) == 0
