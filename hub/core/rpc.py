@@ -52,6 +52,7 @@ log = logging.getLogger("xhub.rpc")
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message, covariant=True)
+T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _STREAM_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
@@ -242,19 +243,22 @@ class Service:
         async def stream_in(requests: AsyncIterator[Any], context: Context) -> Any:
             peer_pem = peer_certificate(context)
             member = peer_member_id(peer_pem)
-            watch = asyncio.ensure_future(self._watch_member(peer_pem))
+            watch = _kept(self._watch_member(peer_pem))
             try:
                 with self.open_streams.slot(member, upload=True):
                     idle = self.open_streams.limits.upload_idle_seconds
                     first = await _next_within(aiter(requests), idle)
                     if isinstance(first, Undecodable):
                         await self._refuse_undecodable(context, path, first)
-                    work = asyncio.ensure_future(fn(_checked(first, requests, idle), context))
-                    await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-                    if not work.done():  # the member was revoked or expired: end the upload
-                        work.cancel()
-                        with contextlib.suppress(BaseException):
-                            await work  # its own clean-up (discard, audit) runs first
+                    work = _kept(fn(_checked(first, requests, idle), context))
+                    try:
+                        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if not work.done():  # revoked or expired, or the client went away
+                            work.cancel()
+                            with contextlib.suppress(BaseException):
+                                await work  # its own clean-up (discard, audit) runs first
+                    if work.cancelled():  # by the watch: the member was revoked or expired
                         watch.result()
                     return work.result()
             except Exception as exc:
@@ -268,7 +272,7 @@ class Service:
         async def stream_out(request: Any, context: Context) -> AsyncIterator[Any]:
             peer_pem = peer_certificate(context)
             member = peer_member_id(peer_pem)
-            watch = asyncio.ensure_future(self._watch_member(peer_pem))
+            watch = _kept(self._watch_member(peer_pem))
             try:
                 with self.open_streams.slot(member, upload=False):
                     if isinstance(request, Undecodable):
@@ -276,26 +280,33 @@ class Service:
                     lifetime = self.open_streams.limits.lifetime_seconds
                     stream = aiter(fn(request, context))
                     end = asyncio.get_running_loop().time() + lifetime
-                    while True:
-                        step = asyncio.ensure_future(anext(stream))
-                        await asyncio.wait(
-                            {step, watch},
-                            timeout=max(end - asyncio.get_running_loop().time(), 0),
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                        if not step.done():
+                    step: asyncio.Future[Any] | None = None
+                    try:
+                        while True:
+                            # The next item in a task of its own, raced against the watch.
+                            step = _kept(anext(stream))
+                            await asyncio.wait(
+                                {step, watch},
+                                timeout=max(end - asyncio.get_running_loop().time(), 0),
+                                return_when=asyncio.FIRST_COMPLETED,
+                            )
+                            if not step.done():
+                                if watch.done():  # the member was revoked or expired
+                                    watch.result()
+                                return  # the lifetime is up: end cleanly, resume later
+                            try:
+                                item = step.result()
+                            except StopAsyncIteration:
+                                return
+                            yield item
+                    finally:
+                        # However the call ends (lifetime, revocation, client gone), the
+                        # method's own clean-up runs before this does.
+                        if step is not None and not step.done():
                             step.cancel()
                             with contextlib.suppress(BaseException):
                                 await step
-                            await stream.aclose()
-                            if watch.done():  # the member was revoked or expired
-                                watch.result()
-                            return  # the lifetime is up: end cleanly, resume later
-                        try:
-                            item = step.result()
-                        except StopAsyncIteration:
-                            return
-                        yield item
+                        await stream.aclose()
             except Exception as exc:
                 await self._abort_for(context, path, exc)
             finally:
@@ -350,6 +361,18 @@ class Service:
             await self._refuse(context, path, exc)
         log_internal_error(log, path, exc)
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
+
+
+_KEPT: set[asyncio.Future[Any]] = set()
+
+
+def _kept(awaitable: Awaitable[T]) -> asyncio.Future[T]:
+    """A task that lives until it is done, even when the call that started it ends first
+    (the event loop holds tasks only weakly; a collected one never finishes its clean-up)."""
+    task = asyncio.ensure_future(awaitable)
+    _KEPT.add(task)
+    task.add_done_callback(_KEPT.discard)
+    return task
 
 
 async def _next_within(messages: AsyncIterator[Any], seconds: float) -> Any:
