@@ -48,6 +48,7 @@ SERVICES: tuple[type[Service], ...] = (
 )
 # Read off the services themselves: each names its part of the contract once.
 SERVICE_NAMES = tuple(service.descriptor.full_name for service in SERVICES)
+AUDIT_SERVICE = AuditService.descriptor.full_name
 
 
 class StartupError(RuntimeError):
@@ -87,13 +88,31 @@ class RunningHub:
     port: int
     open_streams: OpenStreams = field(default_factory=OpenStreams)
     ready: bool = True
+    # Set when the sequencer found the stored tree disagreeing with the last signed
+    # checkpoint: the audit service stays NOT_SERVING until an operator restarts the hub.
+    log_halted: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
     ) -> None:
         for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, status)
+            halted = self.log_halted and name == AUDIT_SERVICE
+            await self.health.set(
+                name, health_pb2.HealthCheckResponse.NOT_SERVING if halted else status
+            )
+
+    async def halt_log(self, exc: TamperedLogError) -> None:
+        """The sequencer refused to sign over a tampered tree: say so once, loudly, and take
+        the audit service out of service (see README, "When the sequencer stops signing")."""
+        if not self.log_halted:
+            self.log_halted = True
+            log.critical(
+                "audit log: %s. No checkpoint is signed any more; the audit service is "
+                "NOT_SERVING. Stop the hub, preserve the database, run `xhub audit check`.",
+                exc,
+            )
+            await self.health.set(AUDIT_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING first, then drain in-flight calls."""
@@ -104,8 +123,14 @@ class RunningHub:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        # Leave nothing pending that an in-flight call logged during the drain.
-        await self.runtime.run_blocking(lambda: self.runtime.writing(self.runtime.audit.sequence))
+        # Leave nothing pending that an in-flight call logged during the drain (unless the
+        # sequencer refuses to sign over a tampered tree: then the entries stay pending).
+        try:
+            await self.runtime.run_blocking(
+                lambda: self.runtime.writing(self.runtime.audit.sequence)
+            )
+        except TamperedLogError as exc:
+            log.error("audit log: the last entries stay pending: %s", exc)
         with contextlib.suppress(Exception):  # a stale heartbeat row is harmless
             engine, process = self.runtime.engine, process_id()
             await self.runtime.run_blocking(
@@ -182,6 +207,7 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
             uploads_per_member=config.max_uploads_per_member,
             lifetime_seconds=config.stream_lifetime_seconds,
             upload_idle_seconds=config.upload_idle_seconds,
+            member_recheck_seconds=config.member_recheck_seconds,
         )
     )
     for service in services:
@@ -203,7 +229,7 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
     await running.set_health(health_pb2.HealthCheckResponse.SERVING)
     running._tasks = [
         asyncio.create_task(_prune_loop(runtime)),
-        asyncio.create_task(_sequencer_loop(runtime)),
+        asyncio.create_task(_sequencer_loop(running)),
         asyncio.create_task(_supervision_loop(runtime, cases)),
         asyncio.create_task(_health_loop(running)),
     ]
@@ -238,16 +264,23 @@ def _prune_loop(runtime: HubRuntime) -> Coroutine[Any, Any, None]:
     )
 
 
-def _sequencer_loop(runtime: HubRuntime) -> Coroutine[Any, Any, None]:
-    """Every hub process runs one; the database lock lets one sequence at a time."""
+def _sequencer_loop(running: RunningHub) -> Coroutine[Any, Any, None]:
+    """Every hub process runs one; the database lock lets one sequence at a time. A round
+    that finds the stored tree disagreeing with the last signed checkpoint signs nothing
+    (every later round checks again and refuses again) and halts the audit service."""
+    runtime = running.runtime
     batch = runtime.config.sequencer_batch
 
     def sequence() -> int:
         return runtime.writing(lambda: runtime.audit.sequence(batch))
 
     async def drain() -> None:
-        while await runtime.run_blocking(sequence) >= batch:
-            pass  # a full batch: more may be waiting
+        try:
+            while await runtime.run_blocking(sequence) >= batch:
+                pass  # a full batch: more may be waiting
+        except TamperedLogError as exc:
+            await running.halt_log(exc)
+            raise  # and the failure log has its traceback
 
     return _every(
         lambda: runtime.config.sequencer_interval_seconds,

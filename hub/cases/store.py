@@ -7,11 +7,11 @@ statements on the tables, run on the call's connection, so nothing is loaded int
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -282,13 +282,23 @@ def read_submission(session: Session, case_id: str, submission: Any) -> SubmitRo
     )
 
 
-def page(engine: Engine, kind: str, recipient: str, after: int) -> list[tuple[int, bytes]]:
-    """The next events of one stream after its cursor."""
+def page(
+    engine: Engine,
+    kind: str,
+    recipient: str,
+    after: int,
+    then: Callable[[Connection], object] | None = None,
+) -> list[tuple[int, bytes]]:
+    """The next events of one stream after its cursor; ``then`` (the subscriber's member
+    check) runs on the same connection right after a read that found events, so nothing
+    read is handed on unless the check, made after the read, passed."""
     # Polled by every open stream: one prebuilt read on a bare connection, no session.
     with engine.connect() as connection:
         rows = connection.execute(
             _PAGE, {"kind": kind, "recipient": recipient, "after": after}
         ).all()
+        if rows and then is not None:
+            then(connection)
     return [(int(c), bytes(b)) for c, b in rows]
 
 

@@ -27,7 +27,7 @@ from xhub.hub.binding.rules import RuleError
 from xhub.hub.cases import limits, store
 from xhub.hub.cases.rules import DISPATCH, STATUS, SUPERVISION
 from xhub.hub.core.audit_log import AuditDraft
-from xhub.hub.core.rpc import Context, Service
+from xhub.hub.core.rpc import Context, Received, Service
 from xhub.v1 import case_pb2, envelope_pb2, registry_pb2
 
 POLL_SECONDS = 0.2
@@ -39,11 +39,11 @@ class CaseStreams(Service):
     """The streaming half of CaseService (its unary methods are in ``hub.cases.service``)."""
 
     async def SubscribeCases(
-        self, request: case_pb2.SubscribeCasesRequest, context: Context
+        self, request: Received[case_pb2.SubscribeCasesRequest], context: Context
     ) -> AsyncIterator[case_pb2.SubscribeCasesResponse]:
         async for envelope in self._stream(
             context,
-            request.envelope,
+            request,
             DISPATCH,
             "SubscribeCases",
             registry_pb2.ROLE_DEPARTMENT,
@@ -52,11 +52,11 @@ class CaseStreams(Service):
             yield case_pb2.SubscribeCasesResponse(envelope=envelope)
 
     async def SubscribeStatus(
-        self, request: case_pb2.SubscribeStatusRequest, context: Context
+        self, request: Received[case_pb2.SubscribeStatusRequest], context: Context
     ) -> AsyncIterator[case_pb2.SubscribeStatusResponse]:
         async for envelope in self._stream(
             context,
-            request.envelope,
+            request,
             STATUS,
             "SubscribeStatus",
             registry_pb2.ROLE_PLATFORM,
@@ -65,11 +65,11 @@ class CaseStreams(Service):
             yield case_pb2.SubscribeStatusResponse(envelope=envelope)
 
     async def SubscribeSupervision(
-        self, request: case_pb2.SubscribeSupervisionRequest, context: Context
+        self, request: Received[case_pb2.SubscribeSupervisionRequest], context: Context
     ) -> AsyncIterator[case_pb2.SubscribeSupervisionResponse]:
         async for envelope in self._stream(
             context,
-            request.envelope,
+            request,
             SUPERVISION,
             "SubscribeSupervision",
             registry_pb2.ROLE_AUDITOR,
@@ -80,7 +80,7 @@ class CaseStreams(Service):
     async def _stream(
         self,
         context: Context,
-        envelope: envelope_pb2.Envelope,
+        request: Received[Message],
         kind: str,
         name: str,
         role: registry_pb2.Role.ValueType,
@@ -88,15 +88,17 @@ class CaseStreams(Service):
     ) -> AsyncIterator[envelope_pb2.Envelope]:
         """Events for the caller after its cursor, hub-signed, polling the database."""
         runtime = self.runtime
+        envelope = request.envelope
         admitted, draft = await runtime.admit(
             context,
             envelope,
             case_pb2.CaseSubscription,
             method=f"/{self.descriptor.full_name}/{name}",
             require_role=role,
+            envelope_bytes=request.envelope_bytes,
         )
         try:
-            limits.check_request(envelope, admitted.message)
+            limits.check_request(admitted.opened.envelope, admitted.message)
         except RuleError as exc:
             await runtime.refuse(context, draft, refusal(exc))
         await runtime.run_blocking(
@@ -104,9 +106,12 @@ class CaseStreams(Service):
         )  # the subscription itself is audited once
         recipient = "" if kind == SUPERVISION else admitted.caller.member_id
         cursor = admitted.message.after_cursor
+        # Before each batch is sent, the subscriber is checked again (after the batch was
+        # read, on the same connection): a member revoked or expired gets none of it.
+        recheck = partial(runtime.gate.recheck, peer_pem=admitted.peer_pem)
         while not context.done():
             rows = await runtime.run_blocking(
-                partial(store.page, runtime.engine, kind, recipient, cursor)
+                partial(store.page, runtime.engine, kind, recipient, cursor, recheck)
             )
             for event_cursor, body in rows:
                 message = body_type()

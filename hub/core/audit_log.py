@@ -12,11 +12,10 @@ Split as Trillian/Tessera do it:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,25 +25,27 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
     bindparam,
     func,
     insert,
-    or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+# Re-exported: the log's readers and tests name them from here.
+from xhub.hub.core.audit_integrity import TREE_ROW as TREE_ROW
+from xhub.hub.core.audit_integrity import LogIntegrity
+from xhub.hub.core.audit_integrity import SqlNodeReader as SqlNodeReader
+from xhub.hub.core.audit_integrity import TamperedLogError as TamperedLogError
+from xhub.hub.core.audit_integrity import checkpoints_table as checkpoints_table
+from xhub.hub.core.audit_integrity import entries as entries
+from xhub.hub.core.audit_integrity import nodes_table as nodes_table
+from xhub.hub.core.audit_integrity import tree_table as tree_table
 from xhub.hub.core.db import (
-    AuditCheckpointRow,
-    AuditEntryRow,
     AuditEnvelopeRow,
     AuditSubjectRow,
-    AuditTreeRow,
-    MerkleNodeRow,
     bulk_execute,
     table_of,
 )
@@ -65,16 +66,10 @@ log = logging.getLogger("xhub.audit")
 
 ALLOWED = audit_pb2.AUDIT_DECISION_ALLOWED
 DENIED = audit_pb2.AUDIT_DECISION_DENIED
-TREE_ROW = 1
 DEFAULT_BATCH = 10_000
 
-entries = table_of(AuditEntryRow)
-nodes_table = table_of(MerkleNodeRow)
-tree_table = table_of(AuditTreeRow)
 envelopes_table = table_of(AuditEnvelopeRow)
 subjects_table = table_of(AuditSubjectRow)
-checkpoints_table = table_of(AuditCheckpointRow)
-
 # Built once: the append path runs on every call, and building a statement costs more
 # than executing it. New ids come back matched by leaf hash, not by position: asking for
 # parameter order makes SQLAlchemy insert one row at a time on SQLite. Entries with the
@@ -99,45 +94,6 @@ def load_log_signer(origin: str, key_path: Path) -> NoteSigner:
     return NoteSigner(origin, key)
 
 
-class TamperedLogError(RuntimeError):
-    """The stored log disagrees with its last signed checkpoint."""
-
-
-class SqlNodeReader:
-    """NodeReader over ``merkle_nodes``: one query per proof."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-
-    def get_node(self, level: int, index: int) -> bytes:
-        return self.get_nodes([(level, index)])[0]
-
-    def get_nodes(self, keys: Sequence[merkle.NodeKey]) -> Sequence[bytes]:
-        found: dict[merkle.NodeKey, bytes] = {}
-        wanted = list(dict.fromkeys(keys))
-        for start in range(0, len(wanted), 500):
-            by_level: dict[int, list[int]] = {}
-            for level, index in wanted[start : start + 500]:
-                by_level.setdefault(level, []).append(index)
-            # One primary-key probe per level; a row-value IN would scan on SQLite.
-            condition = or_(
-                *(
-                    and_(nodes_table.c.level == level, nodes_table.c.index.in_(indexes))
-                    for level, indexes in by_level.items()
-                )
-            )
-            rows = self._connection.execute(
-                select(nodes_table.c.level, nodes_table.c.index, nodes_table.c.hash).where(
-                    condition
-                )
-            )
-            found.update({(level, index): value for level, index, value in rows})
-        try:
-            return [found[key] for key in keys]
-        except KeyError as exc:
-            raise KeyError(f"merkle node {exc.args[0]} is not stored") from exc
-
-
 @dataclass
 class AuditDraft:
     """What the runtime learns about a call as admission proceeds."""
@@ -158,11 +114,17 @@ class AuditDraft:
 
     @classmethod
     def for_request(
-        cls, method: str, envelope: envelope_pb2.Envelope | None, sender: str
+        cls,
+        method: str,
+        envelope: envelope_pb2.Envelope | None,
+        sender: str,
+        envelope_bytes: bytes = b"",
     ) -> AuditDraft:
+        """The draft of a request: ``envelope_bytes`` are its envelope's bytes exactly as
+        received; only a caller without them (in process) gets the envelope re-encoded."""
         draft = cls(method=method, sender=sender)
         if envelope is not None:
-            draft.envelope_bytes = envelope.SerializeToString()
+            draft.envelope_bytes = envelope_bytes or envelope.SerializeToString()
             draft.payload_type = envelope.payload_type[:MAX_PAYLOAD_TYPE_CHARS]
             draft.signature = envelope.signatures[0].sig if envelope.signatures else b""
         return draft
@@ -201,7 +163,7 @@ class LoggedEntry:
         return receipt
 
 
-class AuditLog:
+class AuditLog(LogIntegrity):
     def __init__(
         self,
         engine: Engine,
@@ -337,12 +299,14 @@ class AuditLog:
             ).all()
             if not pending:
                 return 0
+            reader = SqlNodeReader(connection)
+            # Nothing is signed over nodes the last signed checkpoint does not vouch for.
+            previous = self._check_frontier(connection, int(size), reader)
             bulk_execute(
                 connection,
                 _SET_LEAF_INDEX,
                 [{"entry_id": row.id, "new_index": size + i} for i, row in enumerate(pending)],
             )
-            reader = SqlNodeReader(connection)
             new_nodes = merkle.nodes_to_store(size, [row.leaf_hash for row in pending], reader)
             bulk_execute(
                 connection,
@@ -359,9 +323,54 @@ class AuditLog:
             )
             connection.execute(
                 insert(checkpoints_table),
-                {"tree_size": new_size, "root_hash": root, "note": note, "created_at": now},
+                {
+                    "tree_size": new_size,
+                    "root_hash": root,
+                    "note": note,
+                    "created_at": now,
+                    "previous_size": previous,
+                },
             )
         return len(pending)
+
+    def _check_frontier(
+        self, connection: Connection, size: int, reader: SqlNodeReader
+    ) -> int | None:
+        """Before extending: the stored tree of ``size`` leaves (the O(log n) nodes its root
+        is made of, which the new nodes are built on) must hash to the root of the last
+        checkpoint the log key signed. An entry edited together with its recomputed Merkle
+        path would otherwise be covered by the next checkpoint; raises TamperedLogError."""
+        _, _, note = self.latest_checkpoint(connection)
+        if not note:
+            if size:
+                raise TamperedLogError(
+                    f"the tree holds {size} entries but no signed checkpoint covers them; "
+                    "the sequencer will not sign"
+                )
+            return None
+        try:
+            checkpoint = open_checkpoint(note, self.verifier)
+        except ValueError as exc:
+            raise TamperedLogError(
+                f"the last stored checkpoint does not verify ({exc}); the sequencer will not sign"
+            ) from exc
+        if checkpoint.origin != self.origin or checkpoint.size != size:
+            raise TamperedLogError(
+                f"the tree state says {size} entries but the last signed checkpoint covers "
+                f"{checkpoint.size}; the sequencer will not sign"
+            )
+        try:
+            stored_root = merkle.root_hash(size, reader)
+        except KeyError as exc:
+            raise TamperedLogError(f"{exc.args[0]}; the sequencer will not sign") from exc
+        if stored_root != checkpoint.root_hash:
+            raise TamperedLogError(
+                f"the stored Merkle nodes of the first {size} entries hash to "
+                f"{stored_root.hex()[:16]}…, not to the root {checkpoint.root_hash.hex()[:16]}… "
+                f"of the last signed checkpoint (size {size}): an entry and its Merkle path "
+                "were edited; the sequencer will not sign"
+            )
+        return size
 
     def publish_initial_checkpoint(self) -> None:
         """An empty log still has a signed checkpoint (size 0), so clients can start from it."""
@@ -384,25 +393,6 @@ class AuditLog:
 
     # -- reading --------------------------------------------------------------
 
-    def latest_checkpoint(self, connection: Connection) -> tuple[int, bytes, bytes]:
-        """(size, root, signed note) of the newest checkpoint; size 0 if none yet."""
-        row = connection.execute(
-            select(
-                AuditCheckpointRow.tree_size, AuditCheckpointRow.root_hash, AuditCheckpointRow.note
-            )
-            .order_by(AuditCheckpointRow.tree_size.desc())
-            .limit(1)
-        ).first()
-        if row is None:
-            return 0, merkle.EMPTY_ROOT, b""
-        return int(row[0]), bytes(row[1]), bytes(row[2])
-
-    def checkpoint_at(self, connection: Connection, size: int) -> bytes | None:
-        note = connection.execute(
-            select(AuditCheckpointRow.note).where(AuditCheckpointRow.tree_size == size)
-        ).scalar()
-        return None if note is None else bytes(note)
-
     def locate(self, connection: Connection, leaf_hash: bytes) -> int | None:
         """Leaf index of an entry by its leaf hash; None while it is pending."""
         row = connection.execute(
@@ -418,147 +408,3 @@ class AuditLog:
                 select(func.count()).select_from(entries).where(entries.c.leaf_index.is_(None))
             ).scalar_one()
         )
-
-    # -- integrity ------------------------------------------------------------
-
-    def check_integrity(
-        self, *, progress: Callable[[int, int], None] | None = None
-    ) -> tuple[int, bytes]:
-        """Recompute the tree from the stored entry bytes and compare with the last checkpoint.
-
-        Detects edited, deleted, reordered and inserted rows, and stored nodes that
-        disagree. Returns (size, root) on success; raises TamperedLogError naming the
-        first entry that fails.
-        """
-        with self._snapshot() as connection:
-            # 1. The latest checkpoint must carry a valid signature by the log key.
-            size, root, note = self.latest_checkpoint(connection)
-            sequenced = int(
-                connection.execute(
-                    select(func.count())
-                    .select_from(entries)
-                    .where(entries.c.leaf_index.is_not(None))
-                ).scalar_one()
-            )
-            if not note:
-                if sequenced:
-                    raise TamperedLogError(f"{sequenced} sequenced entries but no checkpoint")
-                return 0, merkle.EMPTY_ROOT
-            try:
-                checkpoint = open_checkpoint(note, self.verifier)
-            except ValueError as exc:
-                raise TamperedLogError(f"latest checkpoint does not verify: {exc}") from exc
-            if (checkpoint.size, checkpoint.root_hash, checkpoint.origin) != (
-                size,
-                root,
-                self.origin,
-            ):
-                raise TamperedLogError("checkpoint row disagrees with its signed note")
-            # 2. The tree state row must match the checkpoint.
-            state = connection.execute(
-                select(tree_table.c.size, tree_table.c.root_hash).where(tree_table.c.id == TREE_ROW)
-            ).one()
-            if (int(state[0]), bytes(state[1])) != (size, root):
-                raise TamperedLogError(
-                    f"tree state (size {state[0]}) differs from the checkpoint (size {size})"
-                )
-            if sequenced != size:
-                raise TamperedLogError(
-                    f"{sequenced} sequenced entries but the checkpoint covers {size}"
-                )
-            # 3. Every entry, in index order, hashes to the tree the checkpoint signed.
-            builder = merkle.RootBuilder()
-            rows = connection.execution_options(yield_per=5000).execute(
-                select(
-                    entries.c.leaf_index, entries.c.entry, entries.c.leaf_hash, nodes_table.c.hash
-                )
-                .outerjoin(
-                    nodes_table,
-                    and_(nodes_table.c.level == 0, nodes_table.c.index == entries.c.leaf_index),
-                )
-                .where(entries.c.leaf_index.is_not(None))
-                .order_by(entries.c.leaf_index)
-            )
-            try:
-                for leaf_index, entry_bytes, stored_leaf, tree_leaf in rows:
-                    if leaf_index != builder.size:
-                        raise TamperedLogError(
-                            f"entry #{builder.size} is missing (next stored index is {leaf_index})"
-                        )
-                    leaf = merkle.leaf_hash(bytes(entry_bytes))
-                    if leaf != bytes(stored_leaf) or tree_leaf is None or leaf != bytes(tree_leaf):
-                        raise TamperedLogError(
-                            f"entry #{leaf_index}: its bytes do not hash to the leaf in the tree "
-                            "(edited, reordered or inserted)"
-                        )
-                    builder.add(leaf)
-                    if progress is not None and builder.size % 10_000 == 0:
-                        progress(builder.size, size)
-            except SQLAlchemyError as exc:
-                raise TamperedLogError(
-                    f"audit rows after entry #{builder.size - 1} cannot be read "
-                    f"({type(exc).__name__}: a column holds data of the wrong type)"
-                ) from exc
-            if builder.root() != root:
-                raise TamperedLogError(
-                    "the entries do not hash to the checkpointed root "
-                    "(an entry was edited, reordered or inserted)"
-                )
-            # 4. Every stored interior node must be the hash of its two children (level 0
-            #    was checked against the entries above), so every proof served is honest.
-            self._check_nodes(connection, size)
-            if merkle.root_hash(size, SqlNodeReader(connection)) != root:
-                raise TamperedLogError("stored Merkle nodes disagree with the checkpoint")
-            return size, root
-
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[Connection]:
-        """A read transaction that sees one consistent state while the sequencer commits."""
-        with self.engine.connect() as connection:
-            if connection.dialect.name == "sqlite":
-                # pysqlite runs SELECTs outside transactions; an explicit BEGIN pins one
-                # WAL snapshot for all the reads below (ended by the rollback on close).
-                connection.exec_driver_sql("BEGIN")
-                yield connection
-            else:
-                connection = connection.execution_options(isolation_level="REPEATABLE READ")
-                with connection.begin():
-                    yield connection
-
-    @staticmethod
-    def _check_nodes(connection: Connection, size: int) -> None:
-        counts: dict[int, int] = dict(
-            connection.execute(
-                select(nodes_table.c.level, func.count()).group_by(nodes_table.c.level)
-            ).all()
-        )
-        for level in range(max(size.bit_length(), 1)):
-            found = counts.pop(level, 0)
-            if found != size >> level:
-                raise TamperedLogError(f"level {level} holds {found} nodes, not {size >> level}")
-        if any(counts.values()):
-            raise TamperedLogError("stored Merkle nodes beyond the checkpointed tree")
-        parent, left, right = (nodes_table.alias(n) for n in ("parent", "left", "right"))
-        rows = connection.execution_options(yield_per=5000).execute(
-            select(parent.c.level, parent.c.index, parent.c.hash, left.c.hash, right.c.hash)
-            .join(
-                left,
-                and_(left.c.level == parent.c.level - 1, left.c.index == 2 * parent.c.index),
-            )
-            .join(
-                right,
-                and_(right.c.level == parent.c.level - 1, right.c.index == 2 * parent.c.index + 1),
-            )
-            .where(parent.c.level >= 1)
-        )
-        checked = 0
-        for level, index, value, left_hash, right_hash in rows:
-            if merkle.node_hash(bytes(left_hash), bytes(right_hash)) != bytes(value):
-                first = index << level
-                raise TamperedLogError(
-                    f"stored node (level {level}, index {index}) over entries "
-                    f"#{first}–#{first + (1 << level) - 1} is not the hash of its children"
-                )
-            checked += 1
-        if checked != sum(size >> level for level in range(1, max(size.bit_length(), 1))):
-            raise TamperedLogError("a stored Merkle node is missing one of its children")

@@ -106,6 +106,7 @@ class HubConfig:
     max_uploads_per_member: int = 16
     stream_lifetime_seconds: float = 3600.0  # a stream then ends cleanly; the SDK resumes
     upload_idle_seconds: float = 60.0  # an upload with nothing arriving this long is refused
+    member_recheck_seconds: float = 2.0  # an open stream re-checks its member this often
     handshake_timeout_seconds: float = 10.0  # a connection must finish its TLS handshake
     # Refused calls audited and logged one by one per member (or per peer naming none) a
     # minute; beyond, they are counted into one summary entry per member a minute. 0: no cap.

@@ -252,6 +252,9 @@ class AuditCheckpointRow(Base):
     root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     note: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    # The size of the checkpoint published before this one (None for the first): a row
+    # deleted from the middle of the history leaves a link to a size that is not stored.
+    previous_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 # -- e-certificate library and intake (电子证照库 / 一窗受理) ----------------------

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 from google.protobuf.message import Message
-from sqlalchemy import and_, bindparam, delete, insert, select
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,6 +59,10 @@ class Admitted(Generic[M]):
 
     opened: Opened[M]
     caller: Caller
+    # The envelope's bytes exactly as received: what the audit log stores and hashes.
+    envelope_bytes: bytes = b""
+    # The TLS client certificate the call came on (``Gate.recheck`` checks it again).
+    peer_pem: bytes | None = None
 
     @property
     def message(self) -> M:
@@ -151,6 +155,7 @@ class Gate:
         *,
         on_verified: Callable[[envelope_pb2.Header], None] | None = None,
         session: Session | None = None,
+        envelope_bytes: bytes = b"",
     ) -> Admitted[M]:
         """Run every admission step; ``on_verified`` sees the header as soon as it verified
         (so a refusal after that point is still recorded with its message id).
@@ -158,13 +163,16 @@ class Gate:
         With ``session`` the reads use the caller's session and step 10 is left to the
         caller: it calls ``record`` at the end of its transaction, so the call's effect and
         its replay record commit together and SQLite's write lock is held only briefly.
+        ``envelope_bytes`` (the envelope as received) are carried on to the admitted call.
         """
         if session is None:
             with self._sessions.begin() as own:
-                admitted = self._admit(own, envelope, message_type, peer_pem, on_verified)
+                admitted = self._admit(
+                    own, envelope, message_type, peer_pem, on_verified, envelope_bytes
+                )
                 self.record(own, admitted)
                 return admitted
-        return self._admit(session, envelope, message_type, peer_pem, on_verified)
+        return self._admit(session, envelope, message_type, peer_pem, on_verified, envelope_bytes)
 
     def record(self, session: Session, admitted: Admitted[Any]) -> None:
         """10. The message id must be new inside the window (stored: survives restarts)."""
@@ -183,6 +191,7 @@ class Gate:
         message_type: type[M],
         peer_pem: bytes | None,
         on_verified: Callable[[envelope_pb2.Header], None] | None,
+        envelope_bytes: bytes,
     ) -> Admitted[M]:
         now = self._clock()
         # 0. Within its bounds (size, signatures, type): before anything is looked up, so an
@@ -192,7 +201,7 @@ class Gate:
         peer = self._peer(peer_pem)
         # 2. The peer must be a registered, active member presenting one of its certificates
         #    that is neither revoked nor expired.
-        caller = self._active_member(session, peer, now)
+        caller = self._active_member(session.connection(), peer, now)
 
         # 3–6. Shape, payload type, key, signature over the exact bytes; then parse.
         def resolve(key_id: str) -> KeyVerifier:
@@ -216,7 +225,17 @@ class Gate:
         if on_verified is not None:
             on_verified(opened.header)
         self._check_header(opened.header, peer, now)
-        return Admitted(opened=opened, caller=caller)
+        return Admitted(
+            opened=opened, caller=caller, envelope_bytes=envelope_bytes, peer_pem=peer_pem
+        )
+
+    def recheck(self, connection: Connection, peer_pem: bytes | None) -> Caller:
+        """Steps 1–2 again, for a call that is still running (an open stream, an upload):
+        the member behind the connection must still be registered, active, on its current
+        certificate and unexpired. Raises ``AuthenticationError`` (``MEMBER_REVOKED``,
+        ``MEMBER_EXPIRED``) when it no longer is; any other condition for staying connected
+        belongs here too."""
+        return self._active_member(connection, self._peer(peer_pem), self._clock())
 
     def remember(self, sender: str, header: envelope_pb2.Header) -> None:
         """Record an admitted message id whose call was refused later (its transaction
@@ -264,13 +283,11 @@ class Gate:
                 reason=R.ERROR_REASON_SENDER_NOT_PEER,
             ) from exc
 
-    def _active_member(self, session: Session, peer: PeerIdentity, now: datetime) -> Caller:
+    def _active_member(self, connection: Connection, peer: PeerIdentity, now: datetime) -> Caller:
         # One Core round trip: this runs on every call, so no ORM loading here.
-        rows = (
-            session.connection()
-            .execute(_ACTIVE_MEMBER, {"member_id": peer.member_id, "serial": peer.serial})
-            .all()
-        )
+        rows = connection.execute(
+            _ACTIVE_MEMBER, {"member_id": peer.member_id, "serial": peer.serial}
+        ).all()
         if not rows:
             raise AuthenticationError(
                 f"{peer.member_id} is not a registered member",

@@ -27,6 +27,7 @@ Every method, unary or streaming, is guarded the same way at this edge:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -44,11 +45,14 @@ from xhub.hub.core.failures import log_internal_error
 from xhub.hub.core.gate import peer_member_id
 from xhub.hub.core.runtime import Call, HubRuntime, peer_certificate
 from xhub.protocol.errors import MalformedError, RefusedError, ResourceExhaustedError
+from xhub.protocol.wire import field_parts
 from xhub.v1 import envelope_pb2, registry_pb2
 
 log = logging.getLogger("xhub.rpc")
 
 M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message, covariant=True)
+T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _STREAM_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
@@ -68,12 +72,47 @@ class Undecodable:
     data: bytes
 
 
+@dataclass(frozen=True)
+class Received(Generic[R]):
+    """A request message as parsed, with the exact bytes of its signed envelope as they
+    arrived (``b""`` when it carries none): what the audit log stores and hashes."""
+
+    message: R
+    envelope: envelope_pb2.Envelope | None  # None only for a message with no envelope field
+    envelope_bytes: bytes
+
+
+def _envelope_field(request_class: Any) -> str:
+    """The name of the request message's one ``Envelope`` field ("" if it has none)."""
+    for field_descriptor in request_class.DESCRIPTOR.fields:
+        if field_descriptor.message_type is envelope_pb2.Envelope.DESCRIPTOR:
+            return str(field_descriptor.name)
+    return ""
+
+
 def _lenient(request_class: Any) -> Callable[[bytes], Any]:
+    """Parse the request, keeping its envelope's bytes as received (``protocol.wire``): the
+    parsed message re-encoded could differ from them (field order, unknown fields)."""
+    name = _envelope_field(request_class)
+    number = request_class.DESCRIPTOR.fields_by_name[name].number if name else 0
+
     def parse(data: bytes) -> Any:
         try:
-            return request_class.FromString(data)
+            message = request_class.FromString(data)
         except Exception:  # DecodeError, or whatever the parser raises on garbage
             return Undecodable(data)
+        if not name:
+            return Received(message, None, b"")
+        envelope = getattr(message, name)  # an empty one when the field is not set
+        if not message.HasField(name):
+            return Received(message, envelope, b"")
+        parts = field_parts(data, number)
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        # Repeated occurrences merge, and concatenated they parse to the same envelope —
+        # unless another member of a oneof came between them: then there are no exact bytes.
+        if len(parts) != 1 and envelope_pb2.Envelope.FromString(raw) != envelope:
+            return Undecodable(data)
+        return Received(message, envelope, raw)
 
     return parse
 
@@ -86,6 +125,7 @@ class StreamLimits:
     uploads_per_member: int = 16  # max_uploads_per_member
     lifetime_seconds: float = 3600.0  # stream_lifetime_seconds
     upload_idle_seconds: float = 60.0  # upload_idle_seconds
+    member_recheck_seconds: float = 2.0  # member_recheck_seconds
 
 
 @dataclass
@@ -184,6 +224,7 @@ class Service:
                 declaration.handler,
                 method=path,
                 require_role=declaration.role,
+                envelope_bytes=request.envelope_bytes,
             )
             return response_class(envelope=envelope)
 
@@ -200,22 +241,38 @@ class Service:
             return self._stream_out(path, fn)
 
         async def stream_in(requests: AsyncIterator[Any], context: Context) -> Any:
-            member = peer_member_id(peer_certificate(context))
+            peer_pem = peer_certificate(context)
+            member = peer_member_id(peer_pem)
+            watch = _kept(self._watch_member(peer_pem))
             try:
                 with self.open_streams.slot(member, upload=True):
                     idle = self.open_streams.limits.upload_idle_seconds
                     first = await _next_within(aiter(requests), idle)
                     if isinstance(first, Undecodable):
                         await self._refuse_undecodable(context, path, first)
-                    return await fn(_checked(first, requests, idle), context)
+                    work = _kept(fn(_checked(first, requests, idle), context))
+                    try:
+                        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if not work.done():  # revoked or expired, or the client went away
+                            work.cancel()
+                            with contextlib.suppress(BaseException):
+                                await work  # its own clean-up (discard, audit) runs first
+                    if work.cancelled():  # by the watch: the member was revoked or expired
+                        watch.result()
+                    return work.result()
             except Exception as exc:
                 await self._abort_for(context, path, exc)
+            finally:
+                watch.cancel()
 
         return stream_in
 
     def _stream_out(self, path: str, fn: Callable[..., Any]) -> Any:
         async def stream_out(request: Any, context: Context) -> AsyncIterator[Any]:
-            member = peer_member_id(peer_certificate(context))
+            peer_pem = peer_certificate(context)
+            member = peer_member_id(peer_pem)
+            watch = _kept(self._watch_member(peer_pem))
             try:
                 with self.open_streams.slot(member, upload=False):
                     if isinstance(request, Undecodable):
@@ -223,20 +280,54 @@ class Service:
                     lifetime = self.open_streams.limits.lifetime_seconds
                     stream = aiter(fn(request, context))
                     end = asyncio.get_running_loop().time() + lifetime
-                    while True:
-                        try:
-                            async with asyncio.timeout_at(end):
-                                item = await anext(stream)
-                        except StopAsyncIteration:
-                            return
-                        except TimeoutError:  # the lifetime is up: end cleanly, resume later
-                            await stream.aclose()
-                            return
-                        yield item
+                    step: asyncio.Future[Any] | None = None
+                    try:
+                        while True:
+                            # The next item in a task of its own, raced against the watch.
+                            step = _kept(anext(stream))
+                            await asyncio.wait(
+                                {step, watch},
+                                timeout=max(end - asyncio.get_running_loop().time(), 0),
+                                return_when=asyncio.FIRST_COMPLETED,
+                            )
+                            if not step.done():
+                                if watch.done():  # the member was revoked or expired
+                                    watch.result()
+                                return  # the lifetime is up: end cleanly, resume later
+                            try:
+                                item = step.result()
+                            except StopAsyncIteration:
+                                return
+                            yield item
+                    finally:
+                        # However the call ends (lifetime, revocation, client gone), the
+                        # method's own clean-up runs before this does.
+                        if step is not None and not step.done():
+                            step.cancel()
+                            with contextlib.suppress(BaseException):
+                                await step
+                        await stream.aclose()
             except Exception as exc:
                 await self._abort_for(context, path, exc)
+            finally:
+                watch.cancel()
 
         return stream_out
+
+    async def _watch_member(self, peer_pem: bytes | None) -> None:
+        """Return only by raising: every ``member_recheck_seconds`` the member behind a
+        long call is checked again (``Gate.recheck``), and its refusal (``MEMBER_REVOKED``,
+        ``MEMBER_EXPIRED``) ends the call. A check that fails otherwise (the database
+        briefly away) is retried next round; the streams' own reads fail meanwhile."""
+        every = self.open_streams.limits.member_recheck_seconds
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.runtime.run_blocking(lambda: self.runtime.recheck_member(peer_pem))
+            except RefusedError:
+                raise
+            except Exception as exc:
+                log_internal_error(log, "re-checking a stream's member", exc)
 
     async def _refuse_undecodable(self, context: Context, path: str, request: Undecodable) -> None:
         """Refuse bytes that are no request message, audited with the digest of what came."""
@@ -270,6 +361,18 @@ class Service:
             await self._refuse(context, path, exc)
         log_internal_error(log, path, exc)
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
+
+
+_KEPT: set[asyncio.Future[Any]] = set()
+
+
+def _kept(awaitable: Awaitable[T]) -> asyncio.Future[T]:
+    """A task that lives until it is done, even when the call that started it ends first
+    (the event loop holds tasks only weakly; a collected one never finishes its clean-up)."""
+    task = asyncio.ensure_future(awaitable)
+    _KEPT.add(task)
+    task.add_done_callback(_KEPT.discard)
+    return task
 
 
 async def _next_within(messages: AsyncIterator[Any], seconds: float) -> Any:

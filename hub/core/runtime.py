@@ -182,12 +182,18 @@ class HubRuntime:
         *,
         method: str,
         require_role: registry_pb2.Role.ValueType | None = None,
+        envelope_bytes: bytes = b"",
     ) -> envelope_pb2.Envelope:
-        """Admit, handle, audit and sign one request; abort the RPC with a status on refusal."""
+        """Admit, handle, audit and sign one request; abort the RPC with a status on refusal.
+
+        ``envelope_bytes`` are the envelope's bytes exactly as received (the edge cuts them
+        out of the request); the audit entry hashes and stores those."""
         peer_pem = peer_certificate(context)
 
         def work() -> envelope_pb2.Envelope:
-            draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
+            draft = AuditDraft.for_request(
+                method, envelope, peer_member_id(peer_pem), envelope_bytes
+            )
             admitted: Admitted[M] | None = None
             try:
                 with self.sessions() as session:
@@ -198,6 +204,7 @@ class HubRuntime:
                         peer_pem,
                         on_verified=draft.note_header,
                         session=session,
+                        envelope_bytes=draft.envelope_bytes,
                     )
                     if require_role is not None and not admitted.caller.has(require_role):
                         raise PermissionDeniedError(
@@ -237,6 +244,7 @@ class HubRuntime:
         method: str,
         require_role: registry_pb2.Role.ValueType | None = None,
         subject: Callable[[M], str] | None = None,
+        envelope_bytes: bytes = b"",
     ) -> tuple[Admitted[M], AuditDraft]:
         """Admit the opening message of a stream (its id recorded at once); abort if refused.
 
@@ -245,10 +253,16 @@ class HubRuntime:
         peer_pem = peer_certificate(context)
 
         def work() -> tuple[Admitted[M], AuditDraft]:
-            draft = AuditDraft.for_request(method, envelope, peer_member_id(peer_pem))
+            draft = AuditDraft.for_request(
+                method, envelope, peer_member_id(peer_pem), envelope_bytes
+            )
             try:
                 admitted = self.gate.admit(
-                    envelope, message_type, peer_pem, on_verified=draft.note_header
+                    envelope,
+                    message_type,
+                    peer_pem,
+                    on_verified=draft.note_header,
+                    envelope_bytes=draft.envelope_bytes,
                 )
                 if require_role is not None and not admitted.caller.has(require_role):
                     raise PermissionDeniedError(
@@ -303,6 +317,8 @@ class HubRuntime:
     ) -> envelope_pb2.Envelope:
         """Run a streaming call's effect with its audit entry in one transaction; sign."""
         with self.sessions() as session:
+            # A long call's effect commits only while its member is still in good standing.
+            self.gate.recheck(session.connection(), admitted.peer_pem)
             # A stream's opening message was recorded at admission: no replay record here.
             response, receipt = self._commit(Call(admitted, session, draft), effect, record=False)
         return self.sign_response(response, admitted.header, receipt)
@@ -350,6 +366,11 @@ class HubRuntime:
         except _NothingDone:
             return False
         return True
+
+    def recheck_member(self, peer_pem: bytes | None) -> Caller:
+        """``Gate.recheck`` on a connection of its own (an open stream's periodic check)."""
+        with self.engine.connect() as connection:
+            return self.gate.recheck(connection, peer_pem)
 
     def audit_refusal(self, draft: AuditDraft, reason: str) -> None:
         """Log a call that ended without an RefusedError (e.g. the client went away)."""

@@ -17,7 +17,7 @@ from xhub.hub.catalog import store as catalog
 from xhub.hub.catalog.store import CODE_RE
 from xhub.hub.core.db import MaterialRow
 from xhub.hub.core.gate import Admitted
-from xhub.hub.core.rpc import Context, Service, Unary
+from xhub.hub.core.rpc import Context, Received, Service, Unary
 from xhub.hub.core.runtime import Call, HubRuntime
 from xhub.hub.materials import store as materials
 from xhub.hub.materials.blobstore import CHUNK, BlobWriter, LocalBlobStore
@@ -61,11 +61,14 @@ class MaterialService(Service):
     # -- upload ---------------------------------------------------------------
 
     async def Upload(
-        self, request_iterator: AsyncIterator[material_pb2.UploadRequest], context: Context
+        self,
+        request_iterator: AsyncIterator[Received[material_pb2.UploadRequest]],
+        context: Context,
     ) -> material_pb2.UploadResponse:
         first = await anext(aiter(request_iterator), None)
+        opening = first.message if first is not None else None
         manifest_envelope = (
-            first.manifest if first is not None and first.HasField("manifest") else None
+            opening.manifest if opening is not None and opening.HasField("manifest") else None
         )
         # 1. The first message is the signed manifest of a platform member.
         admitted, draft = await self.runtime.admit(
@@ -75,6 +78,7 @@ class MaterialService(Service):
             method=f"/{SERVICE}/Upload",
             require_role=registry_pb2.ROLE_PLATFORM,
             subject=lambda manifest: manifest.applicant_code[:32],
+            envelope_bytes=first.envelope_bytes if first is not None else b"",
         )
         manifest = admitted.message
         writer: BlobWriter | None = None
@@ -115,7 +119,7 @@ class MaterialService(Service):
 
     async def _receive(
         self,
-        requests: AsyncIterator[material_pb2.UploadRequest],
+        requests: AsyncIterator[Received[material_pb2.UploadRequest]],
         writer: BlobWriter,
         declared: int,
     ) -> int:
@@ -127,7 +131,8 @@ class MaterialService(Service):
         """
         received = 0
         pending: Future[None] | None = None
-        async for message in requests:
+        async for item in requests:
+            message = item.message
             if not message.HasField("chunk"):
                 raise MalformedError("after the manifest only chunks may follow")
             chunk = message.chunk  # every access copies: read it once
@@ -200,7 +205,7 @@ class MaterialService(Service):
                 uploader=call.caller.member_id,
                 uploaded_at=datetime.now(UTC),
                 valid_until=manifest.valid_until,
-                manifest=admitted.opened.envelope.SerializeToString(),
+                manifest=admitted.envelope_bytes or admitted.opened.envelope.SerializeToString(),
             )
             call.session.add(row)
             materials.drop_intent(call.session, intent)
@@ -214,7 +219,7 @@ class MaterialService(Service):
     # -- reuse ------------------------------------------------------------------
 
     async def Download(
-        self, request: material_pb2.DownloadRequest, context: Context
+        self, request: Received[material_pb2.DownloadRequest], context: Context
     ) -> AsyncIterator[material_pb2.DownloadResponse]:
         envelope = await self.runtime.unary(
             context,
@@ -222,6 +227,7 @@ class MaterialService(Service):
             material_pb2.MaterialFetch,
             _fetch,
             method=f"/{SERVICE}/Download",
+            envelope_bytes=request.envelope_bytes,
         )
         descriptor = material_pb2.MaterialDescriptor()
         descriptor.ParseFromString(envelope.payload)  # our own signed bytes

@@ -240,8 +240,8 @@ def inclusion_proof(index: int, size: int, reader: NodeReader) -> list[bytes]:
     return _hashes_of_ranges(siblings, reader)
 
 
-def consistency_proof(old_size: int, new_size: int, reader: NodeReader) -> list[bytes]:
-    """PROOF(old_size, D[0:new_size]) of RFC 9162 §2.1.4.1 (empty if old is 0 or new)."""
+def _consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """The subtrees PROOF(old_size, D[0:new_size]) is made of, in proof order."""
     _check_size("old_size", old_size)
     if old_size > new_size:
         raise ValueError(f"old size {old_size} is larger than new size {new_size}")
@@ -262,10 +262,21 @@ def consistency_proof(old_size: int, new_size: int, reader: NodeReader) -> list[
     if not whole:
         parts.append((start, end))
     parts.reverse()
-    return _hashes_of_ranges(parts, reader)
+    return parts
 
 
-# --------------------------------------------------------------------------- verification
+def consistency_proof(old_size: int, new_size: int, reader: NodeReader) -> list[bytes]:
+    """PROOF(old_size, D[0:new_size]) of RFC 9162 §2.1.4.1 (empty if old is 0 or new)."""
+    return _hashes_of_ranges(_consistency_ranges(old_size, new_size), reader)
+
+
+def consistency_proof_keys(old_size: int, new_size: int) -> list[NodeKey]:
+    """The stored nodes :func:`consistency_proof` reads, so a caller can read many proofs'
+    nodes at once."""
+    keys: list[NodeKey] = []
+    for start, end in _consistency_ranges(old_size, new_size):
+        _collect_keys(start, end, keys)
+    return keys
 
 
 def _check_hash(what: str, value: bytes) -> None:
