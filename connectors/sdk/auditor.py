@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from xhub.connectors.sdk.client import HubClient, VerifiedCheckpoint
 from xhub.protocol.errors import NotFoundError
+from xhub.protocol.key_rotation import KeyWindow
 from xhub.protocol.log.evidence import EvidenceBundle, MemberKeys, senders
 from xhub.protocol.log.note import NoteVerifier, open_checkpoint
 from xhub.v1 import audit_pb2
@@ -50,6 +51,7 @@ def export_evidence(
         members[member_id] = MemberKeys(
             bytes(member.certificate_der),
             {key.key_id: bytes(key.public_key_der) for key in member.signing_keys},
+            {key.key_id: KeyWindow.of(key) for key in member.signing_keys},
         )
     bundle = EvidenceBundle(
         origin=checkpoint.checkpoint.origin,

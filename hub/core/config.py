@@ -87,6 +87,9 @@ class HubConfig:
     server_name: str = "xhub-hub"
     database_url: str = ""
     clock_skew_seconds: int = 300
+    # After a member rotates its signing key, the old key still signs for this long (so
+    # requests already in flight are admitted); 0: it is retired at the rotation.
+    key_rotation_overlap_seconds: int = 0
     max_concurrent_rpcs: int = 512
     workers: int = 8
     shutdown_grace_seconds: float = 10.0

@@ -83,6 +83,10 @@ class MemberKeyRow(Base):
     algorithm: Mapped[int] = mapped_column(Integer)
     public_key_der: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # Validity window (密钥有效期): a message signed with this key must be issued inside
+    # [valid_from, valid_until); valid_until is NULL while the key is current.
+    valid_from: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    valid_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     member: Mapped[MemberRow] = relationship(back_populates="keys")
 
 

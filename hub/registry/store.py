@@ -44,6 +44,7 @@ ROLE_NAMES: dict[str, registry_pb2.Role.ValueType] = {
 ACTIVE = registry_pb2.MEMBER_STATUS_ACTIVE
 REVOKED = registry_pb2.MEMBER_STATUS_REVOKED
 SUBSYSTEM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+KEY_ID_RE = re.compile(r"[0-9a-f]{64}")
 MEMBER_ID_RE = re.compile(r"^CN\.\d{6}\.[0-9A-Z]{18}(\.[a-z0-9][a-z0-9-]{0,31})?\Z")
 
 
@@ -220,6 +221,7 @@ def _key_row(public_key: PublicKey, now: datetime) -> MemberKeyRow:
         algorithm=int(algorithm_of(public_key)),
         public_key_der=public_key_der(public_key),
         created_at=now,
+        valid_from=now,
     )
 
 
@@ -298,8 +300,26 @@ def revoke_member(
     return row
 
 
+KeyFields = tuple[str, int, bytes, datetime | None, datetime | None]
+
+
+def _public_key(
+    key_id: str, algorithm: int, der: bytes, since: datetime | None, until: datetime | None
+) -> registry_pb2.PublicKey:
+    key = registry_pb2.PublicKey(
+        key_id=key_id,
+        algorithm=algorithm,  # type: ignore[arg-type]
+        public_key_der=der,
+    )
+    if since is not None:
+        key.valid_from.FromDatetime(since)
+    if until is not None:
+        key.valid_until.FromDatetime(until)
+    return key
+
+
 def _member_message(
-    row: Any, roles: Iterable[int], keys: Iterable[tuple[str, int, bytes]]
+    row: Any, roles: Iterable[int], keys: Iterable[KeyFields]
 ) -> registry_pb2.Member:
     """The one place a member becomes its proto, from an ORM row or a Core row alike."""
     return registry_pb2.Member(
@@ -312,14 +332,7 @@ def _member_message(
         subsystem=row.subsystem,
         status=row.status,
         certificate_der=row.certificate_der,
-        signing_keys=[
-            registry_pb2.PublicKey(
-                key_id=key_id,
-                algorithm=algorithm,  # type: ignore[arg-type]
-                public_key_der=der,
-            )
-            for key_id, algorithm, der in keys
-        ],
+        signing_keys=[_public_key(*key) for key in keys],
     )
 
 
@@ -327,7 +340,10 @@ def member_to_proto(row: MemberRow) -> registry_pb2.Member:
     return _member_message(
         row,
         (r.role for r in row.roles),
-        ((k.key_id, k.algorithm, k.public_key_der) for k in row.keys),
+        (
+            (k.key_id, k.algorithm, k.public_key_der, k.valid_from, k.valid_until)
+            for k in sorted(row.keys, key=lambda k: (k.valid_from, k.key_id))
+        ),
     )
 
 
@@ -337,8 +353,16 @@ _MEMBER = select(_members).where(
     _members.c.member_id == bindparam("member_id"), _members.c.uscc != ""
 )
 _ROLES = select(MemberRoleRow.role).where(MemberRoleRow.member_id == bindparam("member_id"))
-_KEYS = select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der).where(
-    MemberKeyRow.member_id == bindparam("member_id")
+_KEYS = (
+    select(
+        MemberKeyRow.key_id,
+        MemberKeyRow.algorithm,
+        MemberKeyRow.public_key_der,
+        MemberKeyRow.valid_from,
+        MemberKeyRow.valid_until,
+    )
+    .where(MemberKeyRow.member_id == bindparam("member_id"))
+    .order_by(MemberKeyRow.valid_from, MemberKeyRow.key_id)
 )
 
 
@@ -353,7 +377,7 @@ def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
         )
     roles = connection.execute(_ROLES, found).scalars()
     keys = connection.execute(_KEYS, found).all()
-    return _member_message(row, roles, keys)
+    return _member_message(row, roles, [tuple(k) for k in keys])  # type: ignore[misc]
 
 
 def has_role(row: MemberRow, role: registry_pb2.Role.ValueType) -> bool:

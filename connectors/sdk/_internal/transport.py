@@ -118,11 +118,21 @@ class Transport:
             sleep=sleep or time.sleep,
         )
 
-    def seal(self, payload: M, *, case_id: str = "", purpose: str = "") -> envelope_pb2.Envelope:
-        """Stamp a fresh header on ``payload`` and sign it with this member's key."""
+    def seal(
+        self,
+        payload: M,
+        *,
+        case_id: str = "",
+        purpose: str = "",
+        complete: Callable[[Any], None] | None = None,
+    ) -> envelope_pb2.Envelope:
+        """Stamp a fresh header on ``payload`` and sign it with this member's key;
+        ``complete`` fills what depends on the header (e.g. a proof over its message id)."""
         getattr(payload, "header").CopyFrom(  # noqa: B009
             new_header(self.bundle.member_id, self.bundle.hub_id, case_id=case_id, purpose=purpose)
         )
+        if complete is not None:
+            complete(payload)
         return seal(payload, self.bundle.signer)
 
     def open_response(
@@ -150,12 +160,13 @@ class Transport:
         idempotent: bool,
         case_id: str = "",
         purpose: str = "",
+        complete: Callable[[Any], None] | None = None,
     ) -> M:
         """Sign, send with a deadline, verify the answer; retry idempotent calls only."""
 
         def attempt() -> M:
             # A retry is a new message: fresh id and nonce, so the hub's replay check holds.
-            envelope = self.seal(payload, case_id=case_id, purpose=purpose)
+            envelope = self.seal(payload, case_id=case_id, purpose=purpose, complete=complete)
             request_id = getattr(payload, "header").message_id  # noqa: B009
             try:
                 response = rpc(request_type(envelope=envelope), timeout=self.timeout)

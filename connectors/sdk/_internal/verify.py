@@ -17,8 +17,9 @@ from cryptography import x509
 from google.protobuf.message import Message
 
 from xhub.certificates_store.model import open_certificate
-from xhub.protocol.envelope import open_envelope
+from xhub.protocol.envelope import Opened, open_envelope
 from xhub.protocol.errors import AuthenticationError, BadResponseError, MalformedError
+from xhub.protocol.key_rotation import KeyWindow, outside_window
 from xhub.protocol.pki import CertificateError, load_certificate, verify_member_certificate
 from xhub.protocol.signing import KeyVerifier, Verifier
 from xhub.v1 import case_pb2, certificate_pb2, envelope_pb2, intake_pb2, material_pb2, registry_pb2
@@ -97,8 +98,12 @@ class TrustedMembers:
     fetches a member once, ``add`` checks it, and later checks need no network.
     """
 
-    def __init__(self, ca_cert: x509.Certificate) -> None:
+    def __init__(
+        self, ca_cert: x509.Certificate, *, clock_skew: timedelta = timedelta(minutes=5)
+    ) -> None:
         self._ca_cert = ca_cert
+        # A message's issued_at is the signer's clock, a key's window the hub's.
+        self._slack = clock_skew
         self._members: dict[str, registry_pb2.Member] = {}
         self._verifiers: dict[bytes, KeyVerifier] = {}
 
@@ -116,16 +121,40 @@ class TrustedMembers:
         except KeyError:
             raise BadResponseError(f"{member_id[:128]!r} is not a member checked here") from None
 
-    def verifier(self, member_id: str, key_id: str) -> KeyVerifier:
-        """The registered signing key ``key_id`` of ``member_id`` (BadResponseError if none)."""
+    def verifier(self, member_id: str, key_id: str, at: datetime | None = None) -> KeyVerifier:
+        """The registered signing key ``key_id`` of ``member_id``, valid at ``at`` (the signed
+        message's issued_at; None: any time the key was registered). BadResponseError if it
+        is no key of the member, or ``at`` is outside the key's window widened by the clock
+        skew (naming both)."""
         for key in self.member(member_id).signing_keys:
             if key.key_id == key_id:
+                if at is not None:
+                    window = KeyWindow.of(key)
+                    problem = outside_window(member_id, key_id, window, at, self._slack)
+                    if problem:
+                        raise BadResponseError(problem)
                 verifier = self._verifiers.get(key.public_key_der)
                 if verifier is None:
                     verifier = KeyVerifier.from_der(key.public_key_der)
                     self._verifiers[key.public_key_der] = verifier
                 return verifier
         raise BadResponseError(f"{key_id[:64]!r} is not a registered key of {member_id}")
+
+    def open_from(
+        self, member_id: str, envelope: envelope_pb2.Envelope, message_type: type[M]
+    ) -> Opened[M]:
+        """A message ``member_id`` signed, opened by the kernel's opener with that member's
+        registered keys, then checked to be signed with the key valid at its issued_at (so
+        what was signed before a rotation verifies, and a retired key signs nothing later).
+
+        Raises: BadResponseError naming what disagreed.
+        """
+        try:
+            opened = open_envelope(envelope, message_type, lambda k: self.verifier(member_id, k))
+        except (MalformedError, AuthenticationError) as exc:
+            raise BadResponseError(f"the message of {member_id} is invalid: {exc}") from exc
+        self.verifier(member_id, opened.key_id, opened.header.issued_at.ToDatetime(tzinfo=UTC))
+        return opened
 
 
 def issuers_to_fetch(answer: intake_pb2.PulledCertificates) -> set[str]:
@@ -180,20 +209,18 @@ def verify_dispatched_case(
     the platform signed, so not even the hub can alter an application unnoticed.
 
     1. The submission and every resubmission verify against the platform's own
-       registered key and were addressed by that platform to this hub.
+       registered key valid when each was issued, and were addressed by that platform to
+       this hub.
     2. Each resubmission names this case.
     3. Applicant name and form are the submission's.
     4. The certificate and material references are exactly those the platform's
        signed messages name.
     """
 
-    def platform_key(key_id: str) -> Verifier:
-        return platforms.verifier(case.platform, key_id)
-
     def platform_message(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
         try:
-            opened = open_envelope(envelope, message_type, platform_key)
-        except (MalformedError, AuthenticationError) as exc:
+            opened = platforms.open_from(case.platform, envelope, message_type)
+        except BadResponseError as exc:
             raise BadResponseError(f"the platform's signed message is invalid: {exc}") from exc
         header = opened.header
         if header.sender != case.platform or header.recipient != hub_id:

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from xhub.v1 import envelope_pb2 as _envelope_pb2
@@ -131,6 +132,125 @@ MEMBER_STATUS_ACTIVE: MemberStatus.ValueType  # 1
 MEMBER_STATUS_REVOKED: MemberStatus.ValueType  # 2
 """Revoked 已注销; refused from the next call on."""
 Global___MemberStatus: _TypeAlias = MemberStatus  # noqa: Y015
+
+@_typing.final
+class RotateSigningKeyRequest(_message.Message):
+    """RotateSigningKeyRequest carries a signed SigningKeyRotation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.SigningKeyRotation"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSigningKeyRequest: _TypeAlias = RotateSigningKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateSigningKeyResponse(_message.Message):
+    """RotateSigningKeyResponse carries a hub-signed SigningKeyRotationResult."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.SigningKeyRotationResult"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSigningKeyResponse: _TypeAlias = RotateSigningKeyResponse  # noqa: Y015
+
+@_typing.final
+class SigningKeyRotation(_message.Message):
+    """SigningKeyRotation asks the hub to make new_key the member's signing key
+    (签名密钥轮换申请). The envelope is signed with the member's current key; the
+    new key proves possession by signing the statement of
+    xhub.protocol.key_rotation.possession_statement (member id, new key id, this
+    request's message id).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    NEW_KEY_FIELD_NUMBER: _builtins.int
+    PROOF_OF_POSSESSION_FIELD_NUMBER: _builtins.int
+    proof_of_possession: _builtins.bytes
+    """Signature by the new key over the possession statement (持有证明)."""
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头)."""
+
+    @_builtins.property
+    def new_key(self) -> Global___PublicKey:
+        """The new key (新签名公钥); key_id and algorithm must match public_key_der,
+        the validity fields are ignored (the hub sets them).
+        """
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+        new_key: Global___PublicKey | None = ...,
+        proof_of_possession: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "new_key", b"new_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "new_key", b"new_key", "proof_of_possession", b"proof_of_possession"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SigningKeyRotation: _TypeAlias = SigningKeyRotation  # noqa: Y015
+
+@_typing.final
+class SigningKeyRotationResult(_message.Message):
+    """SigningKeyRotationResult answers a SigningKeyRotation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头)."""
+
+    @_builtins.property
+    def member(self) -> Global___Member:
+        """The member as registered after the rotation, every key with its window."""
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+        member: Global___Member | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SigningKeyRotationResult: _TypeAlias = SigningKeyRotationResult  # noqa: Y015
 
 @_typing.final
 class GetMemberRequest(_message.Message):
@@ -439,22 +559,36 @@ class PublicKey(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     ALGORITHM_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_DER_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """Key identifier used in Signature.key_id (密钥标识)."""
     algorithm: Global___KeyAlgorithm.ValueType
     """Signature algorithm (签名算法)."""
     public_key_der: _builtins.bytes
     """DER SubjectPublicKeyInfo."""
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp:
+        """Start of the key's validity window (生效时间); a message signed with this key
+        must be issued at or after it.
+        """
+
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """End of the window (失效时间), exclusive; unset while the key is current."""
+
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         algorithm: Global___KeyAlgorithm.ValueType = ...,
         public_key_der: _builtins.bytes = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "public_key_der", b"public_key_der"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "public_key_der", b"public_key_der", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

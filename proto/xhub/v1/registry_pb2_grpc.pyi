@@ -45,6 +45,11 @@ class RegistryServiceStub:
     """ListMembers pages through members (接入单位列表). Request payload:
     MemberListQuery; response payload: MemberListResult, signed by the hub.
     """
+    RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RotateSigningKeyRequest, _registry_pb2.RotateSigningKeyResponse]
+    """RotateSigningKey registers a new message-signing key for the calling member
+    (签名密钥轮换). Request payload: SigningKeyRotation, signed with the member's
+    current key; response payload: SigningKeyRotationResult, signed by the hub.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -62,6 +67,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListMembers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListMembersRequest, _registry_pb2.ListMembersResponse]  # type: ignore[assignment]
     """ListMembers pages through members (接入单位列表). Request payload:
     MemberListQuery; response payload: MemberListResult, signed by the hub.
+    """
+    RotateSigningKey: _aio.UnaryUnaryMultiCallable[_registry_pb2.RotateSigningKeyRequest, _registry_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
+    """RotateSigningKey registers a new message-signing key for the calling member
+    (签名密钥轮换). Request payload: SigningKeyRotation, signed with the member's
+    current key; response payload: SigningKeyRotationResult, signed by the hub.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +99,17 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.ListMembersResponse, _abc.Awaitable[_registry_pb2.ListMembersResponse]]:
         """ListMembers pages through members (接入单位列表). Request payload:
         MemberListQuery; response payload: MemberListResult, signed by the hub.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateSigningKey(
+        self,
+        request: _registry_pb2.RotateSigningKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RotateSigningKeyResponse, _abc.Awaitable[_registry_pb2.RotateSigningKeyResponse]]:
+        """RotateSigningKey registers a new message-signing key for the calling member
+        (签名密钥轮换). Request payload: SigningKeyRotation, signed with the member's
+        current key; response payload: SigningKeyRotationResult, signed by the hub.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
