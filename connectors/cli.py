@@ -3,6 +3,7 @@
     xhub-connector run department.toml [--once]          # cases in, approval status out
     xhub-connector sync-certificates sync.toml [--once]  # certificates from the department's table
     xhub-connector status CONFIG [--json] [--limit N]    # pending, sent, refused, passed-over rows
+    xhub-connector rotate-key BUNDLE_DIR [--ed25519]      # a new message-signing key (密钥轮换)
 
 ``status`` reads either connector's TOML (a ``[department]`` or a ``[source]`` table) and its
 state file only; ``sync-status`` is its older name for the issuer sync. The report and its
@@ -29,8 +30,10 @@ from xhub.connectors.department.cli import run_command
 from xhub.connectors.department.cli import status_command as department_status
 from xhub.connectors.issuer.cli import status_command as sync_status
 from xhub.connectors.issuer.cli import sync_command
+from xhub.connectors.sdk.client import HubClient
 from xhub.protocol.bundle import BundleError
 from xhub.protocol.errors import TransportError, XhubError
+from xhub.protocol.signing import ECDSA_P256, ED25519
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,11 +68,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--once", action="store_true", help="one pass and exit (default: keep running)"
     )
+    rotate = commands.add_parser(
+        "rotate-key", help="replace the member's message-signing key (签名密钥轮换)"
+    )
+    rotate.add_argument("bundle", type=Path, help="the member bundle directory")
+    rotate.add_argument("--hub-address", default=None, help="override the bundle's hub address")
+    rotate.add_argument(
+        "--ed25519", action="store_true", help="an Ed25519 key (default: ECDSA P-256)"
+    )
     return parser
+
+
+def _rotate_key(bundle: Path, hub_address: str | None, ed25519: bool) -> int:
+    """Rotate, switch the bundle's files over, and say what changed."""
+    with HubClient.from_bundle(bundle, hub_address=hub_address) as client:
+        old_key_id = client.bundle.signer.key_id
+        answer = client.rotate_signing_key(algorithm=ED25519 if ed25519 else ECDSA_P256)
+        new_key_id = client.bundle.signer.key_id
+    print(f"{answer.member.member_id}: signing key {old_key_id[:16]}… → {new_key_id[:16]}…")
+    for key in answer.member.signing_keys:
+        until = key.valid_until.ToJsonString() if key.HasField("valid_until") else "current"
+        print(f"  {key.key_id[:16]}…  from {key.valid_from.ToJsonString()}  until {until}")
+    return 0
 
 
 # What a database error is called in the message, by command.
 _DATABASE = {
+    "rotate-key": "bundle",
     "run": "database",
     "sync-certificates": "source database",
     "sync-status": "state file",
@@ -78,6 +103,8 @@ _DATABASE = {
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "rotate-key":
+        return _rotate_key(args.bundle, args.hub_address, args.ed25519)
     if args.command == "run":
         return run_command(args.config, once=args.once)
     if args.command in ("status", "sync-status"):
