@@ -58,6 +58,11 @@ class DataDir:
         return self.root / "hub" / "signing.key"
 
     @property
+    def signing_handovers(self) -> Path:
+        """The hub signing key's hand-overs, oldest first (``xhub keys rotate-hub-signing``)."""
+        return self.root / "hub" / "signing-handovers.json"
+
+    @property
     def log_key(self) -> Path:
         return self.root / "hub" / "log.key"
 

@@ -10,6 +10,7 @@ from typing import Any
 from xhub.hub.core.db import MemberKeyRow
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
+from xhub.hub.registry import hub_keys
 from xhub.hub.registry import keys as rotation
 from xhub.hub.registry import store as registry
 from xhub.protocol.errors import MalformedError, shown
@@ -27,7 +28,18 @@ class RegistryService(Service):
             Unary("GetMember", registry_pb2.MemberLookup, _get_member),
             Unary("ListMembers", registry_pb2.MemberListQuery, _list_members),
             Unary("RotateSigningKey", registry_pb2.SigningKeyRotation, self._rotate),
+            Unary(
+                "GetHubKeys",
+                registry_pb2.HubKeysQuery,
+                lambda call: hub_keys.hub_keys(call.session, self.runtime.config.hub_id),
+                beside=self._handovers,
+            ),
         ]
+
+    def _handovers(self) -> dict[str, object]:
+        """The hand-overs travel beside the signed answer (each signed by its predecessor)."""
+        path = self.runtime.config.paths.signing_handovers
+        return {"handovers": hub_keys.read_handovers(path)}
 
     def _rotate(
         self, call: Call[registry_pb2.SigningKeyRotation]

@@ -382,3 +382,9 @@ def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
 
 def has_role(row: MemberRow, role: registry_pb2.Role.ValueType) -> bool:
     return any(r.role == role for r in row.roles)
+
+
+def member_keys_proto(session: Session, member_id: str) -> list[registry_pb2.PublicKey]:
+    """Every signing key of ``member_id`` with its window, oldest first."""
+    rows = session.connection().execute(_KEYS, {"member_id": member_id}).all()
+    return [_public_key(*row) for row in rows]

@@ -10,6 +10,7 @@ answer, never retried.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -19,12 +20,21 @@ from google.protobuf.message import Message
 from xhub.certificates_store.model import open_certificate
 from xhub.protocol.envelope import Opened, open_envelope
 from xhub.protocol.errors import AuthenticationError, BadResponseError, MalformedError
-from xhub.protocol.key_rotation import KeyWindow, outside_window
+from xhub.protocol.key_rotation import EVER, HubKey, KeyWindow, outside_window
 from xhub.protocol.pki import CertificateError, load_certificate, verify_member_certificate
 from xhub.protocol.signing import KeyVerifier, Verifier
 from xhub.v1 import case_pb2, certificate_pb2, envelope_pb2, intake_pb2, material_pb2, registry_pb2
 
 M = TypeVar("M", bound=Message)
+
+
+class UnknownHubKey(BadResponseError):
+    """An answer is signed by a hub key this client has not learnt (yet): the transport
+    fetches the hub's key history once and tries again."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"response refused: answer signed by key {key_id[:64]!r}, not the hub's")
+        self.key_id = key_id
 
 
 def open_answer(
@@ -37,24 +47,25 @@ def open_answer(
     request_id: str,
     now: datetime,
     clock_skew: timedelta,
+    hub_keys: Mapping[str, HubKey] | None = None,
 ) -> M:
     """The hub's answer to ``request_id``, or BadResponseError.
 
     1. The kernel's opener: shape, payload type, the hub's signature over the exact bytes
-       (a key other than the hub's is UNKNOWN_KEY), and only then the parse.
+       (a key that is neither the pinned ``hub_verifier`` nor one of ``hub_keys``, learnt
+       through the hub's signed hand-overs, is ``UnknownHubKey``), and only then the parse.
     2. It comes from the hub and is addressed to this member.
     3. It answers this very request.
-    4. It was issued inside the clock window.
+    4. It was issued inside the clock window, and inside the window of the hub key that
+       signed it (a handed-over key signs nothing after its hand-over).
     """
+    keys = dict(hub_keys or {})
+    keys.setdefault(hub_verifier.key_id, HubKey(hub_verifier, KeyWindow(EVER)))  # type: ignore[arg-type]
 
     def hub_key(key_id: str) -> Verifier:
-        if key_id != hub_verifier.key_id:
-            raise AuthenticationError(
-                f"answer signed by key {key_id[:64]!r}, not the hub's",
-                reason=envelope_pb2.ERROR_REASON_UNKNOWN_KEY,
-                metadata={"key_id": key_id[:64]},
-            )
-        return hub_verifier
+        if key_id not in keys:
+            raise UnknownHubKey(key_id)
+        return keys[key_id].verifier
 
     # 1. verify, then parse
     try:
@@ -62,6 +73,15 @@ def open_answer(
     except (MalformedError, AuthenticationError) as exc:
         raise BadResponseError(f"response refused: {exc.message}") from exc
     header = opened.header
+    problem = outside_window(
+        "the hub",
+        opened.key_id,
+        keys[opened.key_id].window,
+        header.issued_at.ToDatetime(tzinfo=UTC),
+        clock_skew,
+    )
+    if problem:
+        raise BadResponseError(f"response refused: {problem}")
     # 2. from the hub, for us
     if header.sender != hub_id or header.recipient != member_id:
         raise BadResponseError(
