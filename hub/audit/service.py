@@ -10,6 +10,7 @@ from typing import Any, Literal
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
+from xhub.hub.audit.log_keys import read_log_handovers
 from xhub.hub.core.audit_log import (
     AuditLog,
     SqlNodeReader,
@@ -47,7 +48,10 @@ class AuditService(Service):
     def _checkpoint(self, call: Call[audit_pb2.CheckpointQuery]) -> audit_pb2.CheckpointResult:
         size, _, note = self.log.latest_checkpoint(call.session.connection())
         return audit_pb2.CheckpointResult(
-            checkpoint_note=note, tree_size=size, log_key=self.log.signer.verifier_key()
+            checkpoint_note=note,
+            tree_size=size,
+            log_key=self.log.signer.verifier_key(),
+            log_key_handovers=read_log_handovers(self.runtime.config.paths.log_handovers),
         )
 
     def _inclusion(

@@ -67,6 +67,11 @@ class DataDir:
         return self.root / "hub" / "log.key"
 
     @property
+    def log_handovers(self) -> Path:
+        """The log key's hand-over checkpoints, oldest first (``xhub keys rotate-log``)."""
+        return self.root / "hub" / "log-handovers.json"
+
+    @property
     def subject_key(self) -> Path:
         return self.root / "hub" / "subject.key"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from xhub.hub.core.ca import CertificateAuthority
 from xhub.hub.core.config import HubConfig
+from xhub.hub.core.data_dir import replace_file
 from xhub.hub.core.db import MemberKeyRow, MemberRow
 from xhub.hub.registry import store as registry
 from xhub.hub.registry.keys import member_keys
@@ -74,9 +74,9 @@ class HubRotation:
         kept_key, kept_cert = stem.with_suffix(".key.old"), stem.with_suffix(".pem.old")
         write_secret(kept_key, paths.signing_key.read_bytes())
         kept_cert.write_bytes(paths.signing_cert.read_bytes())
-        _replace(paths.signing_handovers, _handovers_json(self.handovers).encode("utf-8"))
-        _replace(paths.signing_cert, self.new_cert_pem)
-        _replace(paths.signing_key, self.new_key_pem, secret=True)
+        replace_file(paths.signing_handovers, _handovers_json(self.handovers).encode("utf-8"))
+        replace_file(paths.signing_cert, self.new_cert_pem)
+        replace_file(paths.signing_key, self.new_key_pem, secret=True)
         return kept_key, kept_cert
 
 
@@ -135,12 +135,3 @@ def rotate_hub_signing(
 def _handovers_json(handovers: tuple[envelope_pb2.Envelope, ...]) -> str:
     items = [base64.b64encode(h.SerializeToString()).decode("ascii") for h in handovers]
     return json.dumps(items, indent=1) + "\n"
-
-
-def _replace(path: Path, data: bytes, *, secret: bool = False) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    if secret:
-        write_secret(temporary, data)
-    else:
-        temporary.write_bytes(data)
-    os.replace(temporary, path)

@@ -24,7 +24,8 @@ from cryptography import x509
 from xhub.protocol.envelope import pae
 from xhub.protocol.key_rotation import KeyWindow, outside_window
 from xhub.protocol.log import merkle
-from xhub.protocol.log.note import Checkpoint, NoteError, NoteVerifier, open_checkpoint
+from xhub.protocol.log.key_history import LogKeys
+from xhub.protocol.log.note import Checkpoint, NoteError, NoteVerifier
 from xhub.protocol.pki import CertificateError, load_certificate, verify_member_certificate
 from xhub.protocol.signing import KeyVerifier, SignatureMismatch
 from xhub.v1 import audit_pb2, envelope_pb2
@@ -84,6 +85,9 @@ class EvidenceBundle:
     members: dict[str, MemberKeys]
     older_checkpoint_note: bytes = b""
     consistency_proof: list[bytes] = field(default_factory=list)
+    # The log key's hand-over checkpoints, oldest first: they lead from the key the auditor
+    # trusts to the key that signed the checkpoints (``protocol.log.key_history``).
+    log_key_handovers: list[bytes] = field(default_factory=list)
 
     def to_json(self) -> str:
         document: dict[str, Any] = {
@@ -109,6 +113,8 @@ class EvidenceBundle:
                 for index, entry, envelope, proof in self.entries
             ],
         }
+        if self.log_key_handovers:
+            document["log_key_handovers"] = [n.decode("utf-8") for n in self.log_key_handovers]
         if self.older_checkpoint_note:
             document["older_checkpoint"] = {
                 "checkpoint": self.older_checkpoint_note.decode("utf-8"),
@@ -146,6 +152,9 @@ class EvidenceBundle:
                 ],
                 older_checkpoint_note=older.get("checkpoint", "").encode("utf-8"),
                 consistency_proof=[_unb64(h) for h in older.get("consistency_proof", [])],
+                log_key_handovers=[
+                    n.encode("utf-8") for n in document.get("log_key_handovers", [])
+                ],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleInvalid(f"malformed bundle: {exc}") from exc
@@ -169,9 +178,11 @@ def verify_bundle(
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Check a bundle offline; raise BundleInvalid naming the first failure."""
-    # 1. The checkpoint must be signed by the log key given by the auditor.
+    # 1. The checkpoint must be signed by the log key given by the auditor, or by a key
+    #    its hand-overs lead to (a rotated log key).
     try:
-        checkpoint = open_checkpoint(bundle.checkpoint_note, log_key)
+        log_keys = LogKeys.following(log_key, bundle.log_key_handovers)
+        checkpoint = log_keys.open(bundle.checkpoint_note)
     except NoteError as exc:
         raise BundleInvalid(
             f"checkpoint signature does not verify with the log key: {exc}"
@@ -181,7 +192,7 @@ def verify_bundle(
     # 2. An older checkpoint, if present, must be a prefix of this one.
     if bundle.older_checkpoint_note:
         try:
-            older = open_checkpoint(bundle.older_checkpoint_note, log_key)
+            older = log_keys.open(bundle.older_checkpoint_note)
             merkle.verify_consistency(
                 older.size,
                 checkpoint.size,

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xhub.protocol.errors import BadResponseError
+from xhub.protocol.log.key_history import LogKeys
 from xhub.protocol.log.merkle import ProofError, verify_consistency, verify_inclusion
-from xhub.protocol.log.note import Checkpoint, NoteError, NoteVerifier, open_checkpoint
+from xhub.protocol.log.note import Checkpoint, NoteError, NoteVerifier
 from xhub.v1 import audit_pb2, envelope_pb2
 
 
@@ -26,6 +27,8 @@ class VerifiedCheckpoint:
     checkpoint: Checkpoint
     note: bytes
     receipt: envelope_pb2.AuditReceipt | None = None
+    # The log key's hand-overs the answer carried (oldest first), for evidence bundles.
+    log_key_handovers: tuple[bytes, ...] = ()
 
     @property
     def size(self) -> int:
@@ -42,14 +45,28 @@ def verify_checkpoint(
     """The checkpoint of a GetCheckpoint answer, its note signed by the log key.
 
     The pinned key wins; an old bundle without one falls back to the key in the hub-signed
-    answer.
+    answer. After a log key rotation the answer's hand-overs lead from the pinned key to the
+    current one (``protocol.log.key_history``); a checkpoint signed by a key no hand-over
+    reaches, or by a handed-over key for a larger tree than its hand-over, is refused.
     """
-    verifier = NoteVerifier.from_vkey(pinned_log_key or answer.log_key)
     try:
-        checkpoint = open_checkpoint(answer.checkpoint_note, verifier)
+        keys = log_keys(answer, pinned_log_key)
+        checkpoint = keys.open(answer.checkpoint_note)
     except NoteError as exc:
         raise BadResponseError(f"checkpoint does not verify with the log key: {exc}") from exc
-    return VerifiedCheckpoint(checkpoint, bytes(answer.checkpoint_note), answer.header.receipt)
+    return VerifiedCheckpoint(
+        checkpoint,
+        bytes(answer.checkpoint_note),
+        answer.header.receipt,
+        tuple(bytes(note) for note in answer.log_key_handovers),
+    )
+
+
+def log_keys(answer: audit_pb2.CheckpointResult, pinned_log_key: str) -> LogKeys:
+    """The log keys reached from the pinned one through the answer's hand-overs.
+    Raises: NoteError (a hand-over that does not verify)."""
+    pinned = NoteVerifier.from_vkey(pinned_log_key or answer.log_key)
+    return LogKeys.following(pinned, list(answer.log_key_handovers))
 
 
 def verify_inclusion_proof(
