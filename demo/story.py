@@ -21,6 +21,7 @@ from xhub.demo.cases import case_section
 from xhub.demo.intake import FoodCase, Tally, intake_section, second_application
 from xhub.demo.process import LEVELS, free_port, refusal, running_hub, say
 from xhub.demo.region import DEMO_MEMBERS, HUB_ID, HUB_NAME
+from xhub.demo.rotation import rotation_section
 from xhub.hub.registry.store import validate_member
 from xhub.hub.setup import add_member_with_bundle, init_data_dir, open_config
 from xhub.protocol.codes import division_level
@@ -122,6 +123,8 @@ def run(data_dir: Path) -> int:
             if not case_section(data_dir, clients, bundles, hub, food):
                 return 1
             if not audit_section(data_dir, clients, bundles, port):
+                return 1
+            if not rotation_section(clients, bundles):
                 return 1
         finally:
             for client in clients.values():
