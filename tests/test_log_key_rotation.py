@@ -15,6 +15,7 @@ from hubkit import HubKit
 from xhub.cli import main as cli
 from xhub.connectors.sdk._internal.proofs import verify_checkpoint
 from xhub.connectors.sdk.auditor import export_evidence
+from xhub.hub.audit.log_keys import log_key_history
 from xhub.protocol.errors import BadResponseError
 from xhub.protocol.log import merkle
 from xhub.protocol.log.evidence import BundleInvalid, EvidenceBundle, verify_bundle
@@ -68,6 +69,10 @@ def test_members_and_auditors_follow_the_log_key_hand_over(
     with pytest.raises(UnknownKeyError):
         open_note(after.note, NoteVerifier.from_vkey(pinned))
     platform.prove_consistent(before, after)
+    # The hub's own history verifies its stored checkpoints, old key and new.
+    history = log_key_history(kit.config.paths.log_handovers, NoteVerifier.from_vkey(new_vkey))
+    assert history.open(before.note) == before.checkpoint
+    assert history.open(after.note) == after.checkpoint
 
     # An evidence bundle exported after the rotation verifies with the OLD pinned key.
     wait_all_sequenced(kit)

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import insert, select, update
@@ -26,15 +27,29 @@ from xhub.hub.core.data_dir import replace_file
 from xhub.hub.core.db import AuditCheckpointRow
 from xhub.protocol.log import merkle
 from xhub.protocol.log.key_history import LogKeys, handover_note
-from xhub.protocol.log.note import Checkpoint, NoteSigner
+from xhub.protocol.log.note import Checkpoint, NoteSigner, NoteVerifier
 from xhub.protocol.signing import private_key_pem, write_secret
+
+
+def _document(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"first_key": "", "handovers": []}
+    document: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    return document
 
 
 def read_log_handovers(path: Path) -> list[bytes]:
     """The stored hand-over notes, oldest first (none before the first rotation)."""
-    if not path.exists():
-        return []
-    return [base64.b64decode(item) for item in json.loads(path.read_text("utf-8"))]
+    return [base64.b64decode(item) for item in _document(path)["handovers"]]
+
+
+def log_key_history(path: Path, current: NoteVerifier) -> LogKeys:
+    """Every key the log has had, from its first (recorded at the first rotation) through
+    the stored hand-overs — the verifier for the log's stored checkpoint history (older
+    checkpoints are signed by older keys). Before any rotation: ``current`` alone."""
+    document = _document(path)
+    first = NoteVerifier.from_vkey(document["first_key"]) if document["first_key"] else current
+    return LogKeys.following(first, read_log_handovers(path))
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,11 @@ class LogRotation:
         old_id = self.old_vkey.split("+")[1]
         kept = paths.log_key.with_name(f"log.{old_id}.key.old")
         write_secret(kept, paths.log_key.read_bytes())
-        items = [base64.b64encode(note).decode("ascii") for note in self.handovers]
-        replace_file(paths.log_handovers, (json.dumps(items, indent=1) + "\n").encode("utf-8"))
+        document = {
+            "first_key": _document(paths.log_handovers)["first_key"] or self.old_vkey,
+            "handovers": [base64.b64encode(note).decode("ascii") for note in self.handovers],
+        }
+        replace_file(paths.log_handovers, (json.dumps(document, indent=1) + "\n").encode())
         replace_file(paths.log_key, self.new_key_pem, secret=True)
         return kept
 
