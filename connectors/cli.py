@@ -6,6 +6,7 @@
     xhub-connector keygen --member-id ID --out DIR [--signing-alg ecdsa-p256|ed25519]
     xhub-connector request --keys DIR                     # a fresh request from existing keys
     xhub-connector bundle install PUBLIC_DIR --keys DIR   # the hub's public bundle next to keys
+    xhub-connector rotate-key BUNDLE_DIR [--ed25519]      # a new message-signing key (密钥轮换)
 
 ``keygen`` makes the member's keys on the member's machine (``tls.key``: mutual TLS only;
 ``signing.key``: message signatures only; both 0600) and the enrolment request
@@ -38,6 +39,7 @@ from xhub.connectors.department.cli import run_command
 from xhub.connectors.department.cli import status_command as department_status
 from xhub.connectors.issuer.cli import status_command as sync_status
 from xhub.connectors.issuer.cli import sync_command
+from xhub.connectors.sdk.client import HubClient
 from xhub.connectors.sdk.enrolment import (
     MemberKeys,
     generate_keys,
@@ -90,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="one pass and exit (default: keep running)"
     )
     _add_enrolment_commands(commands)
+    rotate = commands.add_parser(
+        "rotate-key", help="replace the member's message-signing key (签名密钥轮换)"
+    )
+    rotate.add_argument("bundle", type=Path, help="the member bundle directory")
+    rotate.add_argument("--hub-address", default=None, help="override the bundle's hub address")
+    rotate.add_argument(
+        "--ed25519", action="store_true", help="an Ed25519 key (default: ECDSA P-256)"
+    )
     return parser
 
 
@@ -157,8 +167,22 @@ def _print_request(keys: MemberKeys) -> None:
     print(f"  enrolment request for the hub : {keys.request_path}")
 
 
+def _rotate_key(bundle: Path, hub_address: str | None, ed25519: bool) -> int:
+    """Rotate, switch the bundle's files over, and say what changed."""
+    with HubClient.from_bundle(bundle, hub_address=hub_address) as client:
+        old_key_id = client.bundle.signer.key_id
+        answer = client.rotate_signing_key(algorithm=ED25519 if ed25519 else ECDSA_P256)
+        new_key_id = client.bundle.signer.key_id
+    print(f"{answer.member.member_id}: signing key {old_key_id[:16]}… → {new_key_id[:16]}…")
+    for key in answer.member.signing_keys:
+        until = key.valid_until.ToJsonString() if key.HasField("valid_until") else "current"
+        print(f"  {key.key_id[:16]}…  from {key.valid_from.ToJsonString()}  until {until}")
+    return 0
+
+
 # What a database error is called in the message, by command.
 _DATABASE = {
+    "rotate-key": "bundle",
     "run": "database",
     "sync-certificates": "source database",
     "sync-status": "state file",
@@ -170,6 +194,8 @@ _DATABASE = {
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "rotate-key":
+        return _rotate_key(args.bundle, args.hub_address, args.ed25519)
     if args.command in ("keygen", "request", "bundle"):
         return _enrolment_command(args)
     if args.command == "run":

@@ -22,6 +22,7 @@ from xhub.demo.enrolment import enrol, member_keys_held_by_hub, members_dir
 from xhub.demo.intake import FoodCase, Tally, intake_section, second_application
 from xhub.demo.process import LEVELS, free_port, refusal, running_hub, say
 from xhub.demo.region import DEMO_MEMBERS, HUB_ID, HUB_NAME
+from xhub.demo.rotation import rotation_section
 from xhub.hub.setup import init_data_dir, open_config
 from xhub.protocol.codes import division_level
 from xhub.v1 import registry_pb2
@@ -123,6 +124,8 @@ def run(data_dir: Path) -> int:
             if not case_section(data_dir, clients, bundles, hub, food):
                 return 1
             if not audit_section(data_dir, clients, bundles, port):
+                return 1
+            if not rotation_section(clients, bundles):
                 return 1
         finally:
             for client in clients.values():

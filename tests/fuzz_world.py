@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from hubkit import HubKit
+from hubkit import HubKit, MemberDef
 from intake_world import COMPANY, LICENCE_TYPE, PURPOSE, certificate
 from materials_world import PLAN, content, upload
 
@@ -195,13 +195,19 @@ def fuzz_item(kit: HubKit) -> intake_pb2.Item:
     )
 
 
+ROTATOR = MemberDef("rotator", "广州市荔湾区数据局", "440103", ("auditor",), "MB2C9107")
+
+
 def play_story(kit: HubKit, folder: Path) -> dict[str, Recorded]:
     """Every method of the contract called once through the SDK (each call accepted); the
     recorded requests by method path."""
     with kit.session() as session:
         catalog.put_items(session, [fuzz_item(kit)])
     calls: dict[str, Recorded] = {}
-    keys = ("issuer", "platform", "department", "auditor")
+    # A member of its own rotates its signing key: the others' recorded requests stay signed
+    # by keys that are current.
+    kit.add_member(ROTATOR)
+    keys = ("issuer", "platform", "department", "auditor", "rotator")
     clients = {key: recording_client(kit, key, calls) for key in keys}
     try:
         issuer, platform = clients["issuer"], clients["platform"]
@@ -242,6 +248,8 @@ def play_story(kit: HubKit, folder: Path) -> dict[str, Recorded]:
         checkpoint, _ = auditor.prove_logged(case.header.receipt)
         auditor.consistency_proof(1, checkpoint.size)
         next(iter(auditor.query_audit(page_size=5)))
+        auditor.transport.learn_hub_keys()
+        clients["rotator"].rotate_signing_key()
     finally:
         for client in clients.values():
             client.close()

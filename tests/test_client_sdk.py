@@ -49,6 +49,7 @@ from xhub.v1 import envelope_pb2, registry_pb2
 
 SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
 GET_MEMBER = SERVICE.methods_by_name["GetMember"]
+GET_HUB_KEYS = SERVICE.methods_by_name["GetHubKeys"]
 LIST_MEMBERS = SERVICE.methods_by_name["ListMembers"]
 HUB_ID = "CN.440000.XHUB"
 ASKER_USCC = codes.make_uscc("1", "1", "440103", "0A7K3QX1")
@@ -392,7 +393,6 @@ def _no_envelope(hub: Hub, request_id: str) -> registry_pb2.GetMemberResponse:
 @pytest.mark.parametrize(
     "defect",
     [
-        _signed_by_other_key,
         _payload_byte_flipped,
         _wrong_payload_type,
         _relabelled_payload_type,
@@ -417,6 +417,27 @@ def test_bad_response_is_refused_and_not_retried(
         result_of(future)
     assert info.value.code == grpc.StatusCode.DATA_LOSS
     assert hub.channel.calls == 1  # never retried
+    assert hub.sleeps == []
+
+
+def test_an_answer_by_an_unknown_key_asks_for_the_hub_key_history_once(
+    make_hub: Callable[..., Hub],
+) -> None:
+    """A key the bundle does not pin may be a successor the hub handed over to: the client
+    asks for the hand-overs once; none reaches the stranger's key, so the answer is refused."""
+    hub = make_hub(retry=RetryPolicy(attempts=4))
+    future = hub.start(hub.client.get_member, TARGET_ID)
+    taken = hub.take()
+    hub.answer(taken, _signed_by_other_key(hub, taken.header.message_id))
+    asked = hub.take(GET_HUB_KEYS, registry_pb2.HubKeysQuery)
+    history = registry_pb2.HubKeysResult(
+        header=new_header(HUB_ID, hub.bundle.member_id, in_reply_to=asked.header.message_id)
+    )
+    hub.answer(asked, registry_pb2.GetHubKeysResponse(envelope=seal(history, hub.keys.hub_signer)))
+    with pytest.raises(BadResponseError) as info:
+        result_of(future)
+    assert "hand-overs do not reach" in info.value.message
+    assert hub.channel.calls == 2  # the look-up once, the history once; never retried
     assert hub.sleeps == []
 
 

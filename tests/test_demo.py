@@ -29,6 +29,8 @@ EXPECTED = [
     "proven append-only (consistency proof) ✓",
     "OK: ",  # xhub audit verify on the exported bundle
     "FAILED: entry #",  # ... and on the tampered copy, naming the entry
+    "still verify at the department with the key valid when they were signed ✓",
+    "a message signed with the retired key: refused UNAUTHENTICATED UNKNOWN_KEY",
     "$ xhub serve → exit status 4",  # the hub refuses to serve an edited log
     "demo complete ✓",
 ]

@@ -104,9 +104,12 @@ def test_re_enrolment_brings_a_revoked_member_back_under_new_keys_only(
         refused(lambda: old.get_member(issuer), Code.UNAUTHENTICATED, "MEMBER_REVOKED")
         error = refused(lambda: hybrid.get_member(issuer), Code.UNAUTHENTICATED, "UNKNOWN_KEY")
         assert "earlier enrolment" in str(error)
-        # the registry publishes only the current key
-        published = new.get_member(member.member_id).signing_keys
-        assert [k.key_id for k in published] == [new.bundle.signer.key_id]
+        # the registry publishes the earlier key closed (what it signed before still
+        # verifies with it) and the new key as the only current one
+        published = {k.key_id: k for k in new.get_member(member.member_id).signing_keys}
+        current = [k for k, key in published.items() if not key.HasField("valid_until")]
+        assert current == [new.bundle.signer.key_id]
+        assert published[old.bundle.signer.key_id].HasField("valid_until")
     finally:
         new.close()
         hybrid.close()

@@ -236,7 +236,7 @@ def test_the_client_checks_every_checkpoint_against_the_last(
     receipt = any_desk.submit().header.receipt
     checkpoint, _ = client.prove_logged(receipt)
     assert client.log_state().latest is not None
-    assert (tmp_path / "log-state").read_bytes() == client.log_state().note()
+    assert (tmp_path / "log-state").read_bytes() == client.log_state().saved()
     assert client.checkpoint().size >= checkpoint.size
     again = any_desk.kit.client("platform", log_state_file=tmp_path / "log-state")
     assert again.log_state().latest is not None
@@ -326,4 +326,4 @@ def test_a_live_hub_serving_a_checkpoint_inconsistent_with_the_last_verified_is_
         rf"{verified.size}",
     ):
         client.checkpoint()
-    assert saved.read_bytes() == verified.note
+    assert saved.read_bytes() == LogState(verified).saved()

@@ -135,7 +135,12 @@ def test_reflection_describes_the_registry_contract(channel: grpc.Channel) -> No
     by_name = {f.name: f for f in files}
     assert "xhub/v1/registry.proto" in by_name
     (service,) = by_name["xhub/v1/registry.proto"].service
-    assert {m.name for m in service.method} == {"GetMember", "ListMembers"}
+    assert {m.name for m in service.method} == {
+        "GetMember",
+        "ListMembers",
+        "RotateSigningKey",
+        "GetHubKeys",
+    }
 
 
 # -- signed round trips between levels -----------------------------------------------------

@@ -10,8 +10,10 @@ from tqdm import tqdm
 
 from xhub.connectors.sdk.client import HubClient, VerifiedCheckpoint
 from xhub.protocol.errors import NotFoundError
+from xhub.protocol.key_rotation import KeyWindow
 from xhub.protocol.log.evidence import EvidenceBundle, MemberKeys, senders
-from xhub.protocol.log.note import NoteVerifier, open_checkpoint
+from xhub.protocol.log.key_history import LogKeys
+from xhub.protocol.log.note import NoteVerifier
 from xhub.v1 import audit_pb2
 
 
@@ -50,6 +52,7 @@ def export_evidence(
         members[member_id] = MemberKeys(
             bytes(member.certificate_der),
             {key.key_id: bytes(key.public_key_der) for key in member.signing_keys},
+            {key.key_id: KeyWindow.of(key) for key in member.signing_keys},
         )
     bundle = EvidenceBundle(
         origin=checkpoint.checkpoint.origin,
@@ -57,10 +60,13 @@ def export_evidence(
         ca_certificate_der=client.bundle.ca_cert.public_bytes(Encoding.DER),
         entries=entries,
         members=members,
+        log_key_handovers=list(checkpoint.log_key_handovers),
     )
     if previous_checkpoint:
-        verifier = NoteVerifier.from_vkey(client.bundle.log_key)
-        older = open_checkpoint(previous_checkpoint, verifier)
+        keys = LogKeys.following(
+            NoteVerifier.from_vkey(client.bundle.log_key), checkpoint.log_key_handovers
+        )
+        older = keys.open(previous_checkpoint)
         if 0 < older.size < checkpoint.size:
             consistency = client.consistency_proof(older.size, checkpoint.size)
             bundle.older_checkpoint_note = previous_checkpoint

@@ -46,6 +46,7 @@ from xhub.connectors.sdk.services.audit_log import AuditLogCalls
 from xhub.connectors.sdk.services.cases import CaseCalls
 from xhub.connectors.sdk.services.certificates import CertificateCalls
 from xhub.connectors.sdk.services.intake import IntakeCalls
+from xhub.connectors.sdk.services.keys import KeyCalls
 from xhub.connectors.sdk.services.materials import MaterialCalls
 from xhub.protocol.bundle import MemberBundle
 from xhub.protocol.errors import TransportError, XhubError, typed_error
@@ -55,7 +56,7 @@ from xhub.v1 import intake_pb2
 __all__ = ["HubClient", "RetryPolicy", "VerifiedCheckpoint", "secure_channel"]
 
 
-class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLogCalls):
+class HubClient(IntakeCalls, CaseCalls, KeyCalls, MaterialCalls, CertificateCalls, AuditLogCalls):
     """One member's client of one hub; use as a context manager or ``close()`` it.
 
     ``transport`` is the signed plumbing underneath (for the project's tests and tools
@@ -82,8 +83,11 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
         sleep: Callable[[float], None] | None = None,
         log_state_file: Path | str | None = None,
         case_memory: int = DEFAULT_CASE_MEMORY,
+        bundle_dir: Path | None = None,
     ) -> None:
         self.bundle = bundle
+        # Where the bundle was loaded from: a key rotation switches its files over.
+        self.bundle_dir = bundle_dir
         self.member_id = bundle.member_id
         self.hub_id = bundle.hub_id
         self.transport = Transport(
@@ -95,7 +99,7 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
             sleep=sleep,
         )
         # Members whose signatures this client checks (issuers, platforms), once fetched.
-        self._trusted = TrustedMembers(bundle.ca_cert)
+        self._trusted = TrustedMembers(bundle.ca_cert, clock_skew=clock_skew)
         self._prepared: LruDict[str, intake_pb2.Checklist] = LruDict(case_memory)
         self._holders: LruDict[str, frozenset[str]] = LruDict(case_memory)
         self._pushed: LruDict[str, int] = LruDict(case_memory)
@@ -110,7 +114,8 @@ class HubClient(IntakeCalls, CaseCalls, MaterialCalls, CertificateCalls, AuditLo
         cls, path: Path | str, *, hub_address: str | None = None, **kwargs: Any
     ) -> HubClient:
         """A client for the member bundle in ``path``. Raises: BundleError."""
-        return cls(MemberBundle.load(Path(path), hub_address=hub_address), **kwargs)
+        bundle = MemberBundle.load(Path(path), hub_address=hub_address)
+        return cls(bundle, bundle_dir=Path(path), **kwargs)
 
     def __enter__(self) -> HubClient:
         return self

@@ -17,6 +17,7 @@ from xhub.hub.core.audit_log import (
     envelopes_table,
     subjects_table,
 )
+from xhub.hub.core.log_keys import read_log_handovers
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call, HubRuntime
 from xhub.protocol.errors import MalformedError, NotFoundError, UnavailableError
@@ -47,7 +48,10 @@ class AuditService(Service):
     def _checkpoint(self, call: Call[audit_pb2.CheckpointQuery]) -> audit_pb2.CheckpointResult:
         size, _, note = self.log.latest_checkpoint(call.session.connection())
         return audit_pb2.CheckpointResult(
-            checkpoint_note=note, tree_size=size, log_key=self.log.signer.verifier_key()
+            checkpoint_note=note,
+            tree_size=size,
+            log_key=self.log.signer.verifier_key(),
+            log_key_handovers=read_log_handovers(self.runtime.config.paths.log_handovers),
         )
 
     def _inclusion(

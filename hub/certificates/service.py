@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import select
 
 from xhub.certificates_store import store
 from xhub.certificates_store.model import CertificateDataError
-from xhub.hub.core.db import MemberKeyRow, MemberRow
+from xhub.hub.core.db import MemberRow
+from xhub.hub.core.keys import KEYS
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
 from xhub.protocol.envelope import open_signed
@@ -19,7 +21,7 @@ from xhub.protocol.errors import (
     PermissionDeniedError,
     shown,
 )
-from xhub.protocol.signing import KeyVerifier, Verifier
+from xhub.protocol.signing import Verifier
 from xhub.v1 import certificate_pb2, envelope_pb2, registry_pb2
 
 
@@ -50,13 +52,19 @@ def _publish(
     inner = publication.certificate
 
     def callers_key(key_id: str) -> Verifier:
-        key = call.session.get(MemberKeyRow, key_id)
-        if key is None or key.member_id != call.caller.member_id:
-            raise AuthenticationError(
-                "the certificate is not signed by one of the caller's keys",
-                reason=envelope_pb2.ERROR_REASON_UNKNOWN_KEY,
+        # A certificate published now is signed with one of the caller's keys valid now.
+        try:
+            return KEYS.member_key(
+                call.session,
+                key_id,
+                owner=call.caller.member_id,
+                at=call.header.issued_at.ToDatetime(tzinfo=UTC),
             )
-        return KeyVerifier.from_der(key.public_key_der)
+        except AuthenticationError as exc:
+            raise AuthenticationError(
+                f"the certificate is not signed by a current key of the caller: {exc.message}",
+                reason=envelope_pb2.ERROR_REASON_UNKNOWN_KEY,
+            ) from exc
 
     # 1. The certificate is its own envelope, signed by the caller's key over its exact bytes.
     cert = open_signed(inner, certificate_pb2.ElectronicCertificate, callers_key).message

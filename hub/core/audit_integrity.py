@@ -29,6 +29,7 @@ from xhub.hub.core.db import (
     table_of,
 )
 from xhub.protocol.log import merkle
+from xhub.protocol.log.key_history import LogKeys
 from xhub.protocol.log.note import Checkpoint, NoteVerifier, open_checkpoint
 
 TREE_ROW = 1
@@ -86,9 +87,19 @@ class LogIntegrity:
     engine: Engine
     origin: str
 
+    # Every key the log has had (after a log key rotation older checkpoints are signed by
+    # older keys); None: the current key alone.
+    log_keys: LogKeys | None = None
+
     @property
     def verifier(self) -> NoteVerifier:
         raise NotImplementedError
+
+    def open_stored(self, note: bytes) -> Checkpoint:
+        """A stored checkpoint, opened with the log key that signed it (NoteError if none)."""
+        if self.log_keys is not None:
+            return self.log_keys.open(note)
+        return open_checkpoint(note, self.verifier)
 
     def latest_checkpoint(self, connection: Connection) -> tuple[int, bytes, bytes]:
         """(size, root, signed note) of the newest checkpoint; size 0 if none yet."""
@@ -134,7 +145,7 @@ class LogIntegrity:
                     raise TamperedLogError(f"{sequenced} sequenced entries but no checkpoint")
                 return 0, merkle.EMPTY_ROOT
             try:
-                checkpoint = open_checkpoint(note, self.verifier)
+                checkpoint = self.open_stored(note)
             except ValueError as exc:
                 raise TamperedLogError(f"latest checkpoint does not verify: {exc}") from exc
             if (checkpoint.size, checkpoint.root_hash, checkpoint.origin) != (
@@ -282,7 +293,7 @@ class LogIntegrity:
                     f"but the stored history has {before}"
                 )
             try:
-                checkpoint = open_checkpoint(bytes(note), self.verifier)
+                checkpoint = self.open_stored(bytes(note))
             except ValueError as exc:
                 raise TamperedLogError(
                     f"checkpoint size {size} does not verify with the log key: {exc}"

@@ -52,11 +52,11 @@ from xhub.hub.core.db import (
 from xhub.protocol.envelope import MAX_PAYLOAD_TYPE_CHARS
 from xhub.protocol.log import merkle
 from xhub.protocol.log.evidence import REFUSED_ENVELOPE_PREFIX_BYTES
+from xhub.protocol.log.key_history import LogKeys
 from xhub.protocol.log.note import (
     Checkpoint,
     NoteSigner,
     NoteVerifier,
-    open_checkpoint,
     sign_checkpoint,
 )
 from xhub.protocol.signing import load_private_key
@@ -174,8 +174,10 @@ class AuditLog(LogIntegrity):
         subject_key: bytes,
         merge_delay: timedelta = timedelta(seconds=5),
         sequencer_id: str = "",
+        log_keys: LogKeys | None = None,
     ) -> None:
         self.engine = engine
+        self.log_keys = log_keys
         self.hub_id = hub_id
         self.origin = origin
         self.signer = signer
@@ -349,7 +351,7 @@ class AuditLog(LogIntegrity):
                 )
             return None
         try:
-            checkpoint = open_checkpoint(note, self.verifier)
+            checkpoint = self.open_stored(note)
         except ValueError as exc:
             raise TamperedLogError(
                 f"the last stored checkpoint does not verify ({exc}); the sequencer will not sign"

@@ -58,8 +58,18 @@ class DataDir:
         return self.root / "hub" / "signing.key"
 
     @property
+    def signing_handovers(self) -> Path:
+        """The hub signing key's hand-overs, oldest first (``xhub keys rotate-hub-signing``)."""
+        return self.root / "hub" / "signing-handovers.json"
+
+    @property
     def log_key(self) -> Path:
         return self.root / "hub" / "log.key"
+
+    @property
+    def log_handovers(self) -> Path:
+        """The log key's hand-over checkpoints, oldest first (``xhub keys rotate-log``)."""
+        return self.root / "hub" / "log-handovers.json"
 
     @property
     def subject_key(self) -> Path:
@@ -87,6 +97,9 @@ class HubConfig:
     server_name: str = "xhub-hub"
     database_url: str = ""
     clock_skew_seconds: int = 300
+    # After a member rotates its signing key, the old key still signs for this long (so
+    # requests already in flight are admitted); 0: it is retired at the rotation.
+    key_rotation_overlap_seconds: int = 0
     max_concurrent_rpcs: int = 512
     workers: int = 8
     shutdown_grace_seconds: float = 10.0

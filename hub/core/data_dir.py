@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from xhub.protocol.signing import write_secret
+
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 UMASK = 0o077
@@ -45,3 +47,14 @@ def private_files() -> Iterator[None]:
         yield
     finally:
         os.umask(previous)
+
+
+def replace_file(path: Path, data: bytes, *, secret: bool = False) -> None:
+    """Write ``path`` whole or not at all (a temporary beside it, then an atomic rename);
+    ``secret``: readable by the owner only."""
+    temporary = path.with_name(path.name + ".tmp")
+    if secret:
+        write_secret(temporary, data)
+    else:
+        temporary.write_bytes(data)
+    os.replace(temporary, path)

@@ -89,6 +89,10 @@ class MemberKeyRow(Base):
     # The member enrolment this key was registered under: a key whose enrolment is older
     # than the member's is retired (kept for the history, refused for new messages).
     enrolment: Mapped[int] = mapped_column(Integer, default=1)
+    # Validity window (密钥有效期): a message signed with this key must be issued inside
+    # [valid_from, valid_until); valid_until is NULL while the key is current.
+    valid_from: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    valid_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     member: Mapped[MemberRow] = relationship(back_populates="keys")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,13 +21,8 @@ from sqlalchemy import Connection, and_, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from xhub.hub.core.db import (
-    MemberCertificateRow,
-    MemberKeyRow,
-    MemberRoleRow,
-    MemberRow,
-    SeenMessageRow,
-)
+from xhub.hub.core.db import MemberCertificateRow, MemberRoleRow, MemberRow, SeenMessageRow
+from xhub.hub.core.keys import KEYS
 from xhub.protocol.envelope import Opened, check_size, open_envelope
 from xhub.protocol.errors import AuthenticationError, MalformedError, ReplayError, shown
 from xhub.protocol.pki import CertificateError, member_id_of, when
@@ -94,8 +88,6 @@ def peer_member_id(pem: bytes | None) -> str:
         return ""
 
 
-_KEY_ID = re.compile(r"[0-9a-f]{64}")
-
 # Built once: constructing a statement costs ten times more than running it on SQLite,
 # and these run on every call.
 _CERTIFICATE = and_(
@@ -118,17 +110,7 @@ _ACTIVE_MEMBER = (
     .outerjoin(MemberRoleRow, MemberRoleRow.member_id == MemberRow.member_id)
     .where(MemberRow.member_id == bindparam("member_id"))
 )
-_KEY = select(MemberKeyRow.member_id, MemberKeyRow.public_key_der, MemberKeyRow.enrolment).where(
-    MemberKeyRow.key_id == bindparam("key_id")
-)
 _REMEMBER = insert(SeenMessageRow)
-
-
-@dataclass(frozen=True)
-class BoundKey:
-    member_id: str
-    verifier: KeyVerifier
-    enrolment: int = 1  # keys of an earlier enrolment than the member's are retired
 
 
 class Gate:
@@ -144,8 +126,6 @@ class Gate:
         self.hub_id = hub_id
         self.clock_skew = clock_skew
         self._clock = clock
-        # Key ids are hashes of the key, so a binding never changes: safe to cache.
-        self._keys: dict[str, BoundKey] = {}
 
     def admit(
         self,
@@ -203,9 +183,10 @@ class Gate:
         #    that is neither revoked nor expired.
         caller = self._active_member(session.connection(), peer, now)
 
-        # 3–6. Shape, payload type, key, signature over the exact bytes; then parse.
+        # 3–6. Shape, payload type, key (the peer's, valid now: a rotated-out key signs
+        #      nothing new), signature over the exact bytes; then parse.
         def resolve(key_id: str) -> KeyVerifier:
-            bound = self._key(session, key_id)
+            bound = KEYS.lookup(session, key_id)
             if bound.member_id != peer.member_id:
                 raise AuthenticationError(
                     "message is signed by another member's key",
@@ -219,7 +200,7 @@ class Gate:
                     reason=R.ERROR_REASON_UNKNOWN_KEY,
                     metadata={"key_id": shown(key_id), "member_id": peer.member_id},
                 )
-            return bound.verifier
+            return bound.require_valid_at(now)
 
         opened = open_envelope(envelope, message_type, resolve)
         if on_verified is not None:
@@ -327,26 +308,6 @@ class Gate:
             )
         roles = frozenset(int(row[8]) for row in rows if row[8] is not None)
         return Caller(member_id=peer.member_id, name=name, roles=roles, enrolment=enrolment)
-
-    def _key(self, session: Session, key_id: str) -> BoundKey:
-        bound = self._keys.get(key_id)
-        if bound is None:
-            # A key id is 64 hex characters: anything else is unknown without asking the
-            # database (PostgreSQL text cannot even hold the NUL a forged id may carry).
-            row = (
-                session.connection().execute(_KEY, {"key_id": key_id}).first()
-                if _KEY_ID.fullmatch(key_id)
-                else None
-            )
-            if row is None:
-                raise AuthenticationError(
-                    f"unknown key {shown(key_id)!r}",
-                    reason=R.ERROR_REASON_UNKNOWN_KEY,
-                    metadata={"key_id": shown(key_id)},
-                )
-            bound = BoundKey(row.member_id, KeyVerifier.from_der(row.public_key_der), row.enrolment)
-            self._keys[key_id] = bound
-        return bound
 
     def _remember(
         self,

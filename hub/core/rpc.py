@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -166,6 +166,9 @@ class Unary(Generic[M]):
     payload: type[M]
     handler: Callable[[Call[M]], Message]
     role: registry_pb2.Role.ValueType | None = None
+    # Fields of the response message beside the signed envelope (e.g. GetHubKeys's
+    # hand-overs, which carry their own signatures).
+    beside: Callable[[], Mapping[str, Any]] | None = None
 
 
 class Service:
@@ -226,7 +229,8 @@ class Service:
                 require_role=declaration.role,
                 envelope_bytes=request.envelope_bytes,
             )
-            return response_class(envelope=envelope)
+            extra = declaration.beside() if declaration.beside is not None else {}
+            return response_class(envelope=envelope, **extra)
 
         handle.__name__ = method.name
         return handle

@@ -36,6 +36,7 @@ from xhub.hub.core.config import HubConfig
 from xhub.hub.core.db import make_engine, session_factory
 from xhub.hub.core.failures import log_internal_error
 from xhub.hub.core.gate import Admitted, Caller, Gate, peer_member_id
+from xhub.hub.core.log_keys import log_key_history
 from xhub.hub.core.refusals import SUMMARY_METHOD, RefusalBudget, Summary
 from xhub.protocol.envelope import new_header, seal
 from xhub.protocol.errors import PermissionDeniedError, RefusedError, clip
@@ -145,13 +146,15 @@ class HubRuntime:
             config.hub_id,
             clock_skew=timedelta(seconds=config.clock_skew_seconds),
         )
+        log_signer = load_log_signer(config.effective_log_origin, config.paths.log_key)
         self.audit = AuditLog(
             self.engine,
             hub_id=config.hub_id,
             origin=config.effective_log_origin,
-            signer=load_log_signer(config.effective_log_origin, config.paths.log_key),
+            signer=log_signer,
             subject_key=config.paths.subject_key.read_bytes(),
             merge_delay=timedelta(seconds=config.audit_merge_delay_seconds),
+            log_keys=log_key_history(config.paths.log_handovers, log_signer.verifier()),
         )
         self.notifier = Notifier()
         self.refusals = RefusalBudget(config.refusals_logged_per_minute)

@@ -27,7 +27,8 @@ from xhub.hub.binding.rules import (
     check_reviewed_references,
 )
 from xhub.hub.catalog import store as catalog
-from xhub.hub.core.db import MemberKeyRow, PreparedCaseRow
+from xhub.hub.core.db import PreparedCaseRow
+from xhub.hub.core.keys import KEYS
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
 from xhub.hub.materials import store as materials
@@ -270,12 +271,8 @@ def _issuer_signature_holds(call: Call[Any], row: CertificateRow) -> bool:
     envelope = envelope_pb2.Envelope.FromString(row.envelope)
 
     def issuer_key(key_id: str) -> KeyVerifier:
-        key = call.session.get(MemberKeyRow, key_id)
-        if key is None or key.member_id != row.issuer_member_id:
-            raise AuthenticationError(
-                "not a key of the issuer", reason=envelope_pb2.ERROR_REASON_UNKNOWN_KEY
-            )
-        return KeyVerifier.from_der(key.public_key_der)
+        # Any key the issuer held: a certificate signed before a rotation stays valid.
+        return KEYS.member_key(call.session, key_id, owner=row.issuer_member_id, at=None)
 
     try:
         open_signed(envelope, certificate_pb2.ElectronicCertificate, issuer_key)

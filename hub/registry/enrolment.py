@@ -137,8 +137,13 @@ def enrol_member(
     row.enrolment = enrolment
     _set_current(row, cert)
     row.roles = [MemberRoleRow(role=int(r)) for r in spec.roles]
-    # Keys of earlier enrolments stay (history) with their older enrolment number: retired.
-    row.keys = [*(row.keys if existing else []), _signing_key_row(verified, enrolment, now)]
+    # Keys of earlier enrolments stay (history) with their older enrolment number and a
+    # window closed now: retired for new messages, still verifying what they signed before.
+    earlier = list(row.keys) if existing else []
+    for key in earlier:
+        if key.valid_until is None or key.valid_until > now:
+            key.valid_until = now
+    row.keys = [*earlier, _signing_key_row(verified, enrolment, now)]
     if existing is None:
         session.add(row)
     session.flush()
@@ -171,7 +176,11 @@ def renew_member(
             "but re-enrolled: `xhub member add --csr FILE --re-enrol ...`",
             "member_id",
         )
-    current = {k.key_id for k in row.keys if k.enrolment == row.enrolment}
+    current = {
+        k.key_id
+        for k in row.keys
+        if k.enrolment == row.enrolment and (k.valid_until is None or k.valid_until > now)
+    }
     if verified.signing_key.key_id not in current:
         raise _refuse(
             "the request's signing key is not a current signing key of "
@@ -233,5 +242,6 @@ def _signing_key_row(verified: VerifiedRequest, enrolment: int, now: datetime) -
         algorithm=int(key.algorithm),
         public_key_der=public_key_der(key.public_key),
         created_at=now,
+        valid_from=now,
         enrolment=enrolment,
     )

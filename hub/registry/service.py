@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from xhub.hub.core.db import MemberKeyRow
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
+from xhub.hub.registry import hub_keys
+from xhub.hub.registry import keys as rotation
 from xhub.hub.registry import store as registry
 from xhub.protocol.errors import MalformedError, shown
 from xhub.v1 import registry_pb2
@@ -23,7 +27,49 @@ class RegistryService(Service):
         return [
             Unary("GetMember", registry_pb2.MemberLookup, _get_member),
             Unary("ListMembers", registry_pb2.MemberListQuery, _list_members),
+            Unary("RotateSigningKey", registry_pb2.SigningKeyRotation, self._rotate),
+            Unary(
+                "GetHubKeys",
+                registry_pb2.HubKeysQuery,
+                lambda call: hub_keys.hub_keys(call.session, self.runtime.config.hub_id),
+                beside=self._handovers,
+            ),
         ]
+
+    def _handovers(self) -> dict[str, object]:
+        """The hand-overs travel beside the signed answer (each signed by its predecessor)."""
+        path = self.runtime.config.paths.signing_handovers
+        return {"handovers": hub_keys.read_handovers(path)}
+
+    def _rotate(
+        self, call: Call[registry_pb2.SigningKeyRotation]
+    ) -> registry_pb2.SigningKeyRotationResult:
+        """Read the member's keys once, decide, write; answer with the member as it is now."""
+        member_id = call.caller.member_id
+        new_key_id = call.message.new_key.key_id
+        call.audit.subject = new_key_id[:64]
+        keys = rotation.member_keys(call.session, member_id)
+        taken = registry.KEY_ID_RE.fullmatch(new_key_id) is not None and (
+            call.session.get(MemberKeyRow, new_key_id) is not None
+        )
+        verifier = rotation.check_rotation(
+            call.message,
+            member_id=member_id,
+            signed_with=call.admitted.opened.key_id,
+            keys=keys,
+            taken=taken,
+        )
+        rotation.apply_rotation(
+            call.session,
+            member_id,
+            verifier,
+            keys,
+            now=datetime.now(UTC),
+            overlap=timedelta(seconds=self.runtime.config.key_rotation_overlap_seconds),
+        )
+        return registry_pb2.SigningKeyRotationResult(
+            member=registry.member_proto(call.session, member_id)
+        )
 
 
 def _get_member(call: Call[registry_pb2.MemberLookup]) -> registry_pb2.MemberLookupResult:

@@ -45,6 +45,7 @@ ROLE_NAMES: dict[str, registry_pb2.Role.ValueType] = {
 ACTIVE = registry_pb2.MEMBER_STATUS_ACTIVE
 REVOKED = registry_pb2.MEMBER_STATUS_REVOKED
 SUBSYSTEM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+KEY_ID_RE = re.compile(r"[0-9a-f]{64}")
 MEMBER_ID_RE = re.compile(r"^CN\.\d{6}\.[0-9A-Z]{18}(\.[a-z0-9][a-z0-9-]{0,31})?\Z")
 
 
@@ -163,6 +164,7 @@ def _key_row(public_key: PublicKey, now: datetime) -> MemberKeyRow:
         algorithm=int(algorithm_of(public_key)),
         public_key_der=public_key_der(public_key),
         created_at=now,
+        valid_from=now,
     )
 
 
@@ -226,8 +228,26 @@ def revoke_member(
     return row
 
 
+KeyFields = tuple[str, int, bytes, datetime | None, datetime | None]
+
+
+def _public_key(
+    key_id: str, algorithm: int, der: bytes, since: datetime | None, until: datetime | None
+) -> registry_pb2.PublicKey:
+    key = registry_pb2.PublicKey(
+        key_id=key_id,
+        algorithm=algorithm,  # type: ignore[arg-type]
+        public_key_der=der,
+    )
+    if since is not None:
+        key.valid_from.FromDatetime(since)
+    if until is not None:
+        key.valid_until.FromDatetime(until)
+    return key
+
+
 def _member_message(
-    row: Any, roles: Iterable[int], keys: Iterable[tuple[str, int, bytes]]
+    row: Any, roles: Iterable[int], keys: Iterable[KeyFields]
 ) -> registry_pb2.Member:
     """The one place a member becomes its proto, from an ORM row or a Core row alike."""
     return registry_pb2.Member(
@@ -240,14 +260,7 @@ def _member_message(
         subsystem=row.subsystem,
         status=row.status,
         certificate_der=row.certificate_der,
-        signing_keys=[
-            registry_pb2.PublicKey(
-                key_id=key_id,
-                algorithm=algorithm,  # type: ignore[arg-type]
-                public_key_der=der,
-            )
-            for key_id, algorithm, der in keys
-        ],
+        signing_keys=[_public_key(*key) for key in keys],
     )
 
 
@@ -255,13 +268,11 @@ def member_to_proto(row: MemberRow) -> registry_pb2.Member:
     return _member_message(
         row,
         (r.role for r in row.roles),
-        ((k.key_id, k.algorithm, k.public_key_der) for k in row.keys if _current(k, row)),
+        (
+            (k.key_id, k.algorithm, k.public_key_der, k.valid_from, k.valid_until)
+            for k in sorted(row.keys, key=lambda k: (k.valid_from, k.key_id))
+        ),
     )
-
-
-def _current(key: MemberKeyRow, row: MemberRow) -> bool:
-    """Keys of an earlier enrolment (before a re-enrolment) are retired: kept, not published."""
-    return key.enrolment == row.enrolment
 
 
 _members = table_of(MemberRow)
@@ -271,12 +282,15 @@ _MEMBER = select(_members).where(
 )
 _ROLES = select(MemberRoleRow.role).where(MemberRoleRow.member_id == bindparam("member_id"))
 _KEYS = (
-    select(MemberKeyRow.key_id, MemberKeyRow.algorithm, MemberKeyRow.public_key_der)
-    .join(MemberRow, MemberRow.member_id == MemberKeyRow.member_id)
-    .where(
-        MemberKeyRow.member_id == bindparam("member_id"),
-        MemberKeyRow.enrolment == MemberRow.enrolment,  # retired keys are not published
+    select(
+        MemberKeyRow.key_id,
+        MemberKeyRow.algorithm,
+        MemberKeyRow.public_key_der,
+        MemberKeyRow.valid_from,
+        MemberKeyRow.valid_until,
     )
+    .where(MemberKeyRow.member_id == bindparam("member_id"))
+    .order_by(MemberKeyRow.valid_from, MemberKeyRow.key_id)
 )
 
 
@@ -291,8 +305,14 @@ def member_proto(session: Session, member_id: str) -> registry_pb2.Member:
         )
     roles = connection.execute(_ROLES, found).scalars()
     keys = connection.execute(_KEYS, found).all()
-    return _member_message(row, roles, keys)
+    return _member_message(row, roles, [tuple(k) for k in keys])  # type: ignore[misc]
 
 
 def has_role(row: MemberRow, role: registry_pb2.Role.ValueType) -> bool:
     return any(r.role == role for r in row.roles)
+
+
+def member_keys_proto(session: Session, member_id: str) -> list[registry_pb2.PublicKey]:
+    """Every signing key of ``member_id`` with its window, oldest first."""
+    rows = session.connection().execute(_KEYS, {"member_id": member_id}).all()
+    return [_public_key(*row) for row in rows]

@@ -15,15 +15,17 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
 from xhub.protocol.envelope import pae
+from xhub.protocol.key_rotation import KeyWindow, outside_window
 from xhub.protocol.log import merkle
-from xhub.protocol.log.note import Checkpoint, NoteError, NoteVerifier, open_checkpoint
+from xhub.protocol.log.key_history import LogKeys
+from xhub.protocol.log.note import Checkpoint, NoteError, NoteVerifier
 from xhub.protocol.pki import CertificateError, load_certificate, verify_member_certificate
 from xhub.protocol.signing import KeyVerifier, SignatureMismatch
 from xhub.v1 import audit_pb2, envelope_pb2
@@ -56,6 +58,22 @@ def _unb64(text: str) -> bytes:
 class MemberKeys:
     certificate_der: bytes
     signing_keys: dict[str, bytes] = field(default_factory=dict)  # key id → SPKI DER
+    # key id → when it could sign (a key with no window: any time, as bundles before
+    # key rotation were written)
+    windows: dict[str, KeyWindow] = field(default_factory=dict)
+
+
+def _window_json(window: KeyWindow) -> list[str | None]:
+    return [window.since.isoformat(), window.until.isoformat() if window.until else None]
+
+
+def _window_of(value: list[str | None]) -> KeyWindow:
+    since, until = value
+    if since is None:
+        raise ValueError("a key window needs its start")
+    return KeyWindow(
+        datetime.fromisoformat(since), datetime.fromisoformat(until) if until else None
+    )
 
 
 @dataclass
@@ -67,6 +85,9 @@ class EvidenceBundle:
     members: dict[str, MemberKeys]
     older_checkpoint_note: bytes = b""
     consistency_proof: list[bytes] = field(default_factory=list)
+    # The log key's hand-over checkpoints, oldest first: they lead from the key the auditor
+    # trusts to the key that signed the checkpoints (``protocol.log.key_history``).
+    log_key_handovers: list[bytes] = field(default_factory=list)
 
     def to_json(self) -> str:
         document: dict[str, Any] = {
@@ -78,6 +99,7 @@ class EvidenceBundle:
                 member_id: {
                     "certificate": _b64(keys.certificate_der),
                     "signing_keys": {k: _b64(v) for k, v in keys.signing_keys.items()},
+                    "key_windows": {k: _window_json(w) for k, w in keys.windows.items()},
                 }
                 for member_id, keys in sorted(self.members.items())
             },
@@ -91,6 +113,8 @@ class EvidenceBundle:
                 for index, entry, envelope, proof in self.entries
             ],
         }
+        if self.log_key_handovers:
+            document["log_key_handovers"] = [n.decode("utf-8") for n in self.log_key_handovers]
         if self.older_checkpoint_note:
             document["older_checkpoint"] = {
                 "checkpoint": self.older_checkpoint_note.decode("utf-8"),
@@ -113,6 +137,7 @@ class EvidenceBundle:
                     member_id: MemberKeys(
                         _unb64(value["certificate"]),
                         {k: _unb64(v) for k, v in value.get("signing_keys", {}).items()},
+                        {k: _window_of(w) for k, w in value.get("key_windows", {}).items()},
                     )
                     for member_id, value in document["members"].items()
                 },
@@ -127,6 +152,9 @@ class EvidenceBundle:
                 ],
                 older_checkpoint_note=older.get("checkpoint", "").encode("utf-8"),
                 consistency_proof=[_unb64(h) for h in older.get("consistency_proof", [])],
+                log_key_handovers=[
+                    n.encode("utf-8") for n in document.get("log_key_handovers", [])
+                ],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleInvalid(f"malformed bundle: {exc}") from exc
@@ -150,9 +178,11 @@ def verify_bundle(
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Check a bundle offline; raise BundleInvalid naming the first failure."""
-    # 1. The checkpoint must be signed by the log key given by the auditor.
+    # 1. The checkpoint must be signed by the log key given by the auditor, or by a key
+    #    its hand-overs lead to (a rotated log key).
     try:
-        checkpoint = open_checkpoint(bundle.checkpoint_note, log_key)
+        log_keys = LogKeys.following(log_key, bundle.log_key_handovers)
+        checkpoint = log_keys.open(bundle.checkpoint_note)
     except NoteError as exc:
         raise BundleInvalid(
             f"checkpoint signature does not verify with the log key: {exc}"
@@ -162,7 +192,7 @@ def verify_bundle(
     # 2. An older checkpoint, if present, must be a prefix of this one.
     if bundle.older_checkpoint_note:
         try:
-            older = open_checkpoint(bundle.older_checkpoint_note, log_key)
+            older = log_keys.open(bundle.older_checkpoint_note)
             merkle.verify_consistency(
                 older.size,
                 checkpoint.size,
@@ -249,10 +279,12 @@ def _check_envelope(
         raise BundleInvalid(f"{label}: envelope does not match the logged digest", entry=index)
     envelope = envelope_pb2.Envelope()
     envelope.ParseFromString(envelope_bytes)
-    valid = _sender_signature_valid(envelope, entry, bundle, certificates)
+    problem = _sender_signature_problem(envelope, entry, bundle, certificates)
+    valid = not problem
     if entry.decision == audit_pb2.AUDIT_DECISION_ALLOWED and not valid:
         raise BundleInvalid(
-            f"{label}: logged as allowed but the envelope is not validly signed by the sender",
+            f"{label}: logged as allowed but the envelope is not validly signed by the "
+            f"sender: {problem}",
             entry=index,
         )
     if not valid and entry.reason not in SIGNATURE_REFUSALS:
@@ -263,29 +295,42 @@ def _check_envelope(
     return 0 if valid else 1
 
 
-def _sender_signature_valid(
+def _sender_signature_problem(
     envelope: envelope_pb2.Envelope,
     entry: audit_pb2.AuditEntry,
     bundle: EvidenceBundle,
     certificates: dict[str, x509.Certificate],
-) -> bool:
-    if not envelope.signatures or entry.sender not in bundle.members:
-        return False
+) -> str:
+    """ "" if the envelope is signed by the sender with a key valid when the hub logged it;
+    else what is wrong. A listed key is checked inside its window at the entry's time (the
+    hub admits only a key valid then); the certificate's key counts only if not listed."""
+    if not envelope.signatures:
+        return "it carries no signature"
+    if entry.sender not in bundle.members:
+        return f"the bundle carries no keys of {entry.sender or 'an unknown sender'}"
     signature = envelope.signatures[0]
-    keys = dict(bundle.members[entry.sender].signing_keys)
-    cert_key = certificates[entry.sender].public_key()
-    verifiers: list[KeyVerifier] = []
-    with contextlib.suppress(ValueError):
-        verifiers.append(KeyVerifier(cert_key))  # type: ignore[arg-type]
-    verifiers += [KeyVerifier.from_der(der) for der in keys.values()]
-    for verifier in verifiers:
-        if verifier.key_id == signature.key_id:
-            try:
-                verifier.verify(signature.sig, pae(envelope.payload_type, envelope.payload))
-            except SignatureMismatch:
-                return False
-            return True
-    return False
+    member = bundle.members[entry.sender]
+    verifier: KeyVerifier | None = None
+    if signature.key_id in member.signing_keys:
+        window = member.windows.get(signature.key_id)
+        if window is not None:
+            problem = outside_window(
+                entry.sender, signature.key_id, window, entry.time.ToDatetime(tzinfo=UTC)
+            )
+            if problem:
+                return problem
+        verifier = KeyVerifier.from_der(member.signing_keys[signature.key_id])
+    else:
+        with contextlib.suppress(ValueError):
+            cert_key = KeyVerifier(certificates[entry.sender].public_key())  # type: ignore[arg-type]
+            verifier = cert_key if cert_key.key_id == signature.key_id else None
+    if verifier is None:
+        return f"key {signature.key_id[:16]!r} is no key of {entry.sender}"
+    try:
+        verifier.verify(signature.sig, pae(envelope.payload_type, envelope.payload))
+    except SignatureMismatch:
+        return f"the signature by key {signature.key_id[:16]}… does not verify"
+    return ""
 
 
 def entry_time(entry_bytes: bytes) -> str:

@@ -7,11 +7,14 @@ member trusts (the log key pinned in its bundle, an earlier checkpoint). A faile
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass
 
 from xhub.protocol.errors import BadResponseError
+from xhub.protocol.log.key_history import LogKeys
 from xhub.protocol.log.merkle import ProofError, verify_consistency, verify_inclusion
-from xhub.protocol.log.note import Checkpoint, NoteError, NoteVerifier, open_checkpoint
+from xhub.protocol.log.note import Checkpoint, NoteError, NoteVerifier
 from xhub.v1 import audit_pb2, envelope_pb2
 
 
@@ -26,6 +29,8 @@ class VerifiedCheckpoint:
     checkpoint: Checkpoint
     note: bytes
     receipt: envelope_pb2.AuditReceipt | None = None
+    # The log key's hand-overs the answer carried (oldest first), for evidence bundles.
+    log_key_handovers: tuple[bytes, ...] = ()
 
     @property
     def size(self) -> int:
@@ -42,14 +47,28 @@ def verify_checkpoint(
     """The checkpoint of a GetCheckpoint answer, its note signed by the log key.
 
     The pinned key wins; an old bundle without one falls back to the key in the hub-signed
-    answer.
+    answer. After a log key rotation the answer's hand-overs lead from the pinned key to the
+    current one (``protocol.log.key_history``); a checkpoint signed by a key no hand-over
+    reaches, or by a handed-over key for a larger tree than its hand-over, is refused.
     """
-    verifier = NoteVerifier.from_vkey(pinned_log_key or answer.log_key)
     try:
-        checkpoint = open_checkpoint(answer.checkpoint_note, verifier)
+        keys = log_keys(answer, pinned_log_key)
+        checkpoint = keys.open(answer.checkpoint_note)
     except NoteError as exc:
         raise BadResponseError(f"checkpoint does not verify with the log key: {exc}") from exc
-    return VerifiedCheckpoint(checkpoint, bytes(answer.checkpoint_note), answer.header.receipt)
+    return VerifiedCheckpoint(
+        checkpoint,
+        bytes(answer.checkpoint_note),
+        answer.header.receipt,
+        tuple(bytes(note) for note in answer.log_key_handovers),
+    )
+
+
+def log_keys(answer: audit_pb2.CheckpointResult, pinned_log_key: str) -> LogKeys:
+    """The log keys reached from the pinned one through the answer's hand-overs.
+    Raises: NoteError (a hand-over that does not verify)."""
+    pinned = NoteVerifier.from_vkey(pinned_log_key or answer.log_key)
+    return LogKeys.following(pinned, list(answer.log_key_handovers))
 
 
 def verify_inclusion_proof(
@@ -129,16 +148,45 @@ class LogState:
             self.latest = new
 
     def note(self) -> bytes:
-        """What to persist: the latest checkpoint's signed note (b"" if none yet)."""
+        """The latest checkpoint's signed note (b"" if none yet)."""
         return self.latest.note if self.latest is not None else b""
 
+    def saved(self) -> bytes:
+        """What to persist: the latest checkpoint's signed note and the log key's hand-overs
+        that lead to the key that signed it, as JSON (b"" if nothing verified yet)."""
+        if self.latest is None:
+            return b""
+        record = {
+            "checkpoint": base64.b64encode(self.latest.note).decode(),
+            "log_key_handovers": [
+                base64.b64encode(n).decode() for n in self.latest.log_key_handovers
+            ],
+        }
+        return json.dumps(record, indent=1).encode() + b"\n"
+
     @classmethod
-    def from_note(cls, note: bytes, log_key: str) -> LogState:
-        """The state a persisted note gives back, its signature checked with ``log_key``."""
+    def from_saved(cls, data: bytes, log_key: str) -> LogState:
+        """The state ``saved`` (or a bare note) gives back, checked from the pinned
+        ``log_key`` through the saved hand-overs. Raises: BadResponseError."""
+        if not data.lstrip().startswith(b"{"):
+            return cls.from_note(data, log_key)
+        try:
+            record = json.loads(data)
+            note = base64.b64decode(record["checkpoint"], validate=True)
+            handovers = [base64.b64decode(n, validate=True) for n in record["log_key_handovers"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadResponseError(f"saved log state is not readable: {exc}") from exc
+        return cls.from_note(note, log_key, handovers)
+
+    @classmethod
+    def from_note(cls, note: bytes, log_key: str, handovers: list[bytes] | None = None) -> LogState:
+        """The state a persisted note gives back, its signature checked with ``log_key`` or
+        a key the ``handovers`` lead to from it."""
         if not note:
             return cls()
         try:
-            checkpoint = open_checkpoint(note, NoteVerifier.from_vkey(log_key))
+            keys = LogKeys.following(NoteVerifier.from_vkey(log_key), handovers or [])
+            checkpoint = keys.open(note)
         except NoteError as exc:
             raise BadResponseError(f"saved checkpoint does not verify: {exc}") from exc
-        return cls(VerifiedCheckpoint(checkpoint, note))
+        return cls(VerifiedCheckpoint(checkpoint, note, None, tuple(handovers or [])))

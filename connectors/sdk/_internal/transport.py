@@ -18,10 +18,11 @@ import grpc
 from google.protobuf.message import Message
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from xhub.connectors.sdk._internal.verify import open_answer
+from xhub.connectors.sdk._internal.verify import UnknownHubKey, open_answer
 from xhub.protocol.bundle import MemberBundle
 from xhub.protocol.envelope import new_header, seal
-from xhub.protocol.errors import XhubError, typed_error
+from xhub.protocol.errors import BadResponseError, XhubError, typed_error
+from xhub.protocol.key_rotation import HandoverError, HubKey, follow_handovers
 from xhub.v1 import (
     audit_pb2_grpc,
     case_pb2,
@@ -30,6 +31,7 @@ from xhub.v1 import (
     envelope_pb2,
     intake_pb2_grpc,
     material_pb2_grpc,
+    registry_pb2,
     registry_pb2_grpc,
 )
 
@@ -108,6 +110,9 @@ class Transport:
         self.intake = intake_pb2_grpc.IntakeServiceStub(channel)
         self.materials = material_pb2_grpc.MaterialServiceStub(channel)
         self.cases = case_pb2_grpc.CaseServiceStub(channel)
+        # Hub keys learnt through the hub's signed hand-overs (empty: the pinned key only).
+        self.hub_keys: dict[str, HubKey] = {}
+        self._asked_hub_keys: set[str] = set()
         self._retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(retry.attempts),
@@ -118,17 +123,85 @@ class Transport:
             sleep=sleep or time.sleep,
         )
 
-    def seal(self, payload: M, *, case_id: str = "", purpose: str = "") -> envelope_pb2.Envelope:
-        """Stamp a fresh header on ``payload`` and sign it with this member's key."""
+    def seal(
+        self,
+        payload: M,
+        *,
+        case_id: str = "",
+        purpose: str = "",
+        complete: Callable[[Any], None] | None = None,
+    ) -> envelope_pb2.Envelope:
+        """Stamp a fresh header on ``payload`` and sign it with this member's key;
+        ``complete`` fills what depends on the header (e.g. a proof over its message id)."""
         getattr(payload, "header").CopyFrom(  # noqa: B009
             new_header(self.bundle.member_id, self.bundle.hub_id, case_id=case_id, purpose=purpose)
         )
+        if complete is not None:
+            complete(payload)
         return seal(payload, self.bundle.signer)
 
     def open_response(
         self, envelope: envelope_pb2.Envelope, response_type: type[M], request_id: str
     ) -> M:
-        """The hub's answer to ``request_id``, verified (raises BadResponseError)."""
+        """The hub's answer to ``request_id``, verified (raises BadResponseError). An answer
+        signed by a hub key not learnt yet makes the client fetch the hub's key history
+        once per unknown key id, check it from the pinned key, and try again."""
+        try:
+            return self._open(envelope, response_type, request_id, self.hub_keys)
+        except UnknownHubKey as exc:
+            if exc.key_id in self._asked_hub_keys:
+                raise
+            self._asked_hub_keys.add(exc.key_id)
+            self.learn_hub_keys()
+            try:
+                return self._open(envelope, response_type, request_id, self.hub_keys)
+            except UnknownHubKey as again:
+                raise self._unreached(again) from again
+
+    def learn_hub_keys(self) -> dict[str, HubKey]:
+        """Fetch the hub's key hand-overs, follow them from the key pinned in the bundle and
+        keep the keys reached (raises BadResponseError if the chain or the answer fails)."""
+        payload = registry_pb2.HubKeysQuery()
+        envelope = self.seal(payload)
+        request_id = payload.header.message_id
+        try:
+            response = self.registry.GetHubKeys(
+                registry_pb2.GetHubKeysRequest(envelope=envelope), timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise typed_error(exc) from exc
+        try:
+            chain = follow_handovers(
+                self.bundle.hub_verifier,
+                list(response.handovers),
+                hub_id=self.bundle.hub_id,
+                ca_cert=self.bundle.ca_cert,
+            )
+        except HandoverError as exc:
+            raise BadResponseError(
+                f"the hub's key history does not follow from the key in our bundle: {exc}"
+            ) from exc
+        try:
+            self._open(response.envelope, registry_pb2.HubKeysResult, request_id, chain)
+        except UnknownHubKey as exc:
+            raise self._unreached(exc) from exc
+        self.hub_keys = chain
+        return chain
+
+    def _unreached(self, exc: UnknownHubKey) -> BadResponseError:
+        return BadResponseError(
+            f"response refused: signed by key {exc.key_id[:16]!r}, which the hub's signed "
+            "hand-overs do not reach from the hub key in our bundle "
+            f"({self.bundle.hub_verifier.key_id[:16]}…)"
+        )
+
+    def _open(
+        self,
+        envelope: envelope_pb2.Envelope,
+        response_type: type[M],
+        request_id: str,
+        hub_keys: dict[str, HubKey],
+    ) -> M:
         return open_answer(
             envelope,
             response_type,
@@ -138,6 +211,7 @@ class Transport:
             request_id=request_id,
             now=datetime.now(UTC),
             clock_skew=self.clock_skew,
+            hub_keys=hub_keys,
         )
 
     def call(
@@ -150,12 +224,13 @@ class Transport:
         idempotent: bool,
         case_id: str = "",
         purpose: str = "",
+        complete: Callable[[Any], None] | None = None,
     ) -> M:
         """Sign, send with a deadline, verify the answer; retry idempotent calls only."""
 
         def attempt() -> M:
             # A retry is a new message: fresh id and nonce, so the hub's replay check holds.
-            envelope = self.seal(payload, case_id=case_id, purpose=purpose)
+            envelope = self.seal(payload, case_id=case_id, purpose=purpose, complete=complete)
             request_id = getattr(payload, "header").message_id  # noqa: B009
             try:
                 response = rpc(request_type(envelope=envelope), timeout=self.timeout)

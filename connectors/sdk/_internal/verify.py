@@ -10,6 +10,7 @@ answer, never retried.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -22,13 +23,23 @@ from xhub.certificates_store.model import (
     validate_certificate,
     validate_holder,
 )
-from xhub.protocol.envelope import open_envelope
+from xhub.protocol.envelope import Opened, open_envelope
 from xhub.protocol.errors import AuthenticationError, BadResponseError, MalformedError
+from xhub.protocol.key_rotation import EVER, HubKey, KeyWindow, outside_window
 from xhub.protocol.pki import CertificateError, load_certificate, verify_member_certificate
 from xhub.protocol.signing import KeyVerifier, Verifier
 from xhub.v1 import case_pb2, certificate_pb2, envelope_pb2, intake_pb2, material_pb2, registry_pb2
 
 M = TypeVar("M", bound=Message)
+
+
+class UnknownHubKey(BadResponseError):
+    """An answer is signed by a hub key this client has not learnt (yet): the transport
+    fetches the hub's key history once and tries again."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"response refused: answer signed by key {key_id[:64]!r}, not the hub's")
+        self.key_id = key_id
 
 
 def open_answer(
@@ -41,24 +52,25 @@ def open_answer(
     request_id: str,
     now: datetime,
     clock_skew: timedelta,
+    hub_keys: Mapping[str, HubKey] | None = None,
 ) -> M:
     """The hub's answer to ``request_id``, or BadResponseError.
 
     1. The kernel's opener: shape, payload type, the hub's signature over the exact bytes
-       (a key other than the hub's is UNKNOWN_KEY), and only then the parse.
+       (a key that is neither the pinned ``hub_verifier`` nor one of ``hub_keys``, learnt
+       through the hub's signed hand-overs, is ``UnknownHubKey``), and only then the parse.
     2. It comes from the hub and is addressed to this member.
     3. It answers this very request.
-    4. It was issued inside the clock window.
+    4. It was issued inside the clock window, and inside the window of the hub key that
+       signed it (a handed-over key signs nothing after its hand-over).
     """
+    keys = dict(hub_keys or {})
+    keys.setdefault(hub_verifier.key_id, HubKey(hub_verifier, KeyWindow(EVER)))  # type: ignore[arg-type]
 
     def hub_key(key_id: str) -> Verifier:
-        if key_id != hub_verifier.key_id:
-            raise AuthenticationError(
-                f"answer signed by key {key_id[:64]!r}, not the hub's",
-                reason=envelope_pb2.ERROR_REASON_UNKNOWN_KEY,
-                metadata={"key_id": key_id[:64]},
-            )
-        return hub_verifier
+        if key_id not in keys:
+            raise UnknownHubKey(key_id)
+        return keys[key_id].verifier
 
     # 1. verify, then parse
     try:
@@ -66,6 +78,15 @@ def open_answer(
     except (MalformedError, AuthenticationError) as exc:
         raise BadResponseError(f"response refused: {exc.message}") from exc
     header = opened.header
+    problem = outside_window(
+        "the hub",
+        opened.key_id,
+        keys[opened.key_id].window,
+        header.issued_at.ToDatetime(tzinfo=UTC),
+        clock_skew,
+    )
+    if problem:
+        raise BadResponseError(f"response refused: {problem}")
     # 2. from the hub, for us
     if header.sender != hub_id or header.recipient != member_id:
         raise BadResponseError(
@@ -102,8 +123,12 @@ class TrustedMembers:
     fetches a member once, ``add`` checks it, and later checks need no network.
     """
 
-    def __init__(self, ca_cert: x509.Certificate) -> None:
+    def __init__(
+        self, ca_cert: x509.Certificate, *, clock_skew: timedelta = timedelta(minutes=5)
+    ) -> None:
         self._ca_cert = ca_cert
+        # A message's issued_at is the signer's clock, a key's window the hub's.
+        self._slack = clock_skew
         self._members: dict[str, registry_pb2.Member] = {}
         self._verifiers: dict[bytes, KeyVerifier] = {}
 
@@ -121,16 +146,40 @@ class TrustedMembers:
         except KeyError:
             raise BadResponseError(f"{member_id[:128]!r} is not a member checked here") from None
 
-    def verifier(self, member_id: str, key_id: str) -> KeyVerifier:
-        """The registered signing key ``key_id`` of ``member_id`` (BadResponseError if none)."""
+    def verifier(self, member_id: str, key_id: str, at: datetime | None = None) -> KeyVerifier:
+        """The registered signing key ``key_id`` of ``member_id``, valid at ``at`` (the signed
+        message's issued_at; None: any time the key was registered). BadResponseError if it
+        is no key of the member, or ``at`` is outside the key's window widened by the clock
+        skew (naming both)."""
         for key in self.member(member_id).signing_keys:
             if key.key_id == key_id:
+                if at is not None:
+                    window = KeyWindow.of(key)
+                    problem = outside_window(member_id, key_id, window, at, self._slack)
+                    if problem:
+                        raise BadResponseError(problem)
                 verifier = self._verifiers.get(key.public_key_der)
                 if verifier is None:
                     verifier = KeyVerifier.from_der(key.public_key_der)
                     self._verifiers[key.public_key_der] = verifier
                 return verifier
         raise BadResponseError(f"{key_id[:64]!r} is not a registered key of {member_id}")
+
+    def open_from(
+        self, member_id: str, envelope: envelope_pb2.Envelope, message_type: type[M]
+    ) -> Opened[M]:
+        """A message ``member_id`` signed, opened by the kernel's opener with that member's
+        registered keys, then checked to be signed with the key valid at its issued_at (so
+        what was signed before a rotation verifies, and a retired key signs nothing later).
+
+        Raises: BadResponseError naming what disagreed.
+        """
+        try:
+            opened = open_envelope(envelope, message_type, lambda k: self.verifier(member_id, k))
+        except (MalformedError, AuthenticationError) as exc:
+            raise BadResponseError(f"the message of {member_id} is invalid: {exc}") from exc
+        self.verifier(member_id, opened.key_id, opened.header.issued_at.ToDatetime(tzinfo=UTC))
+        return opened
 
 
 def _short(value: str) -> str:
@@ -169,6 +218,11 @@ def open_member_message(
     except (MalformedError, AuthenticationError) as exc:
         raise BadResponseError(f"{what}: the signed message is invalid: {exc}") from exc
     header = opened.header
+    # The key must have been valid when the message was signed (rotated keys: 密钥轮换).
+    try:
+        members.verifier(signer, opened.key_id, header.issued_at.ToDatetime(tzinfo=UTC))
+    except BadResponseError as exc:
+        raise BadResponseError(f"{what}: {exc.message}") from exc
     if header.sender != signer or header.recipient != hub_id:
         raise BadResponseError(
             f"{what}: the signed message was sent by {header.sender!r} to "
@@ -275,7 +329,8 @@ def verify_dispatched_case(
     the platform signed, so not even the hub can alter an application unnoticed.
 
     1. The submission and every resubmission verify against the platform's own
-       registered key and were addressed by that platform to this hub.
+       registered key valid when each was issued, and were addressed by that platform to
+       this hub.
     2. Each resubmission names this case.
     3. The case is the one the platform signed: its prepared case (= the header's case
        id), applicant code (and a code type that fits it), item code.

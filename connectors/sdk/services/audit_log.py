@@ -36,15 +36,15 @@ class AuditLogCalls(Calls):
         return self._log_state
 
     def use_log_state_file(self, path: Path) -> None:
-        """Keep the last verified checkpoint in ``path`` (a small file holding its signed
-        note), so a restarted connector goes on checking consistency from where it was.
-        A saved checkpoint larger than the one in hand replaces it.
+        """Keep the last verified checkpoint in ``path`` (a small JSON file holding its signed
+        note and the log key's hand-overs), so a restarted connector goes on checking
+        consistency from where it was. A saved checkpoint larger than the one in hand replaces it.
 
         Raises: BadResponseError (the saved note does not verify with the bundle's log
         key), OSError.
         """
         saved = path.read_bytes() if path.exists() else b""
-        loaded = LogState.from_note(saved, self.bundle.log_key)
+        loaded = LogState.from_saved(saved, self.bundle.log_key)
         if loaded.latest is not None:
             self.see_checkpoint(loaded.latest)
         self._log_state_path = path
@@ -68,7 +68,7 @@ class AuditLogCalls(Calls):
         if self._log_state_path is None or self._log_state.latest is None:
             return
         partial = self._log_state_path.with_name(self._log_state_path.name + ".part")
-        partial.write_bytes(self._log_state.note())
+        partial.write_bytes(self._log_state.saved())
         os.replace(partial, self._log_state_path)
 
     def checkpoint(self) -> VerifiedCheckpoint:

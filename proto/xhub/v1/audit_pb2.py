@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from xhub.v1 import envelope_pb2 as xhub_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xhub/v1/audit.proto\x12\x07xhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16xhub/v1/envelope.proto\";\n\x14GetCheckpointRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"<\n\x15GetCheckpointResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"?\n\x18GetInclusionProofRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"@\n\x19GetInclusionProofResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"A\n\x1aGetConsistencyProofRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"B\n\x1bGetConsistencyProofResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"3\n\x0cQueryRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"4\n\rQueryResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"\xc8\x02\n\nAuditEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x14\n\x0cpayload_type\x18\x05 \x01(\t\x12\x17\n\x0f\x65nvelope_sha256\x18\x06 \x01(\x0c\x12\x18\n\x10signature_sha256\x18\x07 \x01(\x0c\x12\x12\n\nmessage_id\x18\x08 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\t \x01(\t\x12\x0f\n\x07purpose\x18\n \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x0b \x01(\x0e\x32\x16.xhub.v1.AuditDecision\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x14\n\x0csubject_hmac\x18\r \x01(\x0c\x12\x0e\n\x06hub_id\x18\x0e \x01(\t\"2\n\x0f\x43heckpointQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\"p\n\x10\x43heckpointResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x17\n\x0f\x63heckpoint_note\x18\x02 \x01(\x0c\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x0f\n\x07log_key\x18\x04 \x01(\t\"p\n\x13InclusionProofQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\x12\n\nleaf_index\x18\x03 \x01(\x04\x12\x11\n\ttree_size\x18\x04 \x01(\x04\"\x81\x01\n\x14InclusionProofResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\x12\x11\n\tleaf_hash\x18\x05 \x01(\x0c\"\\\n\x15\x43onsistencyProofQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\x10\n\x08new_size\x18\x03 \x01(\x04\"m\n\x16\x43onsistencyProofResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\x10\n\x08new_size\x18\x03 \x01(\x04\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\"\xb4\x02\n\nAuditQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x16.xhub.v1.AuditDecision\x12)\n\x05since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\t \x01(\x05\x12\x12\n\npage_token\x18\n \x01(\t\x12\x19\n\x11include_envelopes\x18\x0b \x01(\x08\"f\n\x0b\x41uditRecord\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\tsequenced\x18\x02 \x01(\x08\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x05 \x01(\x0c\"s\n\x10\x41uditQueryResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12%\n\x07records\x18\x02 \x03(\x0b\x32\x14.xhub.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t*f\n\rAuditDecision\x12\x1e\n\x1a\x41UDIT_DECISION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UDIT_DECISION_ALLOWED\x10\x01\x12\x19\n\x15\x41UDIT_DECISION_DENIED\x10\x02\x32\xd4\x02\n\x0c\x41uditService\x12N\n\rGetCheckpoint\x12\x1d.xhub.v1.GetCheckpointRequest\x1a\x1e.xhub.v1.GetCheckpointResponse\x12Z\n\x11GetInclusionProof\x12!.xhub.v1.GetInclusionProofRequest\x1a\".xhub.v1.GetInclusionProofResponse\x12`\n\x13GetConsistencyProof\x12#.xhub.v1.GetConsistencyProofRequest\x1a$.xhub.v1.GetConsistencyProofResponse\x12\x36\n\x05Query\x12\x15.xhub.v1.QueryRequest\x1a\x16.xhub.v1.QueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xhub/v1/audit.proto\x12\x07xhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16xhub/v1/envelope.proto\";\n\x14GetCheckpointRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"<\n\x15GetCheckpointResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"?\n\x18GetInclusionProofRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"@\n\x19GetInclusionProofResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"A\n\x1aGetConsistencyProofRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"B\n\x1bGetConsistencyProofResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"3\n\x0cQueryRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"4\n\rQueryResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"\xc8\x02\n\nAuditEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x14\n\x0cpayload_type\x18\x05 \x01(\t\x12\x17\n\x0f\x65nvelope_sha256\x18\x06 \x01(\x0c\x12\x18\n\x10signature_sha256\x18\x07 \x01(\x0c\x12\x12\n\nmessage_id\x18\x08 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\t \x01(\t\x12\x0f\n\x07purpose\x18\n \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x0b \x01(\x0e\x32\x16.xhub.v1.AuditDecision\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\x14\n\x0csubject_hmac\x18\r \x01(\x0c\x12\x0e\n\x06hub_id\x18\x0e \x01(\t\"2\n\x0f\x43heckpointQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\"\x8b\x01\n\x10\x43heckpointResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x17\n\x0f\x63heckpoint_note\x18\x02 \x01(\x0c\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x0f\n\x07log_key\x18\x04 \x01(\t\x12\x19\n\x11log_key_handovers\x18\x05 \x03(\x0c\"p\n\x13InclusionProofQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\x12\n\nleaf_index\x18\x03 \x01(\x04\x12\x11\n\ttree_size\x18\x04 \x01(\x04\"\x81\x01\n\x14InclusionProofResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\x12\x11\n\tleaf_hash\x18\x05 \x01(\x0c\"\\\n\x15\x43onsistencyProofQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\x10\n\x08new_size\x18\x03 \x01(\x04\"m\n\x16\x43onsistencyProofResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\x10\n\x08new_size\x18\x03 \x01(\x04\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\"\xb4\x02\n\nAuditQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x16.xhub.v1.AuditDecision\x12)\n\x05since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\t \x01(\x05\x12\x12\n\npage_token\x18\n \x01(\t\x12\x19\n\x11include_envelopes\x18\x0b \x01(\x08\"f\n\x0b\x41uditRecord\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\tsequenced\x18\x02 \x01(\x08\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x05 \x01(\x0c\"s\n\x10\x41uditQueryResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12%\n\x07records\x18\x02 \x03(\x0b\x32\x14.xhub.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t*f\n\rAuditDecision\x12\x1e\n\x1a\x41UDIT_DECISION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41UDIT_DECISION_ALLOWED\x10\x01\x12\x19\n\x15\x41UDIT_DECISION_DENIED\x10\x02\x32\xd4\x02\n\x0c\x41uditService\x12N\n\rGetCheckpoint\x12\x1d.xhub.v1.GetCheckpointRequest\x1a\x1e.xhub.v1.GetCheckpointResponse\x12Z\n\x11GetInclusionProof\x12!.xhub.v1.GetInclusionProofRequest\x1a\".xhub.v1.GetInclusionProofResponse\x12`\n\x13GetConsistencyProof\x12#.xhub.v1.GetConsistencyProofRequest\x1a$.xhub.v1.GetConsistencyProofResponse\x12\x36\n\x05Query\x12\x15.xhub.v1.QueryRequest\x1a\x16.xhub.v1.QueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xhub.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITDECISION']._serialized_start=2065
-  _globals['_AUDITDECISION']._serialized_end=2167
+  _globals['_AUDITDECISION']._serialized_start=2093
+  _globals['_AUDITDECISION']._serialized_end=2195
   _globals['_GETCHECKPOINTREQUEST']._serialized_start=89
   _globals['_GETCHECKPOINTREQUEST']._serialized_end=148
   _globals['_GETCHECKPOINTRESPONSE']._serialized_start=150
@@ -55,22 +55,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITENTRY']._serialized_end=914
   _globals['_CHECKPOINTQUERY']._serialized_start=916
   _globals['_CHECKPOINTQUERY']._serialized_end=966
-  _globals['_CHECKPOINTRESULT']._serialized_start=968
-  _globals['_CHECKPOINTRESULT']._serialized_end=1080
-  _globals['_INCLUSIONPROOFQUERY']._serialized_start=1082
-  _globals['_INCLUSIONPROOFQUERY']._serialized_end=1194
-  _globals['_INCLUSIONPROOFRESULT']._serialized_start=1197
-  _globals['_INCLUSIONPROOFRESULT']._serialized_end=1326
-  _globals['_CONSISTENCYPROOFQUERY']._serialized_start=1328
-  _globals['_CONSISTENCYPROOFQUERY']._serialized_end=1420
-  _globals['_CONSISTENCYPROOFRESULT']._serialized_start=1422
-  _globals['_CONSISTENCYPROOFRESULT']._serialized_end=1531
-  _globals['_AUDITQUERY']._serialized_start=1534
-  _globals['_AUDITQUERY']._serialized_end=1842
-  _globals['_AUDITRECORD']._serialized_start=1844
-  _globals['_AUDITRECORD']._serialized_end=1946
-  _globals['_AUDITQUERYRESULT']._serialized_start=1948
-  _globals['_AUDITQUERYRESULT']._serialized_end=2063
-  _globals['_AUDITSERVICE']._serialized_start=2170
-  _globals['_AUDITSERVICE']._serialized_end=2510
+  _globals['_CHECKPOINTRESULT']._serialized_start=969
+  _globals['_CHECKPOINTRESULT']._serialized_end=1108
+  _globals['_INCLUSIONPROOFQUERY']._serialized_start=1110
+  _globals['_INCLUSIONPROOFQUERY']._serialized_end=1222
+  _globals['_INCLUSIONPROOFRESULT']._serialized_start=1225
+  _globals['_INCLUSIONPROOFRESULT']._serialized_end=1354
+  _globals['_CONSISTENCYPROOFQUERY']._serialized_start=1356
+  _globals['_CONSISTENCYPROOFQUERY']._serialized_end=1448
+  _globals['_CONSISTENCYPROOFRESULT']._serialized_start=1450
+  _globals['_CONSISTENCYPROOFRESULT']._serialized_end=1559
+  _globals['_AUDITQUERY']._serialized_start=1562
+  _globals['_AUDITQUERY']._serialized_end=1870
+  _globals['_AUDITRECORD']._serialized_start=1872
+  _globals['_AUDITRECORD']._serialized_end=1974
+  _globals['_AUDITQUERYRESULT']._serialized_start=1976
+  _globals['_AUDITQUERYRESULT']._serialized_end=2091
+  _globals['_AUDITSERVICE']._serialized_start=2198
+  _globals['_AUDITSERVICE']._serialized_end=2538
 # @@protoc_insertion_point(module_scope)

@@ -350,6 +350,7 @@ class CheckpointResult(_message.Message):
     CHECKPOINT_NOTE_FIELD_NUMBER: _builtins.int
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     LOG_KEY_FIELD_NUMBER: _builtins.int
+    LOG_KEY_HANDOVERS_FIELD_NUMBER: _builtins.int
     checkpoint_note: _builtins.bytes
     """The signed note: origin, tree size, base64 root hash, signature lines (签名检查点)."""
     tree_size: _builtins.int
@@ -360,6 +361,14 @@ class CheckpointResult(_message.Message):
     def header(self) -> _envelope_pb2.Header:
         """Message header (报文头)."""
 
+    @_builtins.property
+    def log_key_handovers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The log key's hand-overs, oldest first (日志密钥交接): each a checkpoint note
+        signed by the outgoing and the incoming key whose extension line
+        "xhub-log-key-handover <vkey>" names the incoming key (see
+        xhub.protocol.log.key_history). A member follows them from its pinned key.
+        """
+
     def __init__(
         self,
         *,
@@ -367,10 +376,11 @@ class CheckpointResult(_message.Message):
         checkpoint_note: _builtins.bytes = ...,
         tree_size: _builtins.int = ...,
         log_key: _builtins.str = ...,
+        log_key_handovers: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_note", b"checkpoint_note", "header", b"header", "log_key", b"log_key", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_note", b"checkpoint_note", "header", b"header", "log_key", b"log_key", "log_key_handovers", b"log_key_handovers", "tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,43 +26,61 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from xhub.v1 import envelope_pb2 as xhub_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xhub/v1/registry.proto\x12\x07xhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16xhub/v1/envelope.proto\"7\n\x10GetMemberRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"8\n\x11GetMemberResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"9\n\x12ListMembersRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\":\n\x13ListMembersResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"B\n\x0cMemberLookup\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x11\n\tmember_id\x18\x02 \x01(\t\"V\n\x12MemberLookupResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1f\n\x06member\x18\x02 \x01(\x0b\x32\x0f.xhub.v1.Member\"\xc7\x01\n\x0fMemberListQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1d\n\x05level\x18\x02 \x01(\x0e\x32\x0e.xhub.v1.Level\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.xhub.v1.Role\x12\x17\n\x0f\x64ivision_prefix\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x07 \x01(\x08\"n\n\x10MemberListResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12 \n\x07members\x18\x02 \x03(\x0b\x32\x0f.xhub.v1.Member\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x88\x02\n\x06Member\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uscc\x18\x03 \x01(\t\x12\x15\n\rdivision_code\x18\x04 \x01(\t\x12\x1d\n\x05level\x18\x05 \x01(\x0e\x32\x0e.xhub.v1.Level\x12\x1c\n\x05roles\x18\x06 \x03(\x0e\x32\r.xhub.v1.Role\x12\x11\n\tsubsystem\x18\x07 \x01(\t\x12%\n\x06status\x18\x08 \x01(\x0e\x32\x15.xhub.v1.MemberStatus\x12\x17\n\x0f\x63\x65rtificate_der\x18\t \x01(\x0c\x12(\n\x0csigning_keys\x18\n \x03(\x0b\x32\x12.xhub.v1.PublicKey\"]\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12(\n\talgorithm\x18\x02 \x01(\x0e\x32\x15.xhub.v1.KeyAlgorithm\x12\x16\n\x0epublic_key_der\x18\x03 \x01(\x0c\"\x8f\x01\n\x10\x45nrolmentRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\x12\'\n\x0bsigning_key\x18\x03 \x01(\x0b\x32\x12.xhub.v1.PublicKey\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*m\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12#\n\x1fKEY_ALGORITHM_ECDSA_P256_SHA256\x10\x01\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x02*[\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x12\n\x0eLEVEL_PROVINCE\x10\x01\x12\x13\n\x0fLEVEL_MUNICIPAL\x10\x02\x12\x12\n\x0eLEVEL_DISTRICT\x10\x03*w\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_ISSUER\x10\x01\x12\x11\n\rROLE_PLATFORM\x10\x02\x12\x13\n\x0fROLE_DEPARTMENT\x10\x03\x12\x10\n\x0cROLE_AUDITOR\x10\x04\x12\x0e\n\nROLE_ADMIN\x10\x05*b\n\x0cMemberStatus\x12\x1d\n\x19MEMBER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14MEMBER_STATUS_ACTIVE\x10\x01\x12\x19\n\x15MEMBER_STATUS_REVOKED\x10\x02\x32\x9f\x01\n\x0fRegistryService\x12\x42\n\tGetMember\x12\x19.xhub.v1.GetMemberRequest\x1a\x1a.xhub.v1.GetMemberResponse\x12H\n\x0bListMembers\x12\x1b.xhub.v1.ListMembersRequest\x1a\x1c.xhub.v1.ListMembersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xhub/v1/registry.proto\x12\x07xhub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16xhub/v1/envelope.proto\"8\n\x11GetHubKeysRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"_\n\x12GetHubKeysResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\x12$\n\thandovers\x18\x02 \x03(\x0b\x32\x11.xhub.v1.Envelope\"/\n\x0cHubKeysQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\"R\n\rHubKeysResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12 \n\x04keys\x18\x02 \x03(\x0b\x32\x12.xhub.v1.PublicKey\"\x8c\x01\n\x0eHubKeyHandover\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x17\n\x0fprevious_key_id\x18\x02 \x01(\t\x12#\n\x07new_key\x18\x03 \x01(\x0b\x32\x12.xhub.v1.PublicKey\x12\x1b\n\x13new_certificate_der\x18\x04 \x01(\x0c\">\n\x17RotateSigningKeyRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"?\n\x18RotateSigningKeyResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"w\n\x12SigningKeyRotation\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12#\n\x07new_key\x18\x02 \x01(\x0b\x32\x12.xhub.v1.PublicKey\x12\x1b\n\x13proof_of_possession\x18\x03 \x01(\x0c\"\\\n\x18SigningKeyRotationResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1f\n\x06member\x18\x02 \x01(\x0b\x32\x0f.xhub.v1.Member\"7\n\x10GetMemberRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"8\n\x11GetMemberResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"9\n\x12ListMembersRequest\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\":\n\x13ListMembersResponse\x12#\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x11.xhub.v1.Envelope\"B\n\x0cMemberLookup\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x11\n\tmember_id\x18\x02 \x01(\t\"V\n\x12MemberLookupResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1f\n\x06member\x18\x02 \x01(\x0b\x32\x0f.xhub.v1.Member\"\xc7\x01\n\x0fMemberListQuery\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12\x1d\n\x05level\x18\x02 \x01(\x0e\x32\x0e.xhub.v1.Level\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.xhub.v1.Role\x12\x17\n\x0f\x64ivision_prefix\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x07 \x01(\x08\"n\n\x10MemberListResult\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\x0f.xhub.v1.Header\x12 \n\x07members\x18\x02 \x03(\x0b\x32\x0f.xhub.v1.Member\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x88\x02\n\x06Member\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uscc\x18\x03 \x01(\t\x12\x15\n\rdivision_code\x18\x04 \x01(\t\x12\x1d\n\x05level\x18\x05 \x01(\x0e\x32\x0e.xhub.v1.Level\x12\x1c\n\x05roles\x18\x06 \x03(\x0e\x32\r.xhub.v1.Role\x12\x11\n\tsubsystem\x18\x07 \x01(\t\x12%\n\x06status\x18\x08 \x01(\x0e\x32\x15.xhub.v1.MemberStatus\x12\x17\n\x0f\x63\x65rtificate_der\x18\t \x01(\x0c\x12(\n\x0csigning_keys\x18\n \x03(\x0b\x32\x12.xhub.v1.PublicKey\"\xbe\x01\n\tPublicKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12(\n\talgorithm\x18\x02 \x01(\x0e\x32\x15.xhub.v1.KeyAlgorithm\x12\x16\n\x0epublic_key_der\x18\x03 \x01(\x0c\x12.\n\nvalid_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x10\x45nrolmentRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\x12\'\n\x0bsigning_key\x18\x03 \x01(\x0b\x32\x12.xhub.v1.PublicKey\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*m\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12#\n\x1fKEY_ALGORITHM_ECDSA_P256_SHA256\x10\x01\x12\x19\n\x15KEY_ALGORITHM_ED25519\x10\x02*[\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x12\n\x0eLEVEL_PROVINCE\x10\x01\x12\x13\n\x0fLEVEL_MUNICIPAL\x10\x02\x12\x12\n\x0eLEVEL_DISTRICT\x10\x03*w\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_ISSUER\x10\x01\x12\x11\n\rROLE_PLATFORM\x10\x02\x12\x13\n\x0fROLE_DEPARTMENT\x10\x03\x12\x10\n\x0cROLE_AUDITOR\x10\x04\x12\x0e\n\nROLE_ADMIN\x10\x05*b\n\x0cMemberStatus\x12\x1d\n\x19MEMBER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14MEMBER_STATUS_ACTIVE\x10\x01\x12\x19\n\x15MEMBER_STATUS_REVOKED\x10\x02\x32\xbf\x02\n\x0fRegistryService\x12\x42\n\tGetMember\x12\x19.xhub.v1.GetMemberRequest\x1a\x1a.xhub.v1.GetMemberResponse\x12H\n\x0bListMembers\x12\x1b.xhub.v1.ListMembersRequest\x1a\x1c.xhub.v1.ListMembersResponse\x12W\n\x10RotateSigningKey\x12 .xhub.v1.RotateSigningKeyRequest\x1a!.xhub.v1.RotateSigningKeyResponse\x12\x45\n\nGetHubKeys\x12\x1a.xhub.v1.GetHubKeysRequest\x1a\x1b.xhub.v1.GetHubKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xhub.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYALGORITHM']._serialized_start=1304
-  _globals['_KEYALGORITHM']._serialized_end=1413
-  _globals['_LEVEL']._serialized_start=1415
-  _globals['_LEVEL']._serialized_end=1506
-  _globals['_ROLE']._serialized_start=1508
-  _globals['_ROLE']._serialized_end=1627
-  _globals['_MEMBERSTATUS']._serialized_start=1629
-  _globals['_MEMBERSTATUS']._serialized_end=1727
-  _globals['_GETMEMBERREQUEST']._serialized_start=92
-  _globals['_GETMEMBERREQUEST']._serialized_end=147
-  _globals['_GETMEMBERRESPONSE']._serialized_start=149
-  _globals['_GETMEMBERRESPONSE']._serialized_end=205
-  _globals['_LISTMEMBERSREQUEST']._serialized_start=207
-  _globals['_LISTMEMBERSREQUEST']._serialized_end=264
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=266
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=324
-  _globals['_MEMBERLOOKUP']._serialized_start=326
-  _globals['_MEMBERLOOKUP']._serialized_end=392
-  _globals['_MEMBERLOOKUPRESULT']._serialized_start=394
-  _globals['_MEMBERLOOKUPRESULT']._serialized_end=480
-  _globals['_MEMBERLISTQUERY']._serialized_start=483
-  _globals['_MEMBERLISTQUERY']._serialized_end=682
-  _globals['_MEMBERLISTRESULT']._serialized_start=684
-  _globals['_MEMBERLISTRESULT']._serialized_end=794
-  _globals['_MEMBER']._serialized_start=797
-  _globals['_MEMBER']._serialized_end=1061
-  _globals['_PUBLICKEY']._serialized_start=1063
-  _globals['_PUBLICKEY']._serialized_end=1156
-  _globals['_ENROLMENTREQUEST']._serialized_start=1159
-  _globals['_ENROLMENTREQUEST']._serialized_end=1302
-  _globals['_REGISTRYSERVICE']._serialized_start=1730
-  _globals['_REGISTRYSERVICE']._serialized_end=1889
+  _globals['_KEYALGORITHM']._serialized_start=2177
+  _globals['_KEYALGORITHM']._serialized_end=2286
+  _globals['_LEVEL']._serialized_start=2288
+  _globals['_LEVEL']._serialized_end=2379
+  _globals['_ROLE']._serialized_start=2381
+  _globals['_ROLE']._serialized_end=2500
+  _globals['_MEMBERSTATUS']._serialized_start=2502
+  _globals['_MEMBERSTATUS']._serialized_end=2600
+  _globals['_GETHUBKEYSREQUEST']._serialized_start=92
+  _globals['_GETHUBKEYSREQUEST']._serialized_end=148
+  _globals['_GETHUBKEYSRESPONSE']._serialized_start=150
+  _globals['_GETHUBKEYSRESPONSE']._serialized_end=245
+  _globals['_HUBKEYSQUERY']._serialized_start=247
+  _globals['_HUBKEYSQUERY']._serialized_end=294
+  _globals['_HUBKEYSRESULT']._serialized_start=296
+  _globals['_HUBKEYSRESULT']._serialized_end=378
+  _globals['_HUBKEYHANDOVER']._serialized_start=381
+  _globals['_HUBKEYHANDOVER']._serialized_end=521
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=523
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=585
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_start=587
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_end=650
+  _globals['_SIGNINGKEYROTATION']._serialized_start=652
+  _globals['_SIGNINGKEYROTATION']._serialized_end=771
+  _globals['_SIGNINGKEYROTATIONRESULT']._serialized_start=773
+  _globals['_SIGNINGKEYROTATIONRESULT']._serialized_end=865
+  _globals['_GETMEMBERREQUEST']._serialized_start=867
+  _globals['_GETMEMBERREQUEST']._serialized_end=922
+  _globals['_GETMEMBERRESPONSE']._serialized_start=924
+  _globals['_GETMEMBERRESPONSE']._serialized_end=980
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=982
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=1039
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=1041
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=1099
+  _globals['_MEMBERLOOKUP']._serialized_start=1101
+  _globals['_MEMBERLOOKUP']._serialized_end=1167
+  _globals['_MEMBERLOOKUPRESULT']._serialized_start=1169
+  _globals['_MEMBERLOOKUPRESULT']._serialized_end=1255
+  _globals['_MEMBERLISTQUERY']._serialized_start=1258
+  _globals['_MEMBERLISTQUERY']._serialized_end=1457
+  _globals['_MEMBERLISTRESULT']._serialized_start=1459
+  _globals['_MEMBERLISTRESULT']._serialized_end=1569
+  _globals['_MEMBER']._serialized_start=1572
+  _globals['_MEMBER']._serialized_end=1836
+  _globals['_PUBLICKEY']._serialized_start=1839
+  _globals['_PUBLICKEY']._serialized_end=2029
+  _globals['_ENROLMENTREQUEST']._serialized_start=2032
+  _globals['_ENROLMENTREQUEST']._serialized_end=2175
+  _globals['_REGISTRYSERVICE']._serialized_start=2603
+  _globals['_REGISTRYSERVICE']._serialized_end=2922
 # @@protoc_insertion_point(module_scope)

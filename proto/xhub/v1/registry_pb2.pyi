@@ -134,6 +134,280 @@ MEMBER_STATUS_REVOKED: MemberStatus.ValueType  # 2
 Global___MemberStatus: _TypeAlias = MemberStatus  # noqa: Y015
 
 @_typing.final
+class GetHubKeysRequest(_message.Message):
+    """GetHubKeysRequest carries a signed HubKeysQuery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.HubKeysQuery"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHubKeysRequest: _TypeAlias = GetHubKeysRequest  # noqa: Y015
+
+@_typing.final
+class GetHubKeysResponse(_message.Message):
+    """GetHubKeysResponse carries the hand-overs and a hub-signed HubKeysResult."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    HANDOVERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.HubKeysResult", signed by the current
+        hub key.
+        """
+
+    @_builtins.property
+    def handovers(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Envelope]:
+        """The hand-overs, oldest first; each an envelope of payload_type
+        "xhub.v1.HubKeyHandover" signed by the key it hands over from (密钥交接).
+        They travel beside the answer: a client that knows only an older key checks
+        the chain from its pinned key first, then the answer with the key it reached.
+        """
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+        handovers: _abc.Iterable[_envelope_pb2.Envelope] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "handovers", b"handovers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHubKeysResponse: _TypeAlias = GetHubKeysResponse  # noqa: Y015
+
+@_typing.final
+class HubKeysQuery(_message.Message):
+    """HubKeysQuery asks for the hub's signing-key history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头)."""
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubKeysQuery: _TypeAlias = HubKeysQuery  # noqa: Y015
+
+@_typing.final
+class HubKeysResult(_message.Message):
+    """HubKeysResult lists the hub's signing keys with their windows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头)."""
+
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublicKey]:
+        """Every hub signing key, oldest first; the last one is current."""
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+        keys: _abc.Iterable[Global___PublicKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubKeysResult: _TypeAlias = HubKeysResult  # noqa: Y015
+
+@_typing.final
+class HubKeyHandover(_message.Message):
+    """HubKeyHandover is signed by the outgoing hub signing key and names its
+    successor (平台签名密钥交接); its header's issued_at is the hand-over time,
+    sender and recipient are the hub id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_KEY_ID_FIELD_NUMBER: _builtins.int
+    NEW_KEY_FIELD_NUMBER: _builtins.int
+    NEW_CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
+    previous_key_id: _builtins.str
+    """The key handing over (signs this statement)."""
+    new_certificate_der: _builtins.bytes
+    """DER certificate of the new key, issued by the hub CA to the hub id."""
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头)."""
+
+    @_builtins.property
+    def new_key(self) -> Global___PublicKey:
+        """The new hub signing key."""
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+        previous_key_id: _builtins.str = ...,
+        new_key: Global___PublicKey | None = ...,
+        new_certificate_der: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "new_key", b"new_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "new_certificate_der", b"new_certificate_der", "new_key", b"new_key", "previous_key_id", b"previous_key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubKeyHandover: _TypeAlias = HubKeyHandover  # noqa: Y015
+
+@_typing.final
+class RotateSigningKeyRequest(_message.Message):
+    """RotateSigningKeyRequest carries a signed SigningKeyRotation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.SigningKeyRotation"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSigningKeyRequest: _TypeAlias = RotateSigningKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateSigningKeyResponse(_message.Message):
+    """RotateSigningKeyResponse carries a hub-signed SigningKeyRotationResult."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope(self) -> _envelope_pb2.Envelope:
+        """Signed envelope; payload_type "xhub.v1.SigningKeyRotationResult"."""
+
+    def __init__(
+        self,
+        *,
+        envelope: _envelope_pb2.Envelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSigningKeyResponse: _TypeAlias = RotateSigningKeyResponse  # noqa: Y015
+
+@_typing.final
+class SigningKeyRotation(_message.Message):
+    """SigningKeyRotation asks the hub to make new_key the member's signing key
+    (签名密钥轮换申请). The envelope is signed with the member's current key; the
+    new key proves possession by signing the statement of
+    xhub.protocol.key_rotation.possession_statement (member id, new key id, this
+    request's message id).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    NEW_KEY_FIELD_NUMBER: _builtins.int
+    PROOF_OF_POSSESSION_FIELD_NUMBER: _builtins.int
+    proof_of_possession: _builtins.bytes
+    """Signature by the new key over the possession statement (持有证明)."""
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头)."""
+
+    @_builtins.property
+    def new_key(self) -> Global___PublicKey:
+        """The new key (新签名公钥); key_id and algorithm must match public_key_der,
+        the validity fields are ignored (the hub sets them).
+        """
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+        new_key: Global___PublicKey | None = ...,
+        proof_of_possession: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "new_key", b"new_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "new_key", b"new_key", "proof_of_possession", b"proof_of_possession"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SigningKeyRotation: _TypeAlias = SigningKeyRotation  # noqa: Y015
+
+@_typing.final
+class SigningKeyRotationResult(_message.Message):
+    """SigningKeyRotationResult answers a SigningKeyRotation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _envelope_pb2.Header:
+        """Message header (报文头)."""
+
+    @_builtins.property
+    def member(self) -> Global___Member:
+        """The member as registered after the rotation, every key with its window."""
+
+    def __init__(
+        self,
+        *,
+        header: _envelope_pb2.Header | None = ...,
+        member: Global___Member | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SigningKeyRotationResult: _TypeAlias = SigningKeyRotationResult  # noqa: Y015
+
+@_typing.final
 class GetMemberRequest(_message.Message):
     """GetMemberRequest carries a signed MemberLookup."""
 
@@ -440,22 +714,36 @@ class PublicKey(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     ALGORITHM_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_DER_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """Key identifier used in Signature.key_id (密钥标识)."""
     algorithm: Global___KeyAlgorithm.ValueType
     """Signature algorithm (签名算法)."""
     public_key_der: _builtins.bytes
     """DER SubjectPublicKeyInfo."""
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp:
+        """Start of the key's validity window (生效时间); a message signed with this key
+        must be issued at or after it.
+        """
+
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """End of the window (失效时间), exclusive; unset while the key is current."""
+
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         algorithm: Global___KeyAlgorithm.ValueType = ...,
         public_key_der: _builtins.bytes = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "public_key_der", b"public_key_der"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "public_key_der", b"public_key_der", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

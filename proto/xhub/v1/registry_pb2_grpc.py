@@ -48,6 +48,16 @@ class RegistryServiceStub:
                 request_serializer=xhub_dot_v1_dot_registry__pb2.ListMembersRequest.SerializeToString,
                 response_deserializer=xhub_dot_v1_dot_registry__pb2.ListMembersResponse.FromString,
                 _registered_method=True)
+        self.RotateSigningKey = channel.unary_unary(
+                '/xhub.v1.RegistryService/RotateSigningKey',
+                request_serializer=xhub_dot_v1_dot_registry__pb2.RotateSigningKeyRequest.SerializeToString,
+                response_deserializer=xhub_dot_v1_dot_registry__pb2.RotateSigningKeyResponse.FromString,
+                _registered_method=True)
+        self.GetHubKeys = channel.unary_unary(
+                '/xhub.v1.RegistryService/GetHubKeys',
+                request_serializer=xhub_dot_v1_dot_registry__pb2.GetHubKeysRequest.SerializeToString,
+                response_deserializer=xhub_dot_v1_dot_registry__pb2.GetHubKeysResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -73,6 +83,25 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateSigningKey(self, request, context):
+        """RotateSigningKey registers a new message-signing key for the calling member
+        (签名密钥轮换). Request payload: SigningKeyRotation, signed with the member's
+        current key; response payload: SigningKeyRotationResult, signed by the hub.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHubKeys(self, request, context):
+        """GetHubKeys returns the hub's signing-key history (平台签名密钥历史): every
+        hand-over from one hub signing key to the next, each signed by its
+        predecessor. Request payload: HubKeysQuery; response payload: HubKeysResult,
+        signed by the hub's current key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +114,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListMembers,
                     request_deserializer=xhub_dot_v1_dot_registry__pb2.ListMembersRequest.FromString,
                     response_serializer=xhub_dot_v1_dot_registry__pb2.ListMembersResponse.SerializeToString,
+            ),
+            'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSigningKey,
+                    request_deserializer=xhub_dot_v1_dot_registry__pb2.RotateSigningKeyRequest.FromString,
+                    response_serializer=xhub_dot_v1_dot_registry__pb2.RotateSigningKeyResponse.SerializeToString,
+            ),
+            'GetHubKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHubKeys,
+                    request_deserializer=xhub_dot_v1_dot_registry__pb2.GetHubKeysRequest.FromString,
+                    response_serializer=xhub_dot_v1_dot_registry__pb2.GetHubKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -145,6 +184,60 @@ class RegistryService:
             '/xhub.v1.RegistryService/ListMembers',
             xhub_dot_v1_dot_registry__pb2.ListMembersRequest.SerializeToString,
             xhub_dot_v1_dot_registry__pb2.ListMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xhub.v1.RegistryService/RotateSigningKey',
+            xhub_dot_v1_dot_registry__pb2.RotateSigningKeyRequest.SerializeToString,
+            xhub_dot_v1_dot_registry__pb2.RotateSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHubKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xhub.v1.RegistryService/GetHubKeys',
+            xhub_dot_v1_dot_registry__pb2.GetHubKeysRequest.SerializeToString,
+            xhub_dot_v1_dot_registry__pb2.GetHubKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,17 @@ class RegistryServiceStub:
     """ListMembers pages through members (接入单位列表). Request payload:
     MemberListQuery; response payload: MemberListResult, signed by the hub.
     """
+    RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RotateSigningKeyRequest, _registry_pb2.RotateSigningKeyResponse]
+    """RotateSigningKey registers a new message-signing key for the calling member
+    (签名密钥轮换). Request payload: SigningKeyRotation, signed with the member's
+    current key; response payload: SigningKeyRotationResult, signed by the hub.
+    """
+    GetHubKeys: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetHubKeysRequest, _registry_pb2.GetHubKeysResponse]
+    """GetHubKeys returns the hub's signing-key history (平台签名密钥历史): every
+    hand-over from one hub signing key to the next, each signed by its
+    predecessor. Request payload: HubKeysQuery; response payload: HubKeysResult,
+    signed by the hub's current key.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -62,6 +73,17 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListMembers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListMembersRequest, _registry_pb2.ListMembersResponse]  # type: ignore[assignment]
     """ListMembers pages through members (接入单位列表). Request payload:
     MemberListQuery; response payload: MemberListResult, signed by the hub.
+    """
+    RotateSigningKey: _aio.UnaryUnaryMultiCallable[_registry_pb2.RotateSigningKeyRequest, _registry_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
+    """RotateSigningKey registers a new message-signing key for the calling member
+    (签名密钥轮换). Request payload: SigningKeyRotation, signed with the member's
+    current key; response payload: SigningKeyRotationResult, signed by the hub.
+    """
+    GetHubKeys: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetHubKeysRequest, _registry_pb2.GetHubKeysResponse]  # type: ignore[assignment]
+    """GetHubKeys returns the hub's signing-key history (平台签名密钥历史): every
+    hand-over from one hub signing key to the next, each signed by its
+    predecessor. Request payload: HubKeysQuery; response payload: HubKeysResult,
+    signed by the hub's current key.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +111,29 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.ListMembersResponse, _abc.Awaitable[_registry_pb2.ListMembersResponse]]:
         """ListMembers pages through members (接入单位列表). Request payload:
         MemberListQuery; response payload: MemberListResult, signed by the hub.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateSigningKey(
+        self,
+        request: _registry_pb2.RotateSigningKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RotateSigningKeyResponse, _abc.Awaitable[_registry_pb2.RotateSigningKeyResponse]]:
+        """RotateSigningKey registers a new message-signing key for the calling member
+        (签名密钥轮换). Request payload: SigningKeyRotation, signed with the member's
+        current key; response payload: SigningKeyRotationResult, signed by the hub.
+        """
+
+    @_abc_1.abstractmethod
+    def GetHubKeys(
+        self,
+        request: _registry_pb2.GetHubKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetHubKeysResponse, _abc.Awaitable[_registry_pb2.GetHubKeysResponse]]:
+        """GetHubKeys returns the hub's signing-key history (平台签名密钥历史): every
+        hand-over from one hub signing key to the next, each signed by its
+        predecessor. Request payload: HubKeysQuery; response payload: HubKeysResult,
+        signed by the hub's current key.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
