@@ -244,6 +244,12 @@ def play_story(kit: HubKit, folder: Path) -> dict[str, Recorded]:
             case.case_number, event_id=f"EV-{uuid.uuid4().hex[:16]}", reason="申请人撤回"
         )
         list(platform.subscribe_status(0, timeout=0.5))
+        # 部门调阅 on a second case that stays open (a withdrawn one is CASE_CLOSED, which
+        # would answer a replayed pull before the replay is found at commit).
+        open_case = platform.prepare_case(ITEM_CODE, COMPANY, purpose=PURPOSE).case_id
+        platform.pull_certificates(open_case, COMPANY, [LICENCE_TYPE], purpose=PURPOSE)
+        second = platform.submit_case(open_case, purpose=PURPOSE, applicant_name="广州荔湾示例餐饮")
+        department.pull_case_certificates(second.case_number)
         list(auditor.subscribe_supervision(0, timeout=0.5))
         checkpoint, _ = auditor.prove_logged(case.header.receipt)
         auditor.consistency_proof(1, checkpoint.size)
