@@ -23,6 +23,7 @@ from cases_world import (
     ITEM,
     ITEM2,
     NOT_ACCEPTED,
+    OTHER_COMPANY,
     SUPPLEMENT,
     Desk,
     certificate,
@@ -265,3 +266,33 @@ def test_a_download_that_differs_from_its_descriptor_leaves_no_file(
     with pytest.raises(BadResponseError):
         desk.department.download_case_material(case.case_number, case.material_id, destination)
     assert not destination.exists() and not list(tmp_path.glob("plan.pdf*"))
+
+
+def test_another_applicants_material_under_the_asked_id_is_refused(
+    any_desk: Desk, tmp_path: Path
+) -> None:
+    """The hub moves another applicant's whole material (blob, columns, the uploader's
+    manifest) under the id the case references: the uploader's signature holds, but the
+    manifest is not of the case's applicant, which the platform signed."""
+    desk = any_desk
+    case = reviewed(desk, tmp_path / "up")
+    theirs = upload(desk, tmp_path / "up", b"%PDF-1.7 another applicant's plan", OTHER_COMPANY)
+    with desk.kit.session() as session:
+        row = session.get(MaterialRow, theirs)
+        assert row is not None
+        columns = {
+            c: getattr(row, c) for c in ("sha256", "size", "manifest", "name", "applicant_code")
+        }
+        session.execute(
+            update(MaterialRow).where(MaterialRow.material_id == case.material_id).values(**columns)
+        )
+        session.commit()
+    destination = tmp_path / "plan.pdf"
+    with pytest.raises(BadResponseError, match=r"is of applicant .*not of the prepared case"):
+        desk.department.download_case_material(
+            case.case_number,
+            case.material_id,
+            destination,
+            applicant_code=case.dispatched.applicant_code,
+        )
+    assert not destination.exists()

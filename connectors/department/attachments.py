@@ -67,6 +67,7 @@ attachments_table = Table(
     Column("case_number", Text, primary_key=True),  # 办件编号
     Column("kind", Text, primary_key=True),  # certificate | material
     Column("ref", Text, primary_key=True),  # 证照标识 | 材料标识
+    Column("applicant_code", Text, nullable=False, server_default=""),  # 申请人代码 (signed)
     Column("state", Text, nullable=False, index=True),  # pending | fetched | failed
     Column("attempts", Integer, nullable=False),
     Column("error", Text, nullable=False),
@@ -93,6 +94,7 @@ class Attachment:
     sha256: str
     path: str
     updated_at: str
+    applicant_code: str = ""  # of the case, as the platform signed it
 
 
 def _private_dir(path: Path) -> Path:
@@ -137,6 +139,7 @@ class Attachments:
                         case_number=case.case_number,
                         kind=kind,
                         ref=ref,
+                        applicant_code=case.applicant_code,
                         state=PENDING,
                         attempts=0,
                         error="",
@@ -176,6 +179,7 @@ class Attachments:
                 r.sha256,
                 r.path,
                 r.updated_at,
+                r.applicant_code,
             )
             for r in rows
         ]
@@ -237,7 +241,10 @@ class Attachments:
                 media_type = "application/x-protobuf; xhub.v1.Envelope"
             else:
                 descriptor = client.download_case_material(
-                    attachment.case_number, attachment.ref, temporary
+                    attachment.case_number,
+                    attachment.ref,
+                    temporary,
+                    applicant_code=attachment.applicant_code,
                 )
                 temporary.chmod(0o600)
                 material = descriptor.material

@@ -94,17 +94,23 @@ class MaterialCalls(RegistryCalls):
         )
 
     def download_material(
-        self, case_id: str, material_id: str, destination: Path, *, purpose: str
+        self,
+        case_id: str,
+        material_id: str,
+        destination: Path,
+        *,
+        purpose: str,
+        holders: frozenset[str] | None = None,
     ) -> material_pb2.MaterialDescriptor:
         """Stream a material to ``destination``; returns the hub-signed descriptor.
 
         The descriptor must be of ``material_id`` and carries the uploader's own signed
         manifest: it is checked with the uploader's registered key (its member record
         fetched first if not yet trusted), the descriptor must agree with it, its applicant
-        must be the prepared case's applicant or legal representative (when this client
-        prepared the case), and the content's size and SHA-256 are checked against the
-        manifest — not the hub's descriptor — before the file appears (written to a
-        temporary name, then renamed).
+        must be one of ``holders`` when given, else the prepared case's applicant or legal
+        representative (when this client prepared the case), and the content's size and
+        SHA-256 are checked against the manifest — not the hub's descriptor — before the
+        file appears (written to a temporary name, then renamed).
 
         Raises: PermissionDeniedError (purpose or case binding), NotFoundError,
         BadResponseError (another material's descriptor, no or a forged manifest, a
@@ -129,7 +135,7 @@ class MaterialCalls(RegistryCalls):
                 self._trusted,
                 hub_id=self.hub_id,
                 material_id=material_id,
-                holders=self._holders.get(case_id, frozenset()),
+                holders=self._holders.get(case_id, frozenset()) if holders is None else holders,
             )
             content = ContentCheck(manifest)
             with partial.open("wb") as out:
@@ -152,18 +158,27 @@ class MaterialCalls(RegistryCalls):
         destination: Path,
         *,
         purpose: str = REVIEW_PURPOSE,
+        applicant_code: str = "",
     ) -> material_pb2.MaterialDescriptor:
         """Departments: stream a material the case ``case_number`` references to
         ``destination`` (部门调阅), while the case is open at this department; checked as
-        ``download_material`` checks a download (size and hash before the file appears),
-        and the descriptor must name ``material_id``.
+        ``download_material`` checks a download (size and hash against the uploader's
+        signed manifest before the file appears), and the descriptor must name
+        ``material_id``. Given ``applicant_code`` (the applicant of the dispatched case, as
+        the platform signed it), the uploader's manifest must be of that applicant.
 
         Raises: PermissionDeniedError (not a department: ROLE_REQUIRED; another
         department's case: NOT_YOUR_CASE; a material the case does not reference:
         PURPOSE_NOT_BOUND), FailedPreconditionError (CASE_CLOSED), NotFoundError,
         BadResponseError (content or descriptor differ), OSError (writing).
         """
-        descriptor = self.download_material(case_number, material_id, destination, purpose=purpose)
+        descriptor = self.download_material(
+            case_number,
+            material_id,
+            destination,
+            purpose=purpose,
+            holders=frozenset({applicant_code.upper()}) if applicant_code else frozenset(),
+        )
         try:
             check_descriptor_names(descriptor, material_id)
         except BaseException:
