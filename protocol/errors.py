@@ -281,7 +281,7 @@ def typed_error(exc: grpc.RpcError) -> RefusedError | TransportError:
 UNKNOWN_ISSUER = "CERTIFICATE_VERIFY_FAILED"
 UNKNOWN_ISSUER_HINT = (
     " — the hub's TLS certificate is issued by a CA root this bundle does not hold (the hub"
-    " renewed its CA): run `xhub-connector learn-roots BUNDLE`, or, if the hub cannot be"
-    " reached at all, `xhub-connector learn-roots BUNDLE --handovers FILE` with the hub"
-    " operator's ca/handovers.json"
+    " renewed its CA and this bundle did not learn the new root before the hub switched):"
+    " ask the hub operator for ca/handovers.json and run"
+    " `xhub-connector learn-roots BUNDLE --handovers FILE`"
 )
