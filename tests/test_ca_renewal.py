@@ -18,6 +18,7 @@ from intake_world import make_world as make_intake_world
 from xhub.cli import main as cli
 from xhub.connectors import HubClient
 from xhub.connectors.cli import main as connector_main
+from xhub.connectors.sdk.auditor import export_evidence
 from xhub.connectors.sdk.client import RetryPolicy
 from xhub.connectors.sdk.enrolment import generate_keys, install_bundle
 from xhub.hub.core.ca import CertificateAuthority
@@ -30,6 +31,8 @@ from xhub.protocol.ca_handover import (
     handovers_json,
 )
 from xhub.protocol.errors import BadResponseError, TransportError
+from xhub.protocol.log.evidence import EvidenceBundle, verify_bundle
+from xhub.protocol.log.note import NoteVerifier
 from xhub.protocol.pki import load_certificates
 from xhub.v1 import registry_pb2
 
@@ -234,3 +237,21 @@ def test_hand_overs_chain_and_known_roots_are_skipped() -> None:
     # new CAs can certify one CA below them (a future cross-sign is possible)
     constraints = second.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
     assert constraints.value.path_length == 1
+
+
+def test_audit_evidence_carries_the_renewed_roots(hub_kit: HubKit) -> None:
+    """An auditor's evidence bundle names members of both CAs; it carries both roots (the
+    auditor learns the new one on meeting it) and verifies offline."""
+    assert _ca(hub_kit, "renew") == 0
+    hub_kit.restart()
+    hub_kit.add_member(LATE)
+    late = hub_kit.client("late")
+    late.prove_logged(late.lookup_member(hub_kit.member_id("issuer")).header.receipt)
+    auditor = hub_kit.client("auditor")
+    bundle, _pending = export_evidence(auditor)
+    assert hub_kit.member_id("late") in bundle.members
+    assert len(bundle.more_ca_certificates_der) == 1
+    report = verify_bundle(
+        EvidenceBundle.from_json(bundle.to_json()), NoteVerifier.from_vkey(auditor.bundle.log_key)
+    )
+    assert report.entries >= 1
