@@ -6,6 +6,7 @@ new CA), ``retire-old`` (the old CA refused). Forged hand-overs are refused nami
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,7 @@ def _renew_member(kit: HubKit, key: str, tmp: Path) -> HubClient:
     keys = generate_keys(old.member_id, new_dir, signing_key=old.signing_key)
     added = renew_member_bundle(kit.config, old.member_id, keys.request, bundle_dir=tmp / key)
     install_bundle(added.bundle_dir, new_dir)
-    kit.members[key] = type(kit.members[key])(
-        key, old.member_id, kit.members[key].spec, new_dir, kit.members[key].signing_algorithm
-    )
+    kit.members[key] = dataclasses.replace(kit.members[key], bundle_dir=new_dir)
     return kit.client(key)
 
 
@@ -141,6 +140,8 @@ def test_retire_old_lists_the_members_still_on_the_old_ca(
 ) -> None:
     assert _ca(hub_kit, "retire-old") == 2
     assert "nothing to retire" in capsys.readouterr().err
+    assert _ca(hub_kit, "switch-server") == 2
+    assert "renew the CA first" in capsys.readouterr().err
     assert _ca(hub_kit, "renew") == 0
     assert _ca(hub_kit, "retire-old") == 2
     assert "switch-server" in capsys.readouterr().err

@@ -121,6 +121,12 @@ def switch_server(
     ):
         raise CaRenewalError("the hub's TLS and signing keys must be ECDSA P-256")
     old_tls = x509.load_pem_x509_certificate(paths.tls_cert.read_bytes())
+    old_signing = x509.load_pem_x509_certificate(paths.signing_cert.read_bytes())
+    if all(issuing_root(c, (ca.certificate,)) for c in (old_tls, old_signing)):
+        raise CaRenewalError(
+            f"the hub's certificates are already issued by {ca_label(ca.certificate)}; "
+            "renew the CA first (`xhub ca renew`)"
+        )
     dns, ips = _names(old_tls)
     tls = ca.issue(
         tls_key.public_key(),
