@@ -178,6 +178,26 @@ def test_a_forged_ca_hand_over_is_refused(hub_kit: HubKit) -> None:
     assert "does not verify with the key of" in refused.value.message
     assert platform.bundle.ca_certs == (hub_kit.bundle("platform").ca_cert,)
     assert _roots_in(hub_kit.members["platform"].bundle_dir) == 1  # nothing written
+    # The same file handed over offline is refused too, and nothing is written.
+    bundle_dir = str(hub_kit.members["platform"].bundle_dir)
+    forged_file = str(hub_kit.config.paths.ca_handovers)
+    assert connector_main(["learn-roots", bundle_dir, "--handovers", forged_file]) == 2
+    assert _roots_in(hub_kit.members["platform"].bundle_dir) == 1
+
+
+def test_a_hub_key_rotated_after_the_renewal_is_followed_by_old_bundles(
+    hub_kit: HubKit,
+) -> None:
+    """Between ``renew`` and ``switch-server`` the hub signing key rotates: its new
+    certificate is the new CA's, and a member holding only the old root still follows the
+    hand-over (the CA hand-over beside it reaches the new root from the old)."""
+    platform = hub_kit.client("platform")
+    assert _ca(hub_kit, "renew") == 0
+    assert cli.main(["keys", "rotate-hub-signing", "--data-dir", str(hub_kit.config.data_dir)]) == 0
+    hub_kit.restart()
+    assert platform.get_member(hub_kit.member_id("issuer")).member_id == hub_kit.member_id("issuer")
+    assert len(platform.transport.hub_keys) == 2
+    assert _roots_in(hub_kit.members["platform"].bundle_dir) == 1  # no root learnt here
 
 
 def _forge(old: x509.Certificate) -> registry_pb2.CaHandover:

@@ -131,7 +131,7 @@ class HubClient(IntakeCalls, CaseCalls, KeyCalls, MaterialCalls, CertificateCall
         self.close()
 
     def close(self) -> None:
-        self.transport.channel.close()
+        self.transport.close()
 
     # -- health ---------------------------------------------------------------
 

@@ -102,11 +102,13 @@ class Transport:
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.bundle = bundle
-        self.channel = channel
         self.timeout = timeout
         self.retry = retry
         self.clock_skew = clock_skew
-        self.use_channel(channel)
+        # Channels replaced by ``use_channel``: streams still open on them run to their end.
+        self._replaced: list[grpc.Channel] = []
+        self.channel = channel
+        self._make_stubs()
         # Hub keys learnt through the hub's signed hand-overs (empty: the pinned key only).
         self.hub_keys: dict[str, HubKey] = {}
         self._asked_hub_keys: set[str] = set()
@@ -121,14 +123,25 @@ class Transport:
         )
 
     def use_channel(self, channel: grpc.Channel) -> None:
-        """Talk over ``channel`` from now on (e.g. one trusting newly learnt CA roots)."""
+        """Talk over ``channel`` from now on (e.g. one trusting newly learnt CA roots); the
+        previous channel stays open for what still runs on it until ``close``."""
+        self._replaced.append(self.channel)
         self.channel = channel
+        self._make_stubs()
+
+    def _make_stubs(self) -> None:
+        channel = self.channel
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(channel)
         self.certificates = certificate_pb2_grpc.CertificateServiceStub(channel)
         self.intake = intake_pb2_grpc.IntakeServiceStub(channel)
         self.materials = material_pb2_grpc.MaterialServiceStub(channel)
         self.cases = case_pb2_grpc.CaseServiceStub(channel)
+
+    def close(self) -> None:
+        for channel in (*self._replaced, self.channel):
+            channel.close()
+        self._replaced.clear()
 
     def seal(
         self,

@@ -64,10 +64,8 @@ class CaRootCalls(Calls):
         self._trusted.roots = roots
         if self.bundle_dir is not None:
             write_ca_roots(self.bundle_dir, roots)
-        if self.owns_channel:
-            previous = self.transport.channel
+        if self.owns_channel:  # streams open on the old channel keep running
             self.transport.use_channel(secure_channel(bundle))
-            previous.close()
         return learnt
 
 
