@@ -34,7 +34,6 @@ from xhub.protocol.pki import (
     load_certificate,
     load_certificates,
     verify_member_certificate,
-    when,
 )
 from xhub.protocol.signing import (
     KeySigner,
@@ -125,11 +124,13 @@ class PublicBundle:
         """Certificates in their validity period, chaining to the CA, naming the right ids."""
         at = at or datetime.now(UTC)
         if not any(ca.not_valid_before_utc <= at < ca.not_valid_after_utc for ca in self.ca_certs):
-            until = max(ca.not_valid_after_utc for ca in self.ca_certs)
-            raise BundleError(
-                f"{directory}: the hub CA certificate expired on {when(until)}; "
-                "the hub operator must renew the CA (`xhub ca renew`)"
-            )
+            latest = max(self.ca_certs, key=lambda ca: ca.not_valid_after_utc)
+            try:
+                check_validity(latest, "the hub CA certificate", at=at)
+            except CertificateError as exc:
+                raise BundleError(
+                    f"{directory}: {exc}; the hub operator must renew the CA (`xhub ca renew`)"
+                ) from exc
         for cert, what, hint in (
             (
                 self.tls_cert,

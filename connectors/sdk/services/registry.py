@@ -76,7 +76,8 @@ class RegistryCalls(CaRootCalls):
         certificate of a root we do not hold makes the client learn the hub's renewed CA
         roots first (``learn_ca_roots``).
 
-        Raises: BadResponseError (not chained, or naming another member).
+        Raises: BadResponseError (not chained, or naming another member; or a CA hand-over
+        that does not verify), TransportError (while learning the roots).
         """
         self._learn_root_of(member)
         return check_member_certificate(member, self.bundle.ca_certs)
