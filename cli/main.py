@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from xhub.cli.ca import add_ca_commands
 from xhub.cli.keys import add_key_commands
 from xhub.cli.members import MEMBER_HANDLERS, add_member_commands
 from xhub.hub.core.config import ConfigError
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_arg(upgrade)
     _add_catalog_and_certificate_commands(commands)
     HANDLERS.update(add_key_commands(commands, _data_dir_arg))
+    HANDLERS.update(add_ca_commands(commands, _data_dir_arg))
     return parser
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from xhub.hub.core.ca_roots import ca_history, ca_number
 from xhub.hub.core.db import make_engine, session_factory
 from xhub.hub.registry.enrolment import certificates_of
 from xhub.hub.registry.store import list_members, revoke_member, role_name, validate_member
@@ -23,7 +24,7 @@ from xhub.hub.setup import (
     read_request,
     renew_member_bundle,
 )
-from xhub.protocol.pki import when
+from xhub.protocol.pki import load_certificate, when
 from xhub.v1 import registry_pb2
 
 LEVEL_NAMES = {1: "province 省", 2: "municipal 市", 3: "district 区"}
@@ -145,20 +146,21 @@ def cmd_member_list(args: argparse.Namespace) -> int:
     engine = make_engine(config.effective_database_url)
     now = datetime.now(UTC)
     soon: list[str] = []
+    history = ca_history(config.paths)  # CA #1, #2, …: which CA a certificate chains to
     try:
         with session_factory(engine)() as session:
             rows = list_members(session, include_revoked=args.all, limit=100_000)
             print(
                 f"{'member id':<52} {'level':<13} {'status':<8} {'certificate until':<24} "
-                f"{'roles':<28} name"
+                f"{'CA':<4} {'roles':<28} name"
             )
             for row in rows:
                 roles = ",".join(role_name(r.role) for r in sorted(row.roles, key=lambda r: r.role))
                 status = registry_pb2.MemberStatus.Name(row.status).removeprefix("MEMBER_STATUS_")  # type: ignore[arg-type]
-                valid = certificates_of(session, row.member_id)
-                until = max(
-                    (c.not_after for c in valid if c.revoked_at is None), default=row.not_after
-                )
+                valid = [c for c in certificates_of(session, row.member_id) if c.revoked_at is None]
+                until = max((c.not_after for c in valid), default=row.not_after)
+                newest = max(valid, key=lambda c: c.not_after).certificate_der if valid else None
+                ca = f"#{ca_number(load_certificate(newest), history)}" if newest else "-"
                 mark = ""
                 if row.status == registry_pb2.MEMBER_STATUS_ACTIVE:
                     if until <= now:
@@ -169,7 +171,7 @@ def cmd_member_list(args: argparse.Namespace) -> int:
                         soon.append(f"{row.member_id} expires on {when(until)}")
                 print(
                     f"{row.member_id:<52} {LEVEL_NAMES.get(row.level, '?'):<13} "
-                    f"{status.lower():<8} {until:%Y-%m-%d}{mark:<14} {roles:<28} {row.name}"
+                    f"{status.lower():<8} {until:%Y-%m-%d}{mark:<14} {ca:<4} {roles:<28} {row.name}"
                 )
             print(f"{len(rows)} member(s)")
     finally:

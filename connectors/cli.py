@@ -7,6 +7,7 @@
     xhub-connector request --keys DIR                     # a fresh request from existing keys
     xhub-connector bundle install PUBLIC_DIR --keys DIR   # the hub's public bundle next to keys
     xhub-connector rotate-key BUNDLE_DIR [--ed25519]      # a new message-signing key (密钥轮换)
+    xhub-connector learn-roots BUNDLE_DIR [--handovers F] # the hub's renewed CA roots (根证书更新)
 
 ``keygen`` makes the member's keys on the member's machine (``tls.key``: mutual TLS only;
 ``signing.key``: message signatures only; both 0600) and the enrolment request
@@ -46,10 +47,12 @@ from xhub.connectors.sdk.enrolment import (
     install_bundle,
     renewal_request,
 )
-from xhub.protocol.bundle import BundleError
+from xhub.connectors.sdk.services.ca_roots import learn_roots_from_file
+from xhub.protocol.bundle import CA_CERT, BundleError
+from xhub.protocol.ca_handover import CaHandoverError
 from xhub.protocol.enrolment import EnrolmentError
 from xhub.protocol.errors import TransportError, XhubError
-from xhub.protocol.pki import when
+from xhub.protocol.pki import ca_label, when
 from xhub.protocol.signing import (
     ECDSA_P256,
     ED25519,
@@ -99,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--hub-address", default=None, help="override the bundle's hub address")
     rotate.add_argument(
         "--ed25519", action="store_true", help="an Ed25519 key (default: ECDSA P-256)"
+    )
+    learn = commands.add_parser(
+        "learn-roots", help="learn the hub's renewed CA roots into the bundle's ca.pem"
+    )
+    learn.add_argument("bundle", type=Path, help="the member bundle directory")
+    learn.add_argument("--hub-address", default=None, help="override the bundle's hub address")
+    learn.add_argument(
+        "--handovers",
+        type=Path,
+        help="offline: the hub operator's ca/handovers.json (when the hub cannot be reached)",
     )
     return parser
 
@@ -180,9 +193,26 @@ def _rotate_key(bundle: Path, hub_address: str | None, ed25519: bool) -> int:
     return 0
 
 
+def _learn_roots(bundle: Path, hub_address: str | None, handovers: Path | None) -> int:
+    """Learn the hub's renewed CA roots (online, or from the operator's file) and say which."""
+    if handovers is not None:
+        try:
+            learnt = learn_roots_from_file(bundle, handovers)
+        except (CaHandoverError, OSError) as exc:
+            raise BundleError(f"{handovers}: {exc}") from exc
+    else:
+        with HubClient.from_bundle(bundle, hub_address=hub_address) as client:
+            learnt = client.learn_ca_roots()
+    for root in learnt:
+        print(f"learnt CA root {ca_label(root)}, valid until {when(root.not_valid_after_utc)}")
+    print(f"{bundle / CA_CERT}: {'updated' if learnt else 'already holds every root'}")
+    return 0
+
+
 # What a database error is called in the message, by command.
 _DATABASE = {
     "rotate-key": "bundle",
+    "learn-roots": "bundle",
     "run": "database",
     "sync-certificates": "source database",
     "sync-status": "state file",
@@ -196,6 +226,8 @@ _DATABASE = {
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "rotate-key":
         return _rotate_key(args.bundle, args.hub_address, args.ed25519)
+    if args.command == "learn-roots":
+        return _learn_roots(args.bundle, args.hub_address, args.handovers)
     if args.command in ("keygen", "request", "bundle"):
         return _enrolment_command(args)
     if args.command == "run":

@@ -25,6 +25,7 @@ from xhub.hub.cases.calendar import SAMPLE_CN_2026, WorkCalendar
 from xhub.hub.cases.service import CaseService
 from xhub.hub.certificates.service import CertificateService
 from xhub.hub.core.audit_log import TamperedLogError
+from xhub.hub.core.ca_roots import trusted_roots
 from xhub.hub.core.config import HubConfig
 from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import current_revision
@@ -35,6 +36,7 @@ from xhub.hub.core.runtime import HubRuntime
 from xhub.hub.intake.service import IntakeService
 from xhub.hub.materials.service import MaterialService
 from xhub.hub.registry.service import RegistryService
+from xhub.protocol.pki import certificates_pem
 
 log = logging.getLogger("xhub.server")
 
@@ -72,10 +74,12 @@ def server_options(config: HubConfig) -> list[tuple[str, int]]:
 
 
 def server_credentials(config: HubConfig) -> grpc.ServerCredentials:
+    """The hub's TLS key and certificate; member certificates of every trusted CA root are
+    accepted (after ``xhub ca renew``: the old CA's and the new one's)."""
     paths = config.paths
     return grpc.ssl_server_credentials(
         [(paths.tls_key.read_bytes(), paths.tls_cert.read_bytes())],
-        root_certificates=paths.ca_cert.read_bytes(),
+        root_certificates=certificates_pem(trusted_roots(paths)),
         require_client_auth=True,
     )
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from xhub.hub.core.audit_log import load_log_signer
 from xhub.hub.core.ca import MEMBER_DAYS, CertificateAuthority
+from xhub.hub.core.ca_roots import trusted_roots
 from xhub.hub.core.config import HubConfig, load_config, render_config
 from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import make_engine, migrate, session_factory
@@ -236,7 +237,7 @@ def public_bundle(config: HubConfig, enrolled: Enrolled) -> PublicBundle:
         hub_address=config.advertised_address,
         server_name=config.server_name,
         tls_cert=enrolled.certificate,
-        ca_cert=load_certificate(config.paths.ca_cert.read_bytes()),
+        ca_certs=trusted_roots(config.paths),
         hub_signing_cert=load_certificate(config.paths.signing_cert.read_bytes()),
         signing_key_id=enrolled.signing_key_id,
         log_key=load_log_signer(config.effective_log_origin, config.paths.log_key).verifier_key(),

@@ -272,4 +272,16 @@ def typed_error(exc: grpc.RpcError) -> RefusedError | TransportError:
         return refused
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+    if UNKNOWN_ISSUER in details:
+        details += UNKNOWN_ISSUER_HINT
     return TransportError(code, details)
+
+
+# What gRPC's TLS says when the hub's server certificate is issued by a CA we do not trust.
+UNKNOWN_ISSUER = "CERTIFICATE_VERIFY_FAILED"
+UNKNOWN_ISSUER_HINT = (
+    " — the hub's TLS certificate is issued by a CA root this bundle does not hold (the hub"
+    " renewed its CA and this bundle did not learn the new root before the hub switched):"
+    " ask the hub operator for ca/handovers.json and run"
+    " `xhub-connector learn-roots BUNDLE --handovers FILE`"
+)

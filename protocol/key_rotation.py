@@ -22,7 +22,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from xhub.protocol.envelope import new_header, open_envelope, pae, seal
 from xhub.protocol.errors import AuthenticationError, MalformedError
-from xhub.protocol.pki import CertificateError, load_certificate, verify_member_certificate
+from xhub.protocol.pki import (
+    CertificateError,
+    Roots,
+    load_certificate,
+    verify_member_certificate,
+)
 from xhub.protocol.signing import KeyVerifier, Signer, Verifier, public_key_der
 from xhub.v1 import envelope_pb2, registry_pb2
 
@@ -118,7 +123,7 @@ def follow_handovers(
     handovers: Sequence[envelope_pb2.Envelope],
     *,
     hub_id: str,
-    ca_cert: x509.Certificate,
+    ca_cert: Roots,
 ) -> dict[str, HubKey]:
     """The hub keys reachable from ``pinned`` (the key in a member's bundle), each valid from
     its hand-over until the next. Hand-overs before the pinned key are skipped; from the

@@ -7,9 +7,11 @@ in the hub (``xhub.hub.core.ca``); checking lives here so the SDK and the hub sh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -54,6 +56,44 @@ def load_certificate(data: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(data)
 
 
+def load_certificates(data: bytes) -> tuple[x509.Certificate, ...]:
+    """Every certificate of a PEM file holding one or several (a ``ca.pem`` of CA roots)."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return tuple(x509.load_pem_x509_certificates(data))
+    return (x509.load_der_x509_certificate(data),)
+
+
+def certificates_pem(certs: Sequence[x509.Certificate]) -> bytes:
+    return b"".join(certificate_pem(cert) for cert in certs)
+
+
+Roots = x509.Certificate | Sequence[x509.Certificate]
+
+
+def as_roots(roots: Roots) -> tuple[x509.Certificate, ...]:
+    return (roots,) if isinstance(roots, x509.Certificate) else tuple(roots)
+
+
+def ca_label(ca: x509.Certificate) -> str:
+    """How messages name a CA: its common name and the start of its serial."""
+    names = ca.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    name = str(names[0].value) if names else ca.subject.rfc4514_string()
+    return f"{name} (serial {format(ca.serial_number, 'x')[:12]})"
+
+
+def issuing_root(cert: x509.Certificate, roots: Roots) -> x509.Certificate | None:
+    """The root among ``roots`` that directly issued ``cert`` (signature checked), or None."""
+    for root in as_roots(roots):
+        if cert.issuer != root.subject:
+            continue
+        try:
+            cert.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return root
+    return None
+
+
 def member_id_of(cert: x509.Certificate | x509.CertificateSigningRequest) -> str:
     """The member id in the SAN URI of a certificate (or of a request for one)."""
     try:
@@ -71,18 +111,21 @@ def member_id_of(cert: x509.Certificate | x509.CertificateSigningRequest) -> str
 
 
 def verify_member_certificate(
-    cert: x509.Certificate, ca_cert: x509.Certificate, *, at: datetime | None = None
+    cert: x509.Certificate, ca_cert: Roots, *, at: datetime | None = None
 ) -> str:
-    """Verify ``cert`` chains to the hub CA at ``at``; return the member id it names.
+    """Verify ``cert`` chains to one of the hub's CA roots at ``at`` (one certificate or
+    several: a renewed CA is trusted beside the one it renews); return the member id named.
 
     A certificate outside its validity period (or a CA outside its own) raises
     ``CertificateExpired`` saying so and when, before the chain is looked at.
     """
     at = at or datetime.now(UTC)
     named = member_id_of(cert)
-    check_validity(ca_cert, "the hub CA certificate", at=at)
+    roots = as_roots(ca_cert)
+    issuer = issuing_root(cert, roots) or roots[0]
+    check_validity(issuer, "the hub CA certificate", at=at)
     check_validity(cert, f"certificate of {named}", at=at)
-    verifier = PolicyBuilder().store(Store([ca_cert])).time(at).build_client_verifier()
+    verifier = PolicyBuilder().store(Store([issuer])).time(at).build_client_verifier()
     try:
         verifier.verify(cert, [])
     except VerificationError as exc:

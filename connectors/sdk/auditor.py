@@ -8,6 +8,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 from tqdm import tqdm
 
+from xhub.connectors.sdk._internal.verify import of_unknown_root
 from xhub.connectors.sdk.client import HubClient, VerifiedCheckpoint
 from xhub.protocol.errors import NotFoundError
 from xhub.protocol.key_rotation import KeyWindow
@@ -49,6 +50,8 @@ def export_evidence(
             member = client.get_member(member_id)
         except NotFoundError:
             continue  # e.g. a caller with a certificate naming no registered member
+        if of_unknown_root(member, client.bundle.ca_certs):
+            client.learn_ca_roots()  # the hub renewed its CA: carry the new root too
         members[member_id] = MemberKeys(
             bytes(member.certificate_der),
             {key.key_id: bytes(key.public_key_der) for key in member.signing_keys},
@@ -58,6 +61,7 @@ def export_evidence(
         origin=checkpoint.checkpoint.origin,
         checkpoint_note=checkpoint.note,
         ca_certificate_der=client.bundle.ca_cert.public_bytes(Encoding.DER),
+        more_ca_certificates_der=[c.public_bytes(Encoding.DER) for c in client.bundle.ca_certs[1:]],
         entries=entries,
         members=members,
         log_key_handovers=list(checkpoint.log_key_handovers),

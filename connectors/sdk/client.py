@@ -90,6 +90,8 @@ class HubClient(IntakeCalls, CaseCalls, KeyCalls, MaterialCalls, CertificateCall
         self.bundle_dir = bundle_dir
         self.member_id = bundle.member_id
         self.hub_id = bundle.hub_id
+        # A client that made its own channel makes a new one when it learns new CA roots.
+        self.owns_channel = channel is None
         self.transport = Transport(
             bundle,
             channel or secure_channel(bundle),
@@ -99,7 +101,7 @@ class HubClient(IntakeCalls, CaseCalls, KeyCalls, MaterialCalls, CertificateCall
             sleep=sleep,
         )
         # Members whose signatures this client checks (issuers, platforms), once fetched.
-        self._trusted = TrustedMembers(bundle.ca_cert, clock_skew=clock_skew)
+        self._trusted = TrustedMembers(bundle.ca_certs, clock_skew=clock_skew)
         self._prepared: LruDict[str, intake_pb2.Checklist] = LruDict(case_memory)
         self._holders: LruDict[str, frozenset[str]] = LruDict(case_memory)
         self._pushed: LruDict[str, int] = LruDict(case_memory)
@@ -129,7 +131,7 @@ class HubClient(IntakeCalls, CaseCalls, KeyCalls, MaterialCalls, CertificateCall
         self.close()
 
     def close(self) -> None:
-        self.transport.channel.close()
+        self.transport.close()
 
     # -- health ---------------------------------------------------------------
 

@@ -15,12 +15,19 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from xhub.protocol.pki import CertificateError, member_uri
+from xhub.v1 import registry_pb2
 
 CA_DAYS = 3650
 MEMBER_DAYS = 730
+# A CA may certify one CA below it: hubs created before CA renewal existed carry
+# ``path_length=0``, so a CA they cross-sign could issue nothing that verifies. New CAs
+# allow one level, so a later renewal could also be published as a cross-signed
+# intermediate; renewal here does not depend on it (``protocol.ca_handover``).
+CA_PATH_LENGTH = 1
 
 
 def _name(common_name: str, organization: str = "xhub") -> x509.Name:
@@ -38,42 +45,35 @@ class CertificateAuthority:
     private_key: ec.EllipticCurvePrivateKey
 
     @classmethod
-    def create(cls, common_name: str, *, now: datetime | None = None) -> CertificateAuthority:
+    def create(
+        cls, common_name: str, *, now: datetime | None = None, days: int = CA_DAYS
+    ) -> CertificateAuthority:
         now = now or datetime.now(UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         name = _name(common_name)
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(ski, critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-                critical=False,
-            )
-            .sign(key, hashes.SHA256())
-        )
+        cert = _ca_certificate(name, key.public_key(), name, key, now=now, days=days)
         return cls(cert, key)
+
+    def hand_over_to(self, successor: CertificateAuthority) -> registry_pb2.CaHandover:
+        """The statement this CA signs naming ``successor`` (根证书交接): a certificate of the
+        successor's key and subject issued by this CA, valid as long as the successor."""
+        new = successor.certificate
+        statement = _ca_certificate(
+            new.subject,
+            successor.private_key.public_key(),
+            self.certificate.subject,
+            self.private_key,
+            now=new.not_valid_before_utc + timedelta(minutes=5),
+            days=0,
+            not_after=min(new.not_valid_after_utc, self.certificate.not_valid_after_utc),
+            issuer_key_id=self.certificate.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier
+            ).value,
+        )
+        return registry_pb2.CaHandover(
+            statement_der=statement.public_bytes(Encoding.DER),
+            new_ca_certificate_der=new.public_bytes(Encoding.DER),
+        )
 
     def issue(
         self,
@@ -132,3 +132,47 @@ class CertificateAuthority:
             )
             .sign(self.private_key, hashes.SHA256())
         )
+
+
+def _ca_certificate(
+    subject: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    now: datetime,
+    days: int,
+    not_after: datetime | None = None,
+    issuer_key_id: x509.SubjectKeyIdentifier | None = None,
+) -> x509.Certificate:
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(not_after or now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=CA_PATH_LENGTH), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_key_id or ski),
+            critical=False,
+        )
+        .sign(issuer_key, hashes.SHA256())
+    )

@@ -42,6 +42,22 @@ class DataDir:
         return self.root / "ca" / "ca.key"
 
     @property
+    def ca_roots(self) -> Path:
+        """The CA roots the hub trusts for member TLS (``xhub ca renew`` adds one; absent:
+        ``ca.pem`` alone). ``ca.pem`` / ``ca.key`` are always the CA that issues."""
+        return self.root / "ca" / "roots.pem"
+
+    @property
+    def ca_history(self) -> Path:
+        """Every CA the hub ever had, oldest first (absent before the first renewal)."""
+        return self.root / "ca" / "history.pem"
+
+    @property
+    def ca_handovers(self) -> Path:
+        """The CA hand-overs, oldest first, each signed by the CA it renews."""
+        return self.root / "ca" / "handovers.json"
+
+    @property
     def tls_cert(self) -> Path:
         return self.root / "hub" / "tls.pem"
 

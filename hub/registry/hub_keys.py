@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy.orm import Session
 
 from xhub.hub.core.ca import CertificateAuthority
+from xhub.hub.core.ca_roots import ca_history
 from xhub.hub.core.config import HubConfig
 from xhub.hub.core.data_dir import replace_file
 from xhub.hub.core.db import MemberKeyRow, MemberRow
@@ -99,7 +100,8 @@ def rotate_hub_signing(
     )
     rows = member_keys(session, config.hub_id)
     first = KeyVerifier.from_der(rows[0].public_key_der)
-    reached = follow_handovers(first, handovers, hub_id=config.hub_id, ca_cert=ca.certificate)
+    history = ca_history(paths)
+    reached = follow_handovers(first, handovers, hub_id=config.hub_id, ca_cert=history)
     new_signer = KeySigner(new_key)
     if new_signer.key_id not in reached:
         raise ValueError("the hand-over chain does not reach the new key")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from xhub.hub.core.ca_roots import read_ca_handovers
 from xhub.hub.core.db import MemberKeyRow
 from xhub.hub.core.rpc import Service, Unary
 from xhub.hub.core.runtime import Call
@@ -37,9 +38,13 @@ class RegistryService(Service):
         ]
 
     def _handovers(self) -> dict[str, object]:
-        """The hand-overs travel beside the signed answer (each signed by its predecessor)."""
-        path = self.runtime.config.paths.signing_handovers
-        return {"handovers": hub_keys.read_handovers(path)}
+        """The hand-overs travel beside the signed answer (each signed by its predecessor):
+        the hub signing key's, and the CA's (each signed by the CA it renews)."""
+        paths = self.runtime.config.paths
+        return {
+            "handovers": hub_keys.read_handovers(paths.signing_handovers),
+            "ca_handovers": read_ca_handovers(paths),
+        }
 
     def _rotate(
         self, call: Call[registry_pb2.SigningKeyRotation]

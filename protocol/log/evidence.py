@@ -88,6 +88,8 @@ class EvidenceBundle:
     # The log key's hand-over checkpoints, oldest first: they lead from the key the auditor
     # trusts to the key that signed the checkpoints (``protocol.log.key_history``).
     log_key_handovers: list[bytes] = field(default_factory=list)
+    # Further CA roots of a hub that renewed its CA (根证书更新), beside ``ca_certificate_der``.
+    more_ca_certificates_der: list[bytes] = field(default_factory=list)
 
     def to_json(self) -> str:
         document: dict[str, Any] = {
@@ -113,6 +115,8 @@ class EvidenceBundle:
                 for index, entry, envelope, proof in self.entries
             ],
         }
+        if self.more_ca_certificates_der:
+            document["more_ca_certificates"] = [_b64(c) for c in self.more_ca_certificates_der]
         if self.log_key_handovers:
             document["log_key_handovers"] = [n.decode("utf-8") for n in self.log_key_handovers]
         if self.older_checkpoint_note:
@@ -133,6 +137,9 @@ class EvidenceBundle:
                 origin=document["origin"],
                 checkpoint_note=document["checkpoint"].encode("utf-8"),
                 ca_certificate_der=_unb64(document["ca_certificate"]),
+                more_ca_certificates_der=[
+                    _unb64(c) for c in document.get("more_ca_certificates", [])
+                ],
                 members={
                     member_id: MemberKeys(
                         _unb64(value["certificate"]),
@@ -204,8 +211,11 @@ def verify_bundle(
             raise BundleInvalid(
                 f"older checkpoint is not consistent with the newer: {exc}"
             ) from exc
-    # 3. Member certificates must chain to the hub CA.
-    ca = load_certificate(bundle.ca_certificate_der)
+    # 3. Member certificates must chain to the hub CA (one of its roots, after a renewal).
+    ca = [
+        load_certificate(der)
+        for der in (bundle.ca_certificate_der, *bundle.more_ca_certificates_der)
+    ]
     certificates: dict[str, x509.Certificate] = {}
     for member_id, keys in bundle.members.items():
         cert = load_certificate(keys.certificate_der)

@@ -15,11 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
+from cryptography import x509
 from google.protobuf.message import Message
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from xhub.connectors.sdk._internal.verify import UnknownHubKey, open_answer
 from xhub.protocol.bundle import MemberBundle
+from xhub.protocol.ca_handover import CaHandoverError, follow_ca_handovers
 from xhub.protocol.envelope import new_header, seal
 from xhub.protocol.errors import BadResponseError, XhubError, typed_error
 from xhub.protocol.key_rotation import HandoverError, HubKey, follow_handovers
@@ -100,16 +102,13 @@ class Transport:
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.bundle = bundle
-        self.channel = channel
         self.timeout = timeout
         self.retry = retry
         self.clock_skew = clock_skew
-        self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
-        self.audit = audit_pb2_grpc.AuditServiceStub(channel)
-        self.certificates = certificate_pb2_grpc.CertificateServiceStub(channel)
-        self.intake = intake_pb2_grpc.IntakeServiceStub(channel)
-        self.materials = material_pb2_grpc.MaterialServiceStub(channel)
-        self.cases = case_pb2_grpc.CaseServiceStub(channel)
+        # Channels replaced by ``use_channel``: streams still open on them run to their end.
+        self._replaced: list[grpc.Channel] = []
+        self.channel = channel
+        self._make_stubs()
         # Hub keys learnt through the hub's signed hand-overs (empty: the pinned key only).
         self.hub_keys: dict[str, HubKey] = {}
         self._asked_hub_keys: set[str] = set()
@@ -122,6 +121,27 @@ class Transport:
             reraise=True,
             sleep=sleep or time.sleep,
         )
+
+    def use_channel(self, channel: grpc.Channel) -> None:
+        """Talk over ``channel`` from now on (e.g. one trusting newly learnt CA roots); the
+        previous channel stays open for what still runs on it until ``close``."""
+        self._replaced.append(self.channel)
+        self.channel = channel
+        self._make_stubs()
+
+    def _make_stubs(self) -> None:
+        channel = self.channel
+        self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(channel)
+        self.certificates = certificate_pb2_grpc.CertificateServiceStub(channel)
+        self.intake = intake_pb2_grpc.IntakeServiceStub(channel)
+        self.materials = material_pb2_grpc.MaterialServiceStub(channel)
+        self.cases = case_pb2_grpc.CaseServiceStub(channel)
+
+    def close(self) -> None:
+        for channel in (*self._replaced, self.channel):
+            channel.close()
+        self._replaced.clear()
 
     def seal(
         self,
@@ -161,6 +181,12 @@ class Transport:
     def learn_hub_keys(self) -> dict[str, HubKey]:
         """Fetch the hub's key hand-overs, follow them from the key pinned in the bundle and
         keep the keys reached (raises BadResponseError if the chain or the answer fails)."""
+        return self.fetch_hub_keys()[1]
+
+    def fetch_hub_keys(self) -> tuple[registry_pb2.GetHubKeysResponse, dict[str, HubKey]]:
+        """The GetHubKeys answer, its hand-over chain checked from the pinned key and its
+        signed answer verified with the key reached; the keys are kept. The CA hand-overs
+        beside it are the caller's to check (``protocol.ca_handover``)."""
         payload = registry_pb2.HubKeysQuery()
         envelope = self.seal(payload)
         request_id = payload.header.message_id
@@ -175,7 +201,7 @@ class Transport:
                 self.bundle.hub_verifier,
                 list(response.handovers),
                 hub_id=self.bundle.hub_id,
-                ca_cert=self.bundle.ca_cert,
+                ca_cert=self._hub_cert_roots(response),
             )
         except HandoverError as exc:
             raise BadResponseError(
@@ -186,7 +212,17 @@ class Transport:
         except UnknownHubKey as exc:
             raise self._unreached(exc) from exc
         self.hub_keys = chain
-        return chain
+        return response, chain
+
+    def _hub_cert_roots(
+        self, response: registry_pb2.GetHubKeysResponse
+    ) -> tuple[x509.Certificate, ...]:
+        """The CA roots a hub key's certificate may chain to: ours, and the ones the CA
+        hand-overs reach from ours (a hub key rotated after a CA renewal is the new CA's)."""
+        try:
+            return follow_ca_handovers(self.bundle.ca_certs, list(response.ca_handovers))
+        except CaHandoverError:
+            return self.bundle.ca_certs
 
     def _unreached(self, exc: UnknownHubKey) -> BadResponseError:
         return BadResponseError(

@@ -26,7 +26,14 @@ from xhub.certificates_store.model import (
 from xhub.protocol.envelope import Opened, open_envelope
 from xhub.protocol.errors import AuthenticationError, BadResponseError, MalformedError
 from xhub.protocol.key_rotation import EVER, HubKey, KeyWindow, outside_window
-from xhub.protocol.pki import CertificateError, load_certificate, verify_member_certificate
+from xhub.protocol.pki import (
+    CertificateError,
+    Roots,
+    as_roots,
+    issuing_root,
+    load_certificate,
+    verify_member_certificate,
+)
 from xhub.protocol.signing import KeyVerifier, Verifier
 from xhub.v1 import case_pb2, certificate_pb2, envelope_pb2, intake_pb2, material_pb2, registry_pb2
 
@@ -102,10 +109,9 @@ def open_answer(
     return opened.message
 
 
-def check_member_certificate(
-    member: registry_pb2.Member, ca_cert: x509.Certificate
-) -> x509.Certificate:
-    """A looked-up member's certificate, chained to our hub CA and naming that member."""
+def check_member_certificate(member: registry_pb2.Member, ca_cert: Roots) -> x509.Certificate:
+    """A looked-up member's certificate, chained to one of our hub CA roots and naming that
+    member."""
     try:
         cert = load_certificate(member.certificate_der)
         named = verify_member_certificate(cert, ca_cert)
@@ -116,6 +122,15 @@ def check_member_certificate(
     return cert
 
 
+def of_unknown_root(member: registry_pb2.Member, roots: Roots) -> bool:
+    """True when the member's certificate is issued by none of ``roots`` (the hub may have
+    renewed its CA: learn the new root, then check again)."""
+    try:
+        return issuing_root(load_certificate(member.certificate_der), roots) is None
+    except ValueError:
+        return False
+
+
 class TrustedMembers:
     """Members whose certificates chained to our hub CA, and their signing keys.
 
@@ -123,10 +138,9 @@ class TrustedMembers:
     fetches a member once, ``add`` checks it, and later checks need no network.
     """
 
-    def __init__(
-        self, ca_cert: x509.Certificate, *, clock_skew: timedelta = timedelta(minutes=5)
-    ) -> None:
-        self._ca_cert = ca_cert
+    def __init__(self, ca_cert: Roots, *, clock_skew: timedelta = timedelta(minutes=5)) -> None:
+        # The hub CA roots (several once the hub renewed its CA); ``roots`` may grow.
+        self.roots = as_roots(ca_cert)
         # A message's issued_at is the signer's clock, a key's window the hub's.
         self._slack = clock_skew
         self._members: dict[str, registry_pb2.Member] = {}
@@ -136,8 +150,8 @@ class TrustedMembers:
         return member_id in self._members
 
     def add(self, member: registry_pb2.Member) -> None:
-        """Trust ``member`` once its certificate chains to the hub CA (BadResponseError)."""
-        check_member_certificate(member, self._ca_cert)
+        """Trust ``member`` once its certificate chains to a hub CA root (BadResponseError)."""
+        check_member_certificate(member, self.roots)
         self._members[member.member_id] = member
 
     def member(self, member_id: str) -> registry_pb2.Member:

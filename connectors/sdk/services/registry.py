@@ -6,12 +6,12 @@ from collections.abc import Iterable, Iterator
 
 from cryptography import x509
 
-from xhub.connectors.sdk._internal.verify import check_member_certificate
-from xhub.connectors.sdk.services.base import Calls
+from xhub.connectors.sdk._internal.verify import check_member_certificate, of_unknown_root
+from xhub.connectors.sdk.services.ca_roots import CaRootCalls
 from xhub.v1 import registry_pb2
 
 
-class RegistryCalls(Calls):
+class RegistryCalls(CaRootCalls):
     """HubClient's registry operations: members, their keys and certificates."""
 
     # -- registry -------------------------------------------------------------
@@ -72,14 +72,25 @@ class RegistryCalls(Calls):
             yield from page.members
 
     def verified_certificate(self, member: registry_pb2.Member) -> x509.Certificate:
-        """Check offline that a looked-up member's certificate chains to our hub CA.
+        """Check that a looked-up member's certificate chains to one of our hub CA roots; a
+        certificate of a root we do not hold makes the client learn the hub's renewed CA
+        roots first (``learn_ca_roots``).
 
-        Raises: BadResponseError (not chained, or naming another member).
+        Raises: BadResponseError (not chained, or naming another member; or a CA hand-over
+        that does not verify), TransportError (while learning the roots).
         """
-        return check_member_certificate(member, self.bundle.ca_cert)
+        self._learn_root_of(member)
+        return check_member_certificate(member, self.bundle.ca_certs)
 
     def _trust(self, member_ids: Iterable[str]) -> None:
-        """Fetch and trust the members not trusted yet (their certificates chain to our CA)."""
+        """Fetch and trust the members not trusted yet (their certificates chain to our CA
+        roots; one of a root not held yet makes the client learn the hub's renewed roots)."""
         for member_id in sorted(set(member_ids)):
             if member_id not in self._trusted:
-                self._trusted.add(self.get_member(member_id))
+                member = self.get_member(member_id)
+                self._learn_root_of(member)
+                self._trusted.add(member)
+
+    def _learn_root_of(self, member: registry_pb2.Member) -> None:
+        if of_unknown_root(member, self.bundle.ca_certs):
+            self.learn_ca_roots()

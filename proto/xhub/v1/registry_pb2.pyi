@@ -165,6 +165,7 @@ class GetHubKeysResponse(_message.Message):
 
     ENVELOPE_FIELD_NUMBER: _builtins.int
     HANDOVERS_FIELD_NUMBER: _builtins.int
+    CA_HANDOVERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def envelope(self) -> _envelope_pb2.Envelope:
         """Signed envelope; payload_type "xhub.v1.HubKeysResult", signed by the current
@@ -179,19 +180,55 @@ class GetHubKeysResponse(_message.Message):
         the chain from its pinned key first, then the answer with the key it reached.
         """
 
+    @_builtins.property
+    def ca_handovers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaHandover]:
+        """The hub CA's renewals (根证书更新), oldest first: each is signed by the CA it
+        renews, so a client checks them from the CA roots in its bundle.
+        """
+
     def __init__(
         self,
         *,
         envelope: _envelope_pb2.Envelope | None = ...,
         handovers: _abc.Iterable[_envelope_pb2.Envelope] | None = ...,
+        ca_handovers: _abc.Iterable[Global___CaHandover] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "handovers", b"handovers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_handovers", b"ca_handovers", "envelope", b"envelope", "handovers", b"handovers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetHubKeysResponse: _TypeAlias = GetHubKeysResponse  # noqa: Y015
+
+@_typing.final
+class CaHandover(_message.Message):
+    """CaHandover hands the hub's trust over to a new CA (根证书交接): the outgoing CA
+    signs a certificate of the new CA's key (the statement); the new CA's own
+    self-signed root travels beside it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATEMENT_DER_FIELD_NUMBER: _builtins.int
+    NEW_CA_CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
+    statement_der: _builtins.bytes
+    """DER certificate of the new CA's key and subject, issued by the outgoing CA."""
+    new_ca_certificate_der: _builtins.bytes
+    """DER self-signed certificate of the new CA (the root members add)."""
+    def __init__(
+        self,
+        *,
+        statement_der: _builtins.bytes = ...,
+        new_ca_certificate_der: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_ca_certificate_der", b"new_ca_certificate_der", "statement_der", b"statement_der"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaHandover: _TypeAlias = CaHandover  # noqa: Y015
 
 @_typing.final
 class HubKeysQuery(_message.Message):
