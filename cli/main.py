@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from xhub.cli.ca import add_ca_commands
+from xhub.cli.checks import add_version, warn_unknown_environment
 from xhub.cli.keys import add_key_commands
 from xhub.cli.members import MEMBER_HANDLERS, add_member_commands
 from xhub.hub.core.config import ConfigError
@@ -45,6 +46,7 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xhub", description="xhub data-sharing exchange hub")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     init = commands.add_parser("init", help="create a data directory: CA, hub keys, database")
@@ -52,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--hub-id", default="CN.440000.XHUB", help="member id of the hub itself")
     init.add_argument("--name", default="xhub 政务数据共享交换平台", help="hub display name")
     init.add_argument("--listen", default="127.0.0.1:7443", help="host:port to serve on")
+    init.add_argument(
+        "--advertise", default="", help="host:port members dial (needed with 0.0.0.0 / ::)"
+    )
     init.add_argument(
         "--database-url", default="", help="SQLAlchemy URL (default: SQLite in the data dir)"
     )
@@ -150,6 +155,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             hub_id=args.hub_id,
             hub_name=args.name,
             listen=args.listen,
+            advertise=args.advertise,
             database_url=args.database_url,
         )
     print(f"initialised hub {config.hub_id} in {config.data_dir}")
@@ -463,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[console])
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
+    warn_unknown_environment()
     sub = getattr(args, f"{args.command}_command", None)
     handler = HANDLERS[(args.command, sub)]
     try:

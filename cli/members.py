@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from xhub.cli.checks import certificate_days
 from xhub.hub.core.ca_roots import ca_history, ca_number
 from xhub.hub.core.db import make_engine, session_factory
 from xhub.hub.registry.enrolment import certificates_of
@@ -63,12 +64,20 @@ def add_member_commands(
         help="accept an early pilot USCC whose check character fails (recorded as legacy)",
     )
     add.add_argument(
+        "--allow-unlisted-division",
+        action="store_true",
+        help="accept a division code missing from the shipped GB/T 2260 data (a newly "
+        "created district; recorded as a warning)",
+    )
+    add.add_argument(
         "--re-enrol",
         action="store_true",
         help="enrol a revoked member again under new keys (its old certificates and keys "
         "stay refused)",
     )
-    add.add_argument("--days", type=int, default=730, help="certificate validity in days")
+    add.add_argument(
+        "--days", type=certificate_days, default=730, help="certificate validity in days"
+    )
     add.add_argument(
         "--out", type=Path, help="public bundle directory (default: DATA_DIR/bundles/ID)"
     )
@@ -81,7 +90,9 @@ def add_member_commands(
     renew.add_argument(
         "--csr", type=Path, required=True, help="the member's request, signed by its signing key"
     )
-    renew.add_argument("--days", type=int, default=730, help="certificate validity in days")
+    renew.add_argument(
+        "--days", type=certificate_days, default=730, help="certificate validity in days"
+    )
     renew.add_argument(
         "--out", type=Path, help="public bundle directory (default: DATA_DIR/bundles/ID)"
     )
@@ -107,6 +118,7 @@ def cmd_member_add(args: argparse.Namespace) -> int:
         roles=[args.roles],
         subsystem=args.subsystem,
         allow_legacy_uscc=args.allow_legacy_uscc,
+        allow_unlisted_division=args.allow_unlisted_division,
     )
     added = add_member_with_bundle(
         config,

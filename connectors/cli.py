@@ -48,6 +48,7 @@ from xhub.connectors.sdk.enrolment import (
     renewal_request,
 )
 from xhub.connectors.sdk.services.ca_roots import learn_roots_from_file
+from xhub.protocol import package_version
 from xhub.protocol.bundle import CA_CERT, BundleError
 from xhub.protocol.ca_handover import CaHandoverError
 from xhub.protocol.enrolment import EnrolmentError
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xhub-connector", description="xhub department connector (前置机)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    parser.add_argument(
+        "--version", action="version", version=f"xhub-connector {package_version()}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     sync = commands.add_parser(
         "sync-certificates", help="publish certificates from the department's table (证照同步)"

@@ -223,10 +223,16 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = config.listen if port_override is None else f"127.0.0.1:{port_override}"
-    port = server.add_secure_port(address, server_credentials(config))
+    try:
+        port = server.add_secure_port(address, server_credentials(config))
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
         runtime.close()
-        raise StartupError(f"cannot listen on {address}")
+        raise StartupError(
+            f"cannot listen on {address}: the port is in use or the address is not this "
+            "machine's (another hub running? choose another with --listen host:port)"
+        )
     runtime.notifier.bind(asyncio.get_running_loop())
     await server.start()
     running = RunningHub(server, runtime, health_servicer, port, open_streams)

@@ -18,14 +18,22 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from xhub.hub.core.audit_log import load_log_signer
 from xhub.hub.core.ca import MEMBER_DAYS, CertificateAuthority
 from xhub.hub.core.ca_roots import trusted_roots
-from xhub.hub.core.config import HubConfig, load_config, render_config
+from xhub.hub.core.config import (
+    HubConfig,
+    load_config,
+    render_config,
+    require_dialable,
+    split_listen,
+)
 from xhub.hub.core.data_dir import secure_tree
-from xhub.hub.core.db import make_engine, migrate, session_factory
+from xhub.hub.core.db import MemberRow, make_engine, migrate, session_factory
 from xhub.hub.registry.enrolment import Enrolled, enrol_member, renew_member
 from xhub.hub.registry.store import MemberSpec, RegistryError, bind_hub_identity
 from xhub.protocol.bundle import PRIVATE_FILES, PublicBundle
@@ -45,12 +53,17 @@ def init_data_dir(
     hub_id: str = "CN.440000.XHUB",
     hub_name: str = "xhub 政务数据共享交换平台",
     listen: str = "127.0.0.1:7443",
+    advertise: str = "",
     database_url: str = "",
     server_names: tuple[str, ...] = ("xhub-hub", "localhost"),
 ) -> HubConfig:
     """Create CA, hub keys, config and the migrated database in a new directory."""
     if (root / "xhub.toml").exists():
         raise SetupError(f"{root} already holds a hub (xhub.toml exists)")
+    split_listen(listen)
+    require_dialable(
+        HubConfig(data_dir=root, listen=listen, advertise=advertise)
+    )  # ConfigError before anything is written
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -59,6 +72,7 @@ def init_data_dir(
             hub_id=hub_id,
             hub_name=hub_name,
             listen=listen,
+            advertise=advertise,
             server_name=server_names[0],
             database_url=database_url,
         )
@@ -91,6 +105,7 @@ def init_data_dir(
         try:
             migrate(engine)
             with session_factory(engine).begin() as session:
+                _refuse_used_database(session, config)
                 bind_hub_identity(
                     session, hub_id, hub_name, signing_cert.public_bytes(Encoding.DER), signing_key
                 )
@@ -109,6 +124,22 @@ def init_data_dir(
                 else:
                     target.unlink(missing_ok=True)
         raise
+
+
+def _refuse_used_database(session: Session, config: HubConfig) -> None:
+    """One database, one hub: a database already holding a hub's identity is refused."""
+    other = session.scalars(select(MemberRow.member_id).where(MemberRow.level == 0)).first()
+    if other is not None:
+        shown = _shown_url(config.effective_database_url)
+        raise SetupError(
+            f"database {shown} is already used by hub {other}; give this hub its own "
+            "database (--database-url)"
+        )
+
+
+def _shown_url(url: str) -> str:
+    """A database URL fit for a message: its password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def load_ca(config: HubConfig) -> CertificateAuthority:
@@ -201,6 +232,7 @@ def _staged(
 ) -> Iterator[tuple[Session, Callable[[Enrolled], None]]]:
     """One transaction and a staged public bundle: ``stage(enrolled)`` writes the bundle
     beside ``target``; it replaces ``target`` only after the rows committed."""
+    require_dialable(config)  # a bundle must carry an address members can dial
     staging = target.with_name(f".{target.name}.new")
     engine = make_engine(config.effective_database_url)
 
@@ -251,4 +283,5 @@ def open_config(data_dir: Path) -> HubConfig:
 
 
 def with_listen(config: HubConfig, listen: str) -> HubConfig:
+    split_listen(listen)
     return replace(config, listen=listen)

@@ -62,12 +62,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def normalize_database_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` (as Heroku-style tools print them) name the
+    psycopg 3 driver the project uses: ``postgresql+psycopg://``; other URLs unchanged."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine with the pragmas and pool the hub (and a connector's local state) rely on.
 
     Statement parameters never appear in error messages or logs (``hide_parameters``): they
     hold citizen ID numbers and names.
     """
+    url = normalize_database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url,

@@ -8,12 +8,16 @@ hub to PostgreSQL.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from xhub.storage import normalize_database_url
 
 CONFIG_FILE = "xhub.toml"
 ENV_PREFIX = "XHUB_"
@@ -148,7 +152,7 @@ class HubConfig:
 
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or self.paths.sqlite_url()
+        return normalize_database_url(self.database_url) or self.paths.sqlite_url()
 
     @property
     def advertised_address(self) -> str:
@@ -205,6 +209,54 @@ def load_config(data_dir: Path, env: Mapping[str, str] | None = None) -> HubConf
         if env_value is not None:
             values[key] = _coerce(key, env_value)
     return HubConfig(data_dir=data_dir, **values)
+
+
+# XHUB_* variables read outside HubConfig (the CLI's data directory; the test harness).
+OTHER_ENV_VARIABLES = ("XHUB_DATA_DIR", "XHUB_PG_BIN")
+
+
+def unknown_env_warnings(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each XHUB_* variable no setting reads, naming the closest known one."""
+    env = os.environ if env is None else env
+    known = [name.upper() for name in _FIELDS] + [
+        name.removeprefix(ENV_PREFIX) for name in OTHER_ENV_VARIABLES
+    ]
+    warnings = []
+    for name in sorted(env):
+        rest = name.removeprefix(ENV_PREFIX)
+        if name.startswith(ENV_PREFIX) and rest not in known:
+            close = difflib.get_close_matches(rest, known, n=1, cutoff=0.7)
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+            warnings.append(f"environment variable {name} is not an xhub setting (ignored){hint}")
+    return warnings
+
+
+def split_listen(address: str, *, what: str = "listen") -> tuple[str, int]:
+    """``host:port`` (``[::1]:7443`` for IPv6) into host and port; ConfigError otherwise."""
+    host, sep, port_text = address.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{what} {address!r} is not host:port (e.g. 127.0.0.1:7443)")
+    return host, int(port_text)
+
+
+def is_unspecified_host(host: str) -> bool:
+    """0.0.0.0 / :: (every interface): an address to listen on, never one to dial."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host in ("", "*")
+
+
+def require_dialable(config: HubConfig) -> None:
+    """Refuse when members would be handed an address they cannot dial (``0.0.0.0:port``)."""
+    host, _port = split_listen(config.advertised_address, what="advertise")
+    if is_unspecified_host(host):
+        raise ConfigError(
+            f"the hub listens on {config.listen} (every interface) but has no advertise "
+            'address; member bundles would carry it. Set advertise = "host:port" in '
+            "xhub.toml (or XHUB_ADVERTISE, or `xhub init --advertise`)"
+        )
 
 
 def render_config(config: HubConfig) -> str:

@@ -25,6 +25,7 @@ from xhub.hub.core.db import (
     table_of,
 )
 from xhub.protocol import codes
+from xhub.protocol.divisions import check_listed
 from xhub.protocol.errors import MalformedError, NotFoundError, shown
 from xhub.protocol.signing import (
     PrivateKey,
@@ -105,8 +106,10 @@ def validate_member(
     roles: Iterable[str],
     subsystem: str = "",
     allow_legacy_uscc: bool = False,
+    allow_unlisted_division: bool = False,
 ) -> MemberSpec:
-    """Check every code before anything is created."""
+    """Check every code before anything is created (the division against the shipped
+    GB/T 2260 reference data unless ``allow_unlisted_division``, then a warning)."""
     name = name.strip()
     if not name or len(name) > 200:
         raise RegistryError("name must be 1–200 characters", metadata={"field": "name"})
@@ -114,6 +117,7 @@ def validate_member(
         uscc_result = codes.validate_uscc(uscc.strip().upper(), allow_legacy=allow_legacy_uscc)
         division_code = codes.normalize_division(division.strip())
         level = codes.division_level(division_code)
+        division_warning = check_listed(division_code, allow_unlisted=allow_unlisted_division)
     except codes.CodeError as exc:
         raise RegistryError(str(exc), metadata={"field": exc.field, "code": exc.reason}) from exc
     if subsystem and not SUBSYSTEM_RE.match(subsystem):
@@ -128,7 +132,7 @@ def validate_member(
         roles=parse_roles(roles),
         subsystem=subsystem,
         legacy_uscc=uscc_result.legacy,
-        warnings=tuple(w for w in [uscc_result.warning] if w),
+        warnings=tuple(w for w in [uscc_result.warning, division_warning] if w),
     )
 
 
