@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from xhub.hub.ops.backup import BackupError, create_backup, restore_backup
 from xhub.hub.ops.db_copy import copy_database
 from xhub.hub.setup import open_config
@@ -97,9 +99,13 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     except BackupError as exc:
         return _fail(exc)
     rows = sum(report.counts.values())
+    shown = make_url(report.url).render_as_string(hide_password=True)
     print(
         f"copied {rows} rows in {len(report.counts)} tables; counts equal; the audit log "
         f"({report.audit_size} entries) passes its integrity check on the target"
     )
-    print(f"  next: set database_url in {config.paths.config_file} (or XHUB_DATABASE_URL)")
+    print(
+        f'  next: set database_url = "{shown}" (with its password) in '
+        f"{config.paths.config_file}, or XHUB_DATABASE_URL, then xhub serve"
+    )
     return 0

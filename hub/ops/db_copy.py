@@ -16,22 +16,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, Integer, func, select, text
-from sqlalchemy.engine import make_url
 
 import xhub.certificates_store.schema  # noqa: F401  (its table joins the one metadata)
 from xhub.hub.core.audit_log import TamperedLogError
 from xhub.hub.core.config import HubConfig
-from xhub.hub.core.db import Base, current_revision, make_engine, migrate, table_names
+from xhub.hub.core.db import AuditTreeRow, Base, current_revision, make_engine, migrate, table_names
 from xhub.hub.core.runtime import HubRuntime
 from xhub.hub.ops.backup import BackupError, sqlite_path
 
 BATCH = 1000
+# Rows the migrations themselves write (the empty log's tree row): replaced by the hub's.
+SEEDED = {AuditTreeRow.__tablename__: AuditTreeRow.size > 0}
 
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class CopyReport:
+    url: str
     counts: dict[str, int]
     audit_size: int
 
@@ -41,16 +43,16 @@ def _quiet(_: str) -> None:
 
 
 def postgres_url(url: str) -> str:
-    """``postgres://`` (as Heroku-style tools write it) made the SQLAlchemy spelling.
+    """A PostgreSQL URL in the spelling the hub uses, ``postgresql+psycopg://``: ``postgres://``
+    (as many tools write it) and a bare ``postgresql://`` get the psycopg driver named.
 
     Raises:
         BackupError: not a PostgreSQL URL.
     """
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    if make_url(url).get_backend_name() != "postgresql":
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
         raise BackupError("the target must be a PostgreSQL URL (postgresql://user@host/db)")
-    return url
+    return f"postgresql+psycopg://{rest}"
 
 
 def _counts(connection: Connection) -> dict[str, int]:
@@ -116,6 +118,8 @@ def copy_database(config: HubConfig, to_url: str, *, progress: Progress = _quiet
             )
         with source.connect() as reading, target.begin() as writing:
             expected = _counts(reading)
+            for name in SEEDED:
+                writing.execute(Base.metadata.tables[name].delete())
             for table in Base.metadata.sorted_tables:
                 total, done = expected[table.name], 0
                 order = list(table.primary_key.columns) or list(table.columns)
@@ -146,4 +150,4 @@ def copy_database(config: HubConfig, to_url: str, *, progress: Progress = _quiet
         raise BackupError(f"the copied audit log fails its integrity check: {exc}") from exc
     finally:
         runtime.close()
-    return CopyReport(counts=copied, audit_size=size)
+    return CopyReport(url=url, counts=copied, audit_size=size)
