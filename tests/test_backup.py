@@ -237,3 +237,48 @@ def test_db_copy_moves_a_sqlite_hub_to_postgresql_which_then_serves(
         number = platform.submit_case(checklist.case_id, purpose=PURPOSE).case_number
     assert number not in cases
     assert number in _rows(pg_url)[1]
+
+
+def test_the_cli_writes_a_private_archive_with_progress_on_stderr(
+    desk: Desk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cli.tar"
+    assert main(["backup", "--data-dir", str(desk.kit.config.data_dir), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "database:" in captured.err and "pages" in captured.err
+    assert f"backup written to {out}" in captured.out
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert main(["backup", "--data-dir", str(desk.kit.config.data_dir), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_a_postgresql_hub_backs_up_its_blobs_and_keys_without_the_database(
+    hub_kit_pg: HubKit, tmp_path: Path
+) -> None:
+    data_dir = hub_kit_pg.config.data_dir
+    blob = b"%PDF-1.4 pg blob"
+    sha256 = hashlib.sha256(blob).hexdigest()
+    stored = data_dir / "blobs" / sha256[:2] / sha256[2:4] / sha256
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(blob)
+    out = tmp_path / "files.tar"
+    assert main(["backup", "--data-dir", str(data_dir), "--out", str(out)]) == 2
+    assert main(["backup", "--data-dir", str(data_dir), "--out", str(out), "--no-database"]) == 0
+    new = tmp_path / "restored"
+    manifest = restore_backup(out, new)
+    assert manifest["database"] == "none"
+    assert manifest["schema_revision"] == "0010_key_history"
+    assert not (new / "xhub.db").exists()
+    restored = new / "blobs" / sha256[:2] / sha256[2:4] / sha256
+    assert restored.read_bytes() == blob
+    assert (new / "hub" / "signing.key").read_bytes() == (
+        data_dir / "hub" / "signing.key"
+    ).read_bytes()
+
+
+def test_db_copy_refuses_a_target_that_is_not_postgresql(desk: Desk, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    with pytest.raises(BackupError, match="must be a PostgreSQL URL"):
+        copy_database(desk.kit.config, url)
+    assert not (tmp_path / "other.db").exists()
