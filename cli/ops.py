@@ -59,7 +59,13 @@ def _progress(line: str) -> None:
     print(f"  {line}", file=sys.stderr, end=end, flush=True)
 
 
+def _progress_done() -> None:
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+
+
 def _fail(exc: BackupError) -> int:
+    _progress_done()
     print(f"error: {exc}", file=sys.stderr)
     return 2
 
@@ -70,6 +76,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         report = create_backup(config, args.out, database=not args.no_database, progress=_progress)
     except BackupError as exc:
         return _fail(exc)
+    _progress_done()
     print(
         f"backup written to {report.path}: {report.files} files ({report.blobs} blobs, "
         f"{report.bytes} bytes), database: {report.database}"
@@ -82,6 +89,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         manifest = restore_backup(args.archive, args.data_dir, progress=_progress)
     except BackupError as exc:
         return _fail(exc)
+    _progress_done()
     print(
         f"restored hub {manifest['hub_id']} (schema {manifest['schema_revision']}, backed up "
         f"{manifest['created_at']}) into {args.data_dir}: {len(manifest['files'])} files"
@@ -98,6 +106,7 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
         report = copy_database(config, args.to, progress=_progress)
     except BackupError as exc:
         return _fail(exc)
+    _progress_done()
     rows = sum(report.counts.values())
     shown = make_url(report.url).render_as_string(hide_password=True)
     print(

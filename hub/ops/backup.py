@@ -43,6 +43,7 @@ from xhub.hub.core.db import (
     current_revision,
     make_engine,
 )
+from xhub.hub.materials.blobstore import LocalBlobStore
 
 FORMAT = "xhub-backup/1"
 MANIFEST = "manifest.json"
@@ -173,7 +174,7 @@ def create_backup(
             entries.append((DATABASE_FILE, snapshot))
             blobs = _referenced_blobs(snapshot)
         else:
-            blobs = sorted(_all_blobs(config.paths.blobs))
+            blobs = sorted(LocalBlobStore(config.paths.blobs).all())
         for done, sha256 in enumerate(blobs, 1):
             source = config.paths.blobs / sha256[:2] / sha256[2:4] / sha256
             if not source.is_file():
@@ -201,16 +202,6 @@ def create_backup(
         bytes=sum(int(f["size"]) for f in files),
         database=str(manifest["database"]),
     )
-
-
-def _all_blobs(root: Path) -> Iterator[str]:
-    if not root.is_dir():
-        return
-    for first in sorted(root.iterdir()):
-        if len(first.name) == 2 and first.is_dir():
-            for second in sorted(first.iterdir()):
-                for blob in sorted(second.iterdir()):
-                    yield blob.name
 
 
 def _manifest_files(entries: list[tuple[str, Path]]) -> list[dict[str, Any]]:
