@@ -16,6 +16,7 @@ from xhub.cli.ca import add_ca_commands
 from xhub.cli.checks import add_version, warn_unknown_environment
 from xhub.cli.keys import add_key_commands
 from xhub.cli.members import MEMBER_HANDLERS, add_member_commands
+from xhub.cli.ops import add_ops_commands
 from xhub.hub.core.config import ConfigError
 from xhub.hub.core.data_dir import private_files
 from xhub.hub.core.db import make_engine, migrate, session_factory
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_catalog_and_certificate_commands(commands)
     HANDLERS.update(add_key_commands(commands, _data_dir_arg))
     HANDLERS.update(add_ca_commands(commands, _data_dir_arg))
+    HANDLERS.update(add_ops_commands(commands, _data_dir_arg))
     return parser
 
 
