@@ -23,6 +23,7 @@ from xhub.hub.core.config import HubConfig
 from xhub.hub.core.db import AuditTreeRow, Base, current_revision, make_engine, migrate, table_names
 from xhub.hub.core.runtime import HubRuntime
 from xhub.hub.ops.backup import BackupError, sqlite_path
+from xhub.storage import normalize_database_url
 
 BATCH = 1000
 # Rows the migrations themselves write (the empty log's tree row): replaced by the hub's.
@@ -43,16 +44,16 @@ def _quiet(_: str) -> None:
 
 
 def postgres_url(url: str) -> str:
-    """A PostgreSQL URL in the spelling the hub uses, ``postgresql+psycopg://``: ``postgres://``
-    (as many tools write it) and a bare ``postgresql://`` get the psycopg driver named.
+    """A PostgreSQL URL in the spelling the hub uses (``storage.normalize_database_url``:
+    ``postgres://`` and ``postgresql://`` name the psycopg driver).
 
     Raises:
         BackupError: not a PostgreSQL URL.
     """
-    scheme, separator, rest = url.partition("://")
-    if not separator or scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
+    normalized = normalize_database_url(url)
+    if not normalized.startswith("postgresql+psycopg://"):
         raise BackupError("the target must be a PostgreSQL URL (postgresql://user@host/db)")
-    return f"postgresql+psycopg://{rest}"
+    return normalized
 
 
 def _counts(connection: Connection) -> dict[str, int]:
