@@ -307,10 +307,13 @@ class HubRuntime:
     ) -> None:
         """Audit a refusal found after admission (bad content, binding) and abort the RPC."""
         # Shielded: the call may be cancelled already (client gone); the record must land.
-        await asyncio.shield(
-            self.run_blocking(lambda: self._refused(draft, exc.reason_name, exc, None))
-        )
+        await asyncio.shield(self.run_blocking(lambda: self.record_refusal(draft, exc)))
         await context.abort_with_status(exc.to_status())
+
+    def record_refusal(self, draft: AuditDraft, exc: RefusedError) -> None:
+        """The audit entry (and log line) of a refusal found after admission, for a caller
+        that must do more in the same shielded job (see ``refuse``)."""
+        self._refused(draft, exc.reason_name, exc, None)
 
     def complete(
         self,

@@ -99,9 +99,18 @@ class MaterialService(Service):
                 lambda: self._store(admitted, draft, done, manifest, applicant)
             )
         except RefusedError as exc:
-            if writer is not None:
-                await self._discard(writer)
-            await self.runtime.refuse(context, draft, exc)
+            # Discard and audit as one shielded job: the client may cancel while the
+            # temporary is thrown away (a half-closed stream often is), and the refusal must
+            # still be logged — awaiting them one by one lost the entry to that cancellation.
+            refused, error = writer, exc
+
+            def discard_and_log() -> None:
+                if refused is not None:
+                    refused.discard()
+                self.runtime.record_refusal(draft, error)
+
+            await asyncio.shield(self.runtime.run_blocking(discard_and_log))
+            await context.abort_with_status(exc.to_status())
             raise AssertionError("unreachable") from exc
         except BaseException:
             # The client went away or something broke: leave nothing behind, log the attempt.
@@ -147,11 +156,6 @@ class MaterialService(Service):
         if pending is not None:
             await asyncio.wrap_future(pending)
         return received
-
-    async def _discard(self, writer: BlobWriter) -> None:
-        """Throw the temporary away, on a worker: it may wait for a write still running.
-        Shielded: a cancelled call (client gone) must still leave nothing behind."""
-        await asyncio.shield(self.runtime.run_blocking(writer.discard))
 
     def _check_manifest(self, manifest: material_pb2.MaterialManifest) -> str:
         """Refuse a bad manifest; returns the applicant code in its normalised form."""
