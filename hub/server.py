@@ -102,6 +102,7 @@ class RunningHub:
     draining: bool = False
     ops: OpsServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _sequencer: asyncio.Task[None] | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -115,7 +116,7 @@ class RunningHub:
             return "database not writable"
         if self.log_halted:
             return "audit sequencer halted: the stored log disagrees with its checkpoint"
-        if self._tasks and self._tasks[1].done():
+        if self._sequencer is not None and self._sequencer.done():
             return "audit sequencer not running"
         return ""
 
@@ -273,9 +274,10 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
                 'metrics_listen ("" turns the metrics port off)'
             ) from exc
     await running.set_health(health_pb2.HealthCheckResponse.SERVING)
+    running._sequencer = asyncio.create_task(_sequencer_loop(running))
     running._tasks = [
         asyncio.create_task(_prune_loop(runtime)),
-        asyncio.create_task(_sequencer_loop(running)),
+        running._sequencer,
         asyncio.create_task(_supervision_loop(runtime, cases)),
         asyncio.create_task(_health_loop(running)),
     ]
