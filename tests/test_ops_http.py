@@ -70,7 +70,17 @@ def _until(what: Callable[[], object], wanted: object) -> None:
         seen = what()
 
 
-def test_metrics_count_allowed_and_refused_calls_as_they_happened(kit: HubKit) -> None:
+@pytest.fixture
+def kit_pg(tmp_path: Path, pg_url: str) -> Iterator[HubKit]:
+    with HubKit(tmp_path, database_url=pg_url, metrics=True).start() as kit:
+        yield kit
+
+
+@pytest.mark.parametrize("world", ["kit", pytest.param("kit_pg", marks=pytest.mark.postgres)])
+def test_metrics_count_allowed_and_refused_calls_as_they_happened(
+    world: str, request: pytest.FixtureRequest
+) -> None:
+    kit: HubKit = request.getfixturevalue(world)
     platform = kit.client("platform")
     for _ in range(3):
         assert platform.get_member(kit.member_id("issuer")).member_id
