@@ -24,7 +24,8 @@ def process(
             [sys.executable, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            # Benchmarks stop at once and bind no operations port (several may run).
+            env={**os.environ, "XHUB_METRICS_LISTEN": "", "XHUB_DRAIN_SECONDS": "0", **(env or {})},
         )
         try:
             yield proc

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from xhub.connectors import XhubError
 from xhub.protocol.errors import from_rpc_error
@@ -34,6 +37,7 @@ class HubProcess:
     def __init__(self, data_dir: Path, port: int) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.metrics_port = free_port()  # the operations port: metrics and probes
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
@@ -52,10 +56,15 @@ class HubProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={
+                    **os.environ,
+                    "XHUB_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
+                    "XHUB_DRAIN_SECONDS": "0.5",
+                },
             )
 
     def stop(self) -> int:
-        """SIGTERM: health NOT_SERVING, drain, exit."""
+        """SIGTERM: not ready and NOT_SERVING for ``drain_seconds``, then drain, exit."""
         process = self.process
         if process is None:
             return 0
@@ -73,6 +82,31 @@ class HubProcess:
     @property
     def pid(self) -> int:
         return self.process.pid if self.process else 0
+
+    def metrics_summary(self) -> str:
+        """A line from the hub's metrics, scraped from its operations port (plain HTTP)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+        def total(name: str, **labels: str) -> int:
+            return int(
+                sum(
+                    s.value
+                    for s in samples
+                    if s.name == name and labels.items() <= s.labels.items()
+                )
+            )
+
+        calls, material = "xhub_calls_total", "xhub_material_bytes_total"
+        return (
+            f"{total(calls, decision='allowed')} calls allowed, "
+            f"{total(calls, decision='denied')} refused; audit tree "
+            f"{total('xhub_audit_tree_size')} entries, sequencer lag "
+            f"{total('xhub_audit_sequencer_lag')}; material bytes in "
+            f"{total(material, direction='in')}, out {total(material, direction='out')}"
+        )
 
 
 @contextmanager

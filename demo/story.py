@@ -127,10 +127,12 @@ def run(data_dir: Path) -> int:
                 return 1
             if not rotation_section(clients, bundles):
                 return 1
+            say(f"\n-- metrics (监控): http://127.0.0.1:{hub.metrics_port}/metrics, plain HTTP")
+            say(f"  since the hub process started: {hub.metrics_summary()}")
         finally:
             for client in clients.values():
                 client.close()
-        say("\nstopping hub (SIGTERM: health NOT_SERVING, then drain)")
+        say("\nstopping hub (SIGTERM: not ready, NOT_SERVING, subscriptions end, then drain)")
     code = hub.returncode
     say(f"hub exited with status {code}")
     if code != 0:

@@ -1,8 +1,10 @@
 """The hub server (`xhub serve`): grpc.aio behind mutual TLS.
 
 Only clients with certificates issued by the hub CA complete a handshake.
-Health and reflection are served; SIGTERM first flips health to NOT_SERVING so
-load balancers stop sending, then drains in-flight calls within the grace.
+Health and reflection are served, and metrics and probes on the operations port
+(``hub.core.ops_http``). SIGTERM first flips /readyz and gRPC health to NOT_SERVING for
+``drain_seconds`` so load balancers stop sending, then ends subscriptions (UNAVAILABLE
+HUB_BUSY; the SDK resumes from its cursor) and drains in-flight calls within the grace.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from xhub.hub.core.data_dir import secure_tree
 from xhub.hub.core.db import current_revision
 from xhub.hub.core.failures import FailureLog
 from xhub.hub.core.health import forget_heartbeat, probe_through, process_id
+from xhub.hub.core.ops_http import HubState, OpsServer
 from xhub.hub.core.rpc import OpenStreams, Service, StreamLimits
 from xhub.hub.core.runtime import HubRuntime
 from xhub.hub.intake.service import IntakeService
@@ -95,7 +98,27 @@ class RunningHub:
     # Set when the sequencer found the stored tree disagreeing with the last signed
     # checkpoint: the audit service stays NOT_SERVING until an operator restarts the hub.
     log_halted: bool = False
+    # SIGTERM received: not ready any more (see ``stop``).
+    draining: bool = False
+    ops: OpsServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _sequencer: asyncio.Task[None] | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.ops is None else self.ops.port
+
+    def unready(self) -> str:
+        """Why this hub should get no traffic ("" when it should): /readyz's answer."""
+        if self.draining:
+            return "draining: the hub is shutting down"
+        if not self.ready:
+            return "database not writable"
+        if self.log_halted:
+            return "audit sequencer halted: the stored log disagrees with its checkpoint"
+        if self._sequencer is not None and self._sequencer.done():
+            return "audit sequencer not running"
+        return ""
 
     async def set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
@@ -118,11 +141,19 @@ class RunningHub:
             )
             await self.health.set(AUDIT_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING first, then drain in-flight calls."""
+    async def stop(self, grace: float | None = None, *, drain: float = 0.0) -> None:
+        """Graceful stop: not ready and NOT_SERVING first, for ``drain`` seconds while the
+        port still accepts; then subscriptions end (UNAVAILABLE HUB_BUSY) and in-flight
+        calls get ``grace`` seconds to finish."""
         grace = self.runtime.config.shutdown_grace_seconds if grace is None else grace
+        self.draining = True
         await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            await asyncio.sleep(drain)
+        self.open_streams.closing.set()
         await self.server.stop(grace)
+        if self.ops is not None:
+            await asyncio.to_thread(self.ops.stop)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,6 +194,7 @@ def check_database(runtime: HubRuntime) -> None:
         ) from exc
     log.info("audit log verified: %d entries, root %s", size, root.hex()[:16])
     runtime.audit.publish_initial_checkpoint()
+    runtime.audit.observe_progress()
 
 
 def secure_data_dir(config: HubConfig) -> None:
@@ -236,10 +268,22 @@ async def start_hub(config: HubConfig, *, port_override: int | None = None) -> R
     runtime.notifier.bind(asyncio.get_running_loop())
     await server.start()
     running = RunningHub(server, runtime, health_servicer, port, open_streams)
+    if config.metrics_listen:
+        runtime.metrics.registry.register(HubState(runtime.audit.progress, open_streams))
+        try:
+            running.ops = OpsServer(config.metrics_listen, runtime.metrics, running.unready).start()
+        except (OSError, ValueError) as exc:
+            await server.stop(0)
+            runtime.close()
+            raise StartupError(
+                f"cannot serve metrics on {config.metrics_listen!r} ({exc}); change "
+                'metrics_listen ("" turns the metrics port off)'
+            ) from exc
     await running.set_health(health_pb2.HealthCheckResponse.SERVING)
+    running._sequencer = asyncio.create_task(_sequencer_loop(running))
     running._tasks = [
         asyncio.create_task(_prune_loop(runtime)),
-        asyncio.create_task(_sequencer_loop(running)),
+        running._sequencer,
         asyncio.create_task(_supervision_loop(runtime, cases)),
         asyncio.create_task(_health_loop(running)),
     ]
@@ -325,6 +369,7 @@ def _health_loop(running: RunningHub) -> Coroutine[Any, Any, None]:
                 lambda: probe_through(runtime.write_lock, runtime.engine, process)
             )
         except Exception:
+            runtime.metrics.database_errors.inc()
             if running.ready:
                 running.ready = False
                 log.warning("database not writable: health NOT_SERVING until it recovers")
@@ -350,6 +395,10 @@ async def serve_forever(
     if on_ready is not None:
         await on_ready(running)
     await stop.wait()
-    log.info("shutting down: health NOT_SERVING, draining for %.1fs", config.shutdown_grace_seconds)
-    await running.stop()
+    log.info(
+        "shutting down: not ready for %.1fs, then draining for %.1fs",
+        config.drain_seconds,
+        config.shutdown_grace_seconds,
+    )
+    await running.stop(drain=config.drain_seconds)
     log.info("stopped")

@@ -169,6 +169,7 @@ class HubKit:
         database_url: str = "",
         members: Sequence[MemberDef] = DEFAULT_MEMBERS,
         grace: float = 1.0,
+        metrics: bool = False,
     ) -> None:
         self.root = root
         self.port = free_port()
@@ -183,6 +184,8 @@ class HubKit:
             # Tests count audit entries of refusals: every refusal is audited here; the
             # per-sender budget has its own tests (test_refusal_bounds.py sets it).
             refusals_logged_per_minute=0,
+            # The operations port only where a test asks for it, on a port of its own.
+            metrics_listen=f"{LOOPBACK}:{free_port()}" if metrics else "",
         )
         self.engine: Engine = make_engine(self.config.effective_database_url, pool_size=2)
         self._sessions = session_factory(self.engine)
@@ -217,13 +220,16 @@ class HubKit:
         if self.running is not None:
             self.begin_stop(grace).result(timeout=30)
 
-    def begin_stop(self, grace: float | None = None) -> concurrent.futures.Future[None]:
-        """Start ``RunningHub.stop`` and return at once; the future completes when stopped."""
+    def begin_stop(
+        self, grace: float | None = None, *, drain: float = 0.0
+    ) -> concurrent.futures.Future[None]:
+        """Start ``RunningHub.stop`` and return at once; the future completes when stopped.
+        ``drain``: seconds of not-ready first, as after SIGTERM (``drain_seconds``)."""
         if self.running is None or self._loop is None:
             raise RuntimeError("hub is not running")
         running, self.running = self.running, None
         return asyncio.run_coroutine_threadsafe(
-            running.stop(self.grace if grace is None else grace), self._loop.loop
+            running.stop(self.grace if grace is None else grace, drain=drain), self._loop.loop
         )
 
     def start_replica(self) -> str:
@@ -234,7 +240,8 @@ class HubKit:
         if self._loop is None:
             self._loop = _Loop()
         port = free_port()
-        self.replicas.append(self._loop.run(start_hub(self.config, port_override=port)))
+        replica = dataclasses.replace(self.config, metrics_listen="")
+        self.replicas.append(self._loop.run(start_hub(replica, port_override=port)))
         return f"{LOOPBACK}:{port}"
 
     def restart(self) -> None:

@@ -55,7 +55,7 @@ class HubProcess:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "XHUB_SHUTDOWN_GRACE_SECONDS": "1"},
+                env={**os.environ, "XHUB_SHUTDOWN_GRACE_SECONDS": "1", "XHUB_METRICS_LISTEN": ""},
             )
 
     def kill(self) -> None:

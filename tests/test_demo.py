@@ -31,6 +31,7 @@ EXPECTED = [
     "FAILED: entry #",  # ... and on the tampered copy, naming the entry
     "still verify at the department with the key valid when they were signed ✓",
     "a message signed with the retired key: refused UNAUTHENTICATED UNKNOWN_KEY",
+    "calls allowed, ",  # the metrics summary scraped from the hub's operations port
     "$ xhub serve → exit status 4",  # the hub refuses to serve an edited log
     "demo complete ✓",
 ]

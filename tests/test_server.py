@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from hubkit import HubKit
+from hubkit import HubKit, free_port
 
 from xhub.connectors import BadResponseError, HubClient
 from xhub.connectors.sdk.client import secure_channel
@@ -378,7 +380,13 @@ def test_round_trip_on_postgres(shared_hub_kit_pg: HubKit) -> None:
 def test_xhub_serve_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     kit = HubKit(tmp_path)  # data directory and members only; the subprocess serves
     grace = 3.0
-    env = {**os.environ, "XHUB_SHUTDOWN_GRACE_SECONDS": str(grace)}
+    metrics_port = free_port()
+    env = {
+        **os.environ,
+        "XHUB_SHUTDOWN_GRACE_SECONDS": str(grace),
+        "XHUB_DRAIN_SECONDS": "1",
+        "XHUB_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+    }
     proc = subprocess.Popen(
         [str(XHUB), "serve", "--data-dir", str(kit.config.data_dir), "--listen", kit.address],
         env=env,
@@ -399,9 +407,16 @@ def test_xhub_serve_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
             watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=20)
             assert next(watch).status == SERVING
             started = time.monotonic()
+            readyz = f"http://127.0.0.1:{metrics_port}/readyz"
+            with urllib.request.urlopen(readyz, timeout=5) as response:
+                assert response.status == 200
             proc.send_signal(signal.SIGTERM)
             assert next(watch).status == NOT_SERVING
             watch.cancel()
+            # The drain: not ready on the operations port too, while the process runs on.
+            with pytest.raises(urllib.error.HTTPError) as not_ready:
+                urllib.request.urlopen(readyz, timeout=5)
+            assert not_ready.value.code == 503
         rc = proc.wait(timeout=grace + 5)
         elapsed = time.monotonic() - started
     finally:

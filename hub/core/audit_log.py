@@ -49,6 +49,7 @@ from xhub.hub.core.db import (
     bulk_execute,
     table_of,
 )
+from xhub.hub.core.metrics import SequencerProgress
 from xhub.protocol.envelope import MAX_PAYLOAD_TYPE_CHARS
 from xhub.protocol.log import merkle
 from xhub.protocol.log.evidence import REFUSED_ENVELOPE_PREFIX_BYTES
@@ -184,6 +185,7 @@ class AuditLog(LogIntegrity):
         self._subject_key = subject_key
         self.merge_delay = merge_delay
         self.sequencer_id = sequencer_id or hub_id
+        self.progress = SequencerProgress()  # read by metric scrapes, never queried for
 
     @property
     def verifier(self) -> NoteVerifier:
@@ -253,6 +255,7 @@ class AuditLog(LogIntegrity):
         ):
             ids_by_leaf.setdefault(bytes(leaf), []).append(int(entry_id))
         entry_ids = [ids_by_leaf[cast(bytes, row["leaf_hash"])].pop() for row in rows]
+        self.progress.appended_id = max(self.progress.appended_id, *entry_ids)
         envelopes = [
             {"entry_id": entry_id, "envelope": envelope}
             for entry_id, envelope in zip(entry_ids, stored_envelopes, strict=True)
@@ -283,6 +286,7 @@ class AuditLog(LogIntegrity):
     def sequence(self, max_batch: int = DEFAULT_BATCH) -> int:
         """Index one batch of pending entries and publish a checkpoint; returns the count."""
         now = datetime.now(UTC)
+        appended = self.progress.appended_id
         with self.engine.begin() as connection:
             # The lock: on PostgreSQL a row lock until commit, on SQLite the write lock.
             connection.execute(
@@ -300,6 +304,9 @@ class AuditLog(LogIntegrity):
                 .limit(max_batch)
             ).all()
             if not pending:
+                # Everything committed before this round is in a checkpoint.
+                self.progress.tree_size = int(size)
+                self.progress.sequenced_id = max(self.progress.sequenced_id, appended)
                 return 0
             reader = SqlNodeReader(connection)
             # Nothing is signed over nodes the last signed checkpoint does not vouch for.
@@ -333,6 +340,10 @@ class AuditLog(LogIntegrity):
                     "previous_size": previous,
                 },
             )
+        progress = self.progress
+        progress.tree_size, progress.checkpoint_at = new_size, now
+        last = int(pending[-1].id) if len(pending) == max_batch else max(pending[-1].id, appended)
+        progress.sequenced_id = max(progress.sequenced_id, last)
         return len(pending)
 
     def _check_frontier(
@@ -392,6 +403,25 @@ class AuditLog(LogIntegrity):
                 )
         except DBIntegrityError:
             pass  # another hub process published it first
+
+    def observe_progress(self) -> None:
+        """Start ``progress`` from the database (once, at startup)."""
+        with self.engine.connect() as connection:
+            latest = connection.execute(
+                select(checkpoints_table.c.tree_size, checkpoints_table.c.created_at)
+                .order_by(checkpoints_table.c.tree_size.desc())
+                .limit(1)
+            ).first()
+            sequenced = connection.execute(
+                select(func.max(entries.c.id)).where(entries.c.leaf_index.is_not(None))
+            ).scalar_one()
+            appended = connection.execute(select(func.max(entries.c.id))).scalar_one()
+        if latest is not None:
+            at = latest[1]
+            self.progress.tree_size = int(latest[0])
+            self.progress.checkpoint_at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        self.progress.sequenced_id = int(sequenced or 0)
+        self.progress.appended_id = max(self.progress.appended_id, int(appended or 0))
 
     # -- reading --------------------------------------------------------------
 

@@ -123,6 +123,12 @@ class HubConfig:
     max_concurrent_rpcs: int = 512
     workers: int = 8
     shutdown_grace_seconds: float = 10.0
+    # On SIGTERM: /readyz and gRPC health say NOT_SERVING this long (the port still accepts)
+    # before subscriptions end with UNAVAILABLE HUB_BUSY and the server stops.
+    drain_seconds: float = 5.0
+    # Prometheus metrics and the /healthz, /readyz probes (plain HTTP, no client
+    # certificate; keep it on a local or operations network); "" turns it off.
+    metrics_listen: str = "127.0.0.1:9464"
     keepalive_time_ms: int = 30_000
     keepalive_timeout_ms: int = 10_000
     replay_prune_interval_seconds: int = 60

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,7 +45,12 @@ from xhub.hub.core.audit_log import AuditDraft
 from xhub.hub.core.failures import log_internal_error
 from xhub.hub.core.gate import peer_member_id
 from xhub.hub.core.runtime import Call, HubRuntime, peer_certificate
-from xhub.protocol.errors import MalformedError, RefusedError, ResourceExhaustedError
+from xhub.protocol.errors import (
+    MalformedError,
+    RefusedError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from xhub.protocol.wire import field_parts
 from xhub.v1 import envelope_pb2, registry_pb2
 
@@ -134,6 +140,16 @@ class OpenStreams:
 
     limits: StreamLimits = field(default_factory=StreamLimits)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Set when a draining hub ends its subscriptions (UNAVAILABLE HUB_BUSY; the SDK resumes
+    # from its cursor at another hub process or after the restart).
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def by_kind(self) -> dict[str, int]:
+        """Open calls by kind ("streams", "uploads"), for metric scrapes."""
+        totals = {"streams": 0, "uploads": 0}
+        for (_, kind), count in list(self.counts.items()):
+            totals[kind] += count
+        return totals
 
     @contextmanager
     def slot(self, member: str, *, upload: bool) -> Iterator[None]:
@@ -216,21 +232,26 @@ class Service:
         response_class = GetMessageClass(method.output_type)
         path = f"/{self.descriptor.full_name}/{method.name}"
         runtime = self.runtime
+        latency = runtime.metrics.latency.labels(path)
 
         async def handle(request: Any, context: Context) -> Message:
-            if isinstance(request, Undecodable):
-                await self._refuse_undecodable(context, path, request)
-            envelope = await runtime.unary(
-                context,
-                request.envelope,
-                declaration.payload,
-                declaration.handler,
-                method=path,
-                require_role=declaration.role,
-                envelope_bytes=request.envelope_bytes,
-            )
-            extra = declaration.beside() if declaration.beside is not None else {}
-            return response_class(envelope=envelope, **extra)
+            started = time.perf_counter()
+            try:
+                if isinstance(request, Undecodable):
+                    await self._refuse_undecodable(context, path, request)
+                envelope = await runtime.unary(
+                    context,
+                    request.envelope,
+                    declaration.payload,
+                    declaration.handler,
+                    method=path,
+                    require_role=declaration.role,
+                    envelope_bytes=request.envelope_bytes,
+                )
+                extra = declaration.beside() if declaration.beside is not None else {}
+                return response_class(envelope=envelope, **extra)
+            finally:
+                latency.observe(time.perf_counter() - started)
 
         handle.__name__ = method.name
         return handle
@@ -242,7 +263,9 @@ class Service:
         if method.client_streaming and method.server_streaming:
             raise TypeError(f"{path}: bidirectional streams are not part of the contract")
         if not method.client_streaming:
-            return self._stream_out(path, fn)
+            # Subscriptions resume from their cursor: a draining hub ends them. A download
+            # (like an upload) gets the shutdown grace to finish.
+            return self._stream_out(path, fn, ends_on_drain=method.name.startswith("Subscribe"))
 
         async def stream_in(requests: AsyncIterator[Any], context: Context) -> Any:
             peer_pem = peer_certificate(context)
@@ -272,11 +295,11 @@ class Service:
 
         return stream_in
 
-    def _stream_out(self, path: str, fn: Callable[..., Any]) -> Any:
+    def _stream_out(self, path: str, fn: Callable[..., Any], *, ends_on_drain: bool) -> Any:
         async def stream_out(request: Any, context: Context) -> AsyncIterator[Any]:
             peer_pem = peer_certificate(context)
             member = peer_member_id(peer_pem)
-            watch = _kept(self._watch_member(peer_pem))
+            watch = _kept(self._watch_member(peer_pem, ends_on_drain=ends_on_drain))
             try:
                 with self.open_streams.slot(member, upload=False):
                     if isinstance(request, Undecodable):
@@ -318,14 +341,22 @@ class Service:
 
         return stream_out
 
-    async def _watch_member(self, peer_pem: bytes | None) -> None:
+    async def _watch_member(self, peer_pem: bytes | None, *, ends_on_drain: bool = False) -> None:
         """Return only by raising: every ``member_recheck_seconds`` the member behind a
         long call is checked again (``Gate.recheck``), and its refusal (``MEMBER_REVOKED``,
         ``MEMBER_EXPIRED``) ends the call. A check that fails otherwise (the database
-        briefly away) is retried next round; the streams' own reads fail meanwhile."""
+        briefly away) is retried next round; the streams' own reads fail meanwhile. With
+        ``ends_on_drain``, a draining hub ends the call (UNAVAILABLE ``HUB_BUSY``)."""
         every = self.open_streams.limits.member_recheck_seconds
+        closing = self.open_streams.closing
         while True:
-            await asyncio.sleep(every)
+            if ends_on_drain:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(every):
+                        await closing.wait()
+                    raise HubClosing("the hub is shutting down; resume from the cursor")
+            else:
+                await asyncio.sleep(every)
             try:
                 await self.runtime.run_blocking(lambda: self.runtime.recheck_member(peer_pem))
             except RefusedError:
@@ -361,10 +392,16 @@ class Service:
         """End a streaming call that raised: its refusal's status (audited), or INTERNAL."""
         if isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError):
             raise exc
+        if isinstance(exc, HubClosing):  # the hub ends the call: not a refusal to audit
+            await context.abort_with_status(exc.to_status())
         if isinstance(exc, RefusedError):
             await self._refuse(context, path, exc)
         log_internal_error(log, path, exc)
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
+
+
+class HubClosing(UnavailableError):
+    """A draining hub ends a subscription (UNAVAILABLE ``HUB_BUSY``, retryable)."""
 
 
 _KEPT: set[asyncio.Future[Any]] = set()

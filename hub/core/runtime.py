@@ -22,6 +22,7 @@ import grpc
 from cryptography import x509
 from google.protobuf.message import Message
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from xhub.hub.core.audit_log import (
@@ -37,6 +38,7 @@ from xhub.hub.core.db import make_engine, session_factory
 from xhub.hub.core.failures import log_internal_error
 from xhub.hub.core.gate import Admitted, Caller, Gate, peer_member_id
 from xhub.hub.core.log_keys import log_key_history
+from xhub.hub.core.metrics import HubMetrics
 from xhub.hub.core.refusals import SUMMARY_METHOD, RefusalBudget, Summary
 from xhub.protocol.envelope import new_header, seal
 from xhub.protocol.errors import PermissionDeniedError, RefusedError, clip
@@ -158,6 +160,7 @@ class HubRuntime:
         )
         self.notifier = Notifier()
         self.refusals = RefusalBudget(config.refusals_logged_per_minute)
+        self.metrics = HubMetrics()
         # SQLite has a single writer, and a writer that finds it taken sleeps in SQLite's
         # busy handler (1, 2, 5, 10… ms). Writers of this process queue on a lock instead,
         # which hands the database on at once. PostgreSQL locks rows and needs none.
@@ -342,6 +345,7 @@ class HubRuntime:
             return response
 
         response, logged = self._audited(call.session, call.audit, effect_and_record)
+        self.metrics.decided(call.audit.method, "")
         for hook in call.after_commit:
             hook()
         return response, logged.receipt if logged is not None else None
@@ -389,6 +393,9 @@ class HubRuntime:
         and log the refusal, each in its own transaction — one hub log line and one audit
         entry per refusal, until its sender is over ``refusals_logged_per_minute``; beyond,
         refusals are counted into the sender's summary of the minute."""
+        self.metrics.decided(draft.method, reason)
+        if isinstance(exc, SQLAlchemyError):
+            self.metrics.database_errors.inc()
         if admitted is not None:
             self.writing(lambda: self.gate.remember(admitted.caller.member_id, admitted.header))
         alone, ended = self.refusals.take(draft.sender, reason)

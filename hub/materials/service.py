@@ -140,6 +140,7 @@ class MaterialService(Service):
         """
         received = 0
         pending: Future[None] | None = None
+        counted = self.runtime.metrics.material_bytes.labels("in")
         async for item in requests:
             message = item.message
             if not message.HasField("chunk"):
@@ -148,6 +149,7 @@ class MaterialService(Service):
             if len(chunk) > CHUNK:
                 raise MalformedError(f"a chunk may hold at most {CHUNK} bytes")
             received += len(chunk)
+            counted.inc(len(chunk))
             if received > declared:
                 raise _mismatch(f"more content than the declared {declared} bytes")
             if pending is not None:
@@ -241,9 +243,11 @@ class MaterialService(Service):
         )
         # The next chunk is read on a worker thread while this one is sent.
         ahead = self.runtime.executor.submit(blob.read, CHUNK)
+        sent = self.runtime.metrics.material_bytes.labels("out")
         try:
             while chunk := await asyncio.wrap_future(ahead):
                 ahead = self.runtime.executor.submit(blob.read, CHUNK)
+                sent.inc(len(chunk))
                 yield material_pb2.DownloadResponse(chunk=chunk)
         finally:
             ahead.add_done_callback(lambda _: blob.close())  # once no read runs any more
