@@ -238,10 +238,11 @@ def unknown_env_warnings(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 def split_listen(address: str, *, what: str = "listen") -> tuple[str, int]:
-    """``host:port`` (``[::1]:7443`` for IPv6) into host and port; ConfigError otherwise."""
+    """``host:port`` (``[::1]:7443`` for IPv6) into host and port; ConfigError otherwise.
+    Port 0 (the system picks one, as tests and embedders do) is a valid listen address."""
     host, sep, port_text = address.strip().rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ConfigError(f"{what} {address!r} is not host:port (e.g. 127.0.0.1:7443)")
     return host, int(port_text)
 

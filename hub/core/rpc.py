@@ -232,7 +232,9 @@ class Service:
         response_class = GetMessageClass(method.output_type)
         path = f"/{self.descriptor.full_name}/{method.name}"
         runtime = self.runtime
-        latency = runtime.metrics.latency.labels(path)
+        # The method's latency child, looked up on the first call (building a handler
+        # touches no runtime) and kept: labels() takes a lock every time it is asked.
+        latency: list[Any] = []
 
         async def handle(request: Any, context: Context) -> Message:
             started = time.perf_counter()
@@ -251,7 +253,9 @@ class Service:
                 extra = declaration.beside() if declaration.beside is not None else {}
                 return response_class(envelope=envelope, **extra)
             finally:
-                latency.observe(time.perf_counter() - started)
+                if not latency:
+                    latency.append(runtime.metrics.latency.labels(path))
+                latency[0].observe(time.perf_counter() - started)
 
         handle.__name__ = method.name
         return handle
