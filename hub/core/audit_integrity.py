@@ -14,6 +14,7 @@ integrity check run at startup and by ``xhub audit check``. The check verifies
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
@@ -81,8 +82,9 @@ class SqlNodeReader:
             raise KeyError(f"merkle node {exc.args[0]} is not stored") from exc
 
 
-class LogIntegrity:
-    """Checkpoints and the integrity check over ``engine`` (see the module docstring)."""
+class LogIntegrity(abc.ABC):
+    """Checkpoints and the integrity check over ``engine`` (see the module docstring); the
+    writing side (``AuditLog``) supplies the engine, the origin and the current log key."""
 
     engine: Engine
     origin: str
@@ -92,8 +94,9 @@ class LogIntegrity:
     log_keys: LogKeys | None = None
 
     @property
+    @abc.abstractmethod
     def verifier(self) -> NoteVerifier:
-        raise NotImplementedError
+        """The log's current note verifier (the key new checkpoints are signed with)."""
 
     def open_stored(self, note: bytes) -> Checkpoint:
         """A stored checkpoint, opened with the log key that signed it (NoteError if none)."""
